@@ -1,0 +1,361 @@
+"""HTTP front of the simulator (aiohttp): routes, envelopes, streaming, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
+
+from aiohttp import web
+
+from pipeline.sim.config import SimConfig
+from pipeline.sim.engine import Prepared, Simulator, model_object
+from pipeline.sim.validate import ApiError, invalid
+
+log = logging.getLogger("pipeline.sim")
+
+SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator", Simulator)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_JSON = "application/json"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(data: object, headers: dict[str, str], status: int = 200) -> web.Response:
+    return web.Response(
+        body=_dumps(data).encode(), status=status, headers=headers, content_type=_JSON
+    )
+
+
+def _error(exc: ApiError, request_id: str) -> web.Response:
+    envelope = {
+        "type": "error",
+        "error": {"type": exc.error_type, "message": exc.message},
+        "request_id": request_id,
+    }
+    headers = {**exc.headers, "request-id": request_id}
+    if exc.status in (429, 500, 529):
+        headers.setdefault("x-should-retry", "true")
+    return _json(envelope, headers, exc.status)
+
+
+def api(handler: Callable[[Simulator, web.Request, str], Awaitable[web.StreamResponse]]) -> Handler:
+    """Give every response a request-id and turn ApiError into Anthropic's envelope."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        sim = request.app[SIM_KEY]
+        request_id = sim.new_id("req")
+        try:
+            return await handler(sim, request, request_id)
+        except ApiError as exc:
+            return _error(exc, request_id)
+
+    return wrapped
+
+
+async def _body(sim: Simulator, request: web.Request, key: str) -> object:
+    limit = sim.config.max_body_bytes
+    too_large = request.content_length is not None and request.content_length > limit
+    if not too_large:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            too_large = True
+    if too_large:
+        # Drain before answering: a client still sending would otherwise see a
+        # broken pipe instead of the 413 (the real API's edge reads it all too).
+        while await request.content.readany():
+            pass
+        sim.record(key, 413)
+        raise ApiError(
+            413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
+        )
+    try:
+        return json.loads(raw)
+    except ValueError:
+        sim.record(key, 400)
+        raise invalid("Request body is not valid JSON") from None
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Drop the connection with a TCP reset, as a crashing proxy would."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _transport_fault(sim: Simulator, prepared: Prepared, request: web.Request) -> None:
+    sim.record(prepared.key, prepared.fault or "fault")
+    if prepared.fault == "timeout":
+        await asyncio.sleep(sim.config.timeout_hold_s)
+    _reset_connection(request)
+    # Nothing may be written on a dropped connection: end the handler here.
+    raise asyncio.CancelledError
+
+
+@api
+async def messages(sim: Simulator, request: web.Request, request_id: str) -> web.StreamResponse:
+    key = sim.authenticate(request.headers)
+    body = await _body(sim, request, key)
+    prepared = sim.prepare(key, body)
+    if prepared.fault is not None:
+        await _transport_fault(sim, prepared, request)
+    if prepared.request.stream:
+        return await _stream(sim, request, request_id, prepared)
+    if prepared.delay_s > 0:
+        await asyncio.sleep(prepared.delay_s)
+    message = sim.complete(prepared, sim.new_id("msg"))
+    headers = sim.ratelimit_headers(key)
+    headers["request-id"] = request_id
+    return _json(message, headers)
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
+
+
+async def _stream(
+    sim: Simulator, request: web.Request, request_id: str, prepared: Prepared
+) -> web.StreamResponse:
+    """The real event sequence: message_start, content_block_*, message_delta, message_stop."""
+    cfg = sim.config
+    headers = sim.ratelimit_headers(prepared.key)
+    headers["request-id"] = request_id
+    headers["content-type"] = "text/event-stream"
+    headers["cache-control"] = "no-cache"
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    if cfg.latency_ms > 0:
+        await asyncio.sleep(cfg.latency_ms / 1000.0)
+    usage = sim.usage_dict(prepared)
+    start = sim.message_object(prepared, sim.new_id("msg"), {**usage, "output_tokens": 1})
+    start.update(content=[], stop_reason=None, stop_sequence=None)
+    await response.write(_sse("message_start", {"type": "message_start", "message": start}))
+    reply = prepared.reply
+    limits = sim.limits_for(prepared.key)
+    if reply.text:
+        await response.write(
+            _sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        )
+        await response.write(_sse("ping", {"type": "ping"}))
+        words = reply.text.split(" ")
+        chunk = 4
+        for i in range(0, len(words), chunk):
+            piece = " ".join(words[i : i + chunk])
+            if i + chunk < len(words):
+                piece += " "
+            if cfg.ms_per_output_token > 0:
+                await asyncio.sleep(cfg.ms_per_output_token * chunk / 1000.0)
+            limits.charge_output(min(chunk, len(words) - i))
+            delta = {"type": "text_delta", "text": piece}
+            await response.write(
+                _sse(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": delta},
+                )
+            )
+        await response.write(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    # charge what the word count did not cover (the withheld stop sequence)
+    limits.charge_output(max(0, reply.output_tokens - len(reply.text.split())))
+    sim.record(prepared.key, 200, usage)
+    await response.write(
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+                "usage": {"output_tokens": reply.output_tokens},
+            },
+        )
+    )
+    await response.write(_sse("message_stop", {"type": "message_stop"}))
+    await response.write_eof()
+    return response
+
+
+@api
+async def count_tokens(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    body = await _body(sim, request, key)
+    return _json(sim.count_tokens(key, body), {"request-id": request_id})
+
+
+@api
+async def list_models(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    sim.authenticate(request.headers)
+    return _json(sim.models_page(), {"request-id": request_id})
+
+
+@api
+async def get_model(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    sim.authenticate(request.headers)
+    return _json(model_object(request.match_info["model_id"]), {"request-id": request_id})
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+@api
+async def create_batch(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    batch = sim.batches.create(key, await _body(sim, request, key))
+    return _json(sim.batches.to_object(batch, _base_url(request)), {"request-id": request_id})
+
+
+@api
+async def get_batch(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    batch = sim.batches.get(key, request.match_info["batch_id"])
+    return _json(sim.batches.to_object(batch, _base_url(request)), {"request-id": request_id})
+
+
+@api
+async def list_batches(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise invalid("limit: Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise invalid("limit: Input should be between 1 and 1000")
+    page = sim.batches.list(key, limit, q.get("after_id"), q.get("before_id"))
+    base = _base_url(request)
+    for item in page["data"]:
+        if item["processing_status"] == "ended":
+            item["results_url"] = f"{base}/v1/messages/batches/{item['id']}/results"
+    return _json(page, {"request-id": request_id})
+
+
+@api
+async def cancel_batch(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    batch = sim.batches.cancel(key, request.match_info["batch_id"])
+    return _json(sim.batches.to_object(batch, _base_url(request)), {"request-id": request_id})
+
+
+@api
+async def delete_batch(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    return _json(
+        sim.batches.delete(key, request.match_info["batch_id"]), {"request-id": request_id}
+    )
+
+
+@api
+async def batch_results(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    key = sim.authenticate(request.headers)
+    body = sim.batches.results_jsonl(key, request.match_info["batch_id"])
+    return web.Response(
+        body=body,
+        headers={"request-id": request_id},
+        content_type="application/binary",
+    )
+
+
+async def sim_stats(request: web.Request) -> web.Response:
+    return _json(request.app[SIM_KEY].stats_snapshot(), {})
+
+
+async def sim_reset(request: web.Request) -> web.Response:
+    request.app[SIM_KEY].reset()
+    return _json({"reset": True}, {})
+
+
+async def sim_health(request: web.Request) -> web.Response:
+    return _json({"ok": True}, {})
+
+
+@api
+async def not_found(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
+    raise ApiError(404, "not_found_error", f"Not found: {request.method} {request.path}")
+
+
+def create_sim_app(config: SimConfig, simulator: Simulator | None = None) -> web.Application:
+    sim = simulator or Simulator(config)
+    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app[SIM_KEY] = sim
+    r = app.router
+    r.add_post("/v1/messages", messages)
+    r.add_post("/v1/messages/count_tokens", count_tokens)
+    r.add_post("/v1/messages/batches", create_batch)
+    r.add_get("/v1/messages/batches", list_batches)
+    r.add_get("/v1/messages/batches/{batch_id}", get_batch)
+    r.add_delete("/v1/messages/batches/{batch_id}", delete_batch)
+    r.add_post("/v1/messages/batches/{batch_id}/cancel", cancel_batch)
+    r.add_get("/v1/messages/batches/{batch_id}/results", batch_results)
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/models/{model_id}", get_model)
+    r.add_get("/_sim/stats", sim_stats)
+    r.add_post("/_sim/reset", sim_reset)
+    r.add_get("/_sim/health", sim_health)
+    r.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+class SimServer:
+    """The simulator on a TCP port: `async with SimServer(cfg) as s: s.url`."""
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.simulator = Simulator(config)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        app = create_sim_app(self.config, self.simulator)
+        # handler_cancellation: a client that gives up (a timeout fault) frees its handler.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        # Bind the socket ourselves so port 0 (any free port) tells us what it got.
+        sock = socket.create_server((self.host, self.port), backlog=4096, reuse_port=False)
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        log.info("simulator listening", extra={"url": self.url})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def describe(config: SimConfig) -> dict[str, Any]:
+    return {
+        "rpm": config.rpm,
+        "itpm": config.itpm,
+        "otpm": config.otpm,
+        "burst": config.burst,
+        "latency_ms": config.latency_ms,
+        "fail_rates": dict(config.fail_rates),
+    }
