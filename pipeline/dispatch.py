@@ -1,0 +1,484 @@
+"""The worker's engine: intake, fair queues, bounded concurrency, retries, outcomes.
+
+Kafka-agnostic: records come in through `handle(record, ack)`, outcomes leave
+through a `Publisher`, and `ack` is called only after every output record of
+an outcome is acknowledged by the broker, so a crash can repeat work but never
+lose it (at-least-once). Redeliveries of a record this worker is already
+handling, or has just finished, are recognised by their (topic, partition,
+offset) and produce no second outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.claude import ClaudeClient, UpstreamResult, to_params
+from pipeline.errors import (
+    DeadlineExpired,
+    InvalidRequest,
+    PartnerDisabled,
+    RequestError,
+    SecretError,
+    UnknownPartner,
+    UpstreamError,
+    UpstreamExhausted,
+    UpstreamRejected,
+)
+from pipeline.intake import Intake, Rejected, key_request_id
+from pipeline.metrics import Metrics
+from pipeline.outcomes import Outcome, OutcomeBuilder
+from pipeline.partners import Partner, Registry, partner_of_requests_topic
+from pipeline.records import AckFn, Job, OutMessage, SourceRecord
+from pipeline.retry import RetryPolicy
+from pipeline.scheduler import DeficitRoundRobin
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver
+
+log = logging.getLogger("pipeline.dispatch")
+
+#: How many finished record positions to remember for redelivery detection.
+DONE_MEMORY = 100_000
+
+
+class Publisher(Protocol):
+    async def publish(self, messages: list[OutMessage]) -> None:
+        """Return once the broker has acknowledged every message; raise otherwise."""
+
+
+class FlowControl(Protocol):
+    """Stop and restart fetching a partner's request topic (Kafka stays the buffer)."""
+
+    def pause(self, partner_id: str) -> None: ...
+
+    def resume(self, partner_id: str) -> None: ...
+
+
+class NoFlowControl:
+    def pause(self, partner_id: str) -> None:
+        pass
+
+    def resume(self, partner_id: str) -> None:
+        pass
+
+
+class FatalError(Exception):
+    """The worker cannot go on (e.g. the broker refuses our outputs): stop loudly."""
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    max_in_flight: int = 256
+    max_queued_per_partner: int = 1_000
+    publish_attempts: int = 5
+
+
+class ApiKeys:
+    """A partner's Anthropic key: its own `api_key_ref`, else the default key."""
+
+    def __init__(self, resolver: SecretResolver, default_key: str | None) -> None:
+        self._resolver = resolver
+        self._default = default_key
+
+    def for_partner(self, partner: Partner) -> str:
+        if partner.api_key_ref:
+            return self._resolver.resolve(partner.api_key_ref).decode()
+        if self._default:
+            return self._default
+        raise SecretError(
+            "no Anthropic API key: set ANTHROPIC_API_KEY or the partner's api_key_ref"
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        intake: Intake,
+        claude: ClaudeClient,
+        keys: ApiKeys,
+        codec: Codec,
+        builder: OutcomeBuilder,
+        publisher: Publisher,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        config: DispatchConfig,
+        flow: FlowControl | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._registry = registry
+        self._intake = intake
+        self._claude = claude
+        self._keys = keys
+        self._codec = codec
+        self._builder = builder
+        self._publisher = publisher
+        self._metrics = metrics
+        self._policy = policy
+        self._config = config
+        self._flow = flow or NoFlowControl()
+        self._on_fatal = on_fatal
+        self._mono = mono
+        self._wall = wall
+        self._rng = rng
+        self._queue: DeficitRoundRobin[str, Job] = DeficitRoundRobin()
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._wakeup = asyncio.Event()
+        self._paused: set[str] = set()
+        # position -> acks of every delivery of that record still being handled
+        self._inflight: dict[tuple[str, int, int], list[AckFn]] = {}
+        self._done: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="dispatch-loop")
+        self._loop_task.add_done_callback(self._task_done)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop dispatching; give in-flight requests `grace_s` to finish, then cancel.
+
+        Anything not finished is simply not acknowledged: Kafka redelivers it.
+        """
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for job in self._queue.remove_where(lambda job: True):
+            self._inflight.pop(job.record.position, None)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task failed", exc_info=exc, extra={"task": task.get_name()})
+            if self._on_fatal is not None and not self._stopping:
+                self._on_fatal(exc)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def depth(self, partner_id: str) -> int:
+        return self._queue.depth(partner_id)
+
+    # -- intake ------------------------------------------------------------------
+
+    async def handle(self, record: SourceRecord, ack: AckFn) -> None:
+        """Take one record from Kafka. Never raises; returns without waiting for Claude."""
+        if self._stopping:
+            return  # not acked: whoever consumes the partition next serves it
+        position = record.position
+        waiting = self._inflight.get(position)
+        if waiting is not None:
+            waiting.append(ack)  # a redelivery of a record we are still handling
+            return
+        if position in self._done:
+            await ack()  # redelivered after we finished, before the commit caught up
+            return
+        self._inflight[position] = [ack]
+        try:
+            job = self._intake.admit(record)
+        except Rejected as rej:
+            outcome = self._builder.failure(
+                record,
+                rej.error,
+                partner_id=rej.partner_id,
+                request_id=rej.request_id,
+                request=rej.request,
+            )
+            self._spawn(self._finish(outcome), f"reject-{record.offset}")
+            return
+        except Exception as exc:  # a bug must cost one record, not the partition
+            log.exception("intake failed", extra=_record_fields(record))
+            partner = partner_of_requests_topic(record.topic)
+            outcome = self._builder.failure(
+                record,
+                InvalidRequest(f"unexpected error at intake: {type(exc).__name__}"),
+                partner_id=partner,
+                request_id=key_request_id(record),
+            )
+            self._spawn(self._finish(outcome), f"reject-{record.offset}")
+            return
+        partner = job.partner_id
+        self._queue.push(partner, job, job.estimated_tokens, job.partner.weight)
+        self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
+        if self._queue.depth(partner) >= self._config.max_queued_per_partner:
+            self._pause(partner)
+        self._wakeup.set()
+
+    def _pause(self, partner: str) -> None:
+        if partner not in self._paused:
+            self._paused.add(partner)
+            self._flow.pause(partner)
+            log.info(
+                "partner queue full: pausing its topic",
+                extra={"partner": partner, "queued": self._queue.depth(partner)},
+            )
+
+    def _maybe_resume(self, partner: str) -> None:
+        if partner in self._paused and self._queue.depth(partner) <= (
+            self._config.max_queued_per_partner // 2
+        ):
+            self._paused.discard(partner)
+            self._flow.resume(partner)
+            log.info("partner queue drained: resuming its topic", extra={"partner": partner})
+
+    def on_partitions_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
+        """Drop queued work of partitions we no longer own: their new owner re-reads it."""
+        revoked = set(positions)
+        dropped = self._queue.remove_where(
+            lambda job: (job.record.topic, job.record.partition) in revoked
+        )
+        for job in dropped:
+            self._inflight.pop(job.record.position, None)
+        if dropped:
+            log.info("dropped queued requests of revoked partitions", extra={"count": len(dropped)})
+
+    def resume_all(self) -> None:
+        """Re-apply pauses after a rebalance handed us fresh partitions."""
+        for partner in list(self._paused):
+            self._flow.pause(partner)
+
+    # -- dispatch ------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            picked = self._queue.pop()
+            while picked is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                picked = self._queue.pop()
+            partner, job = picked
+            self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
+            self._maybe_resume(partner)
+            self._spawn(self._run(job), f"request-{job.request_id}")
+
+    async def _run(self, job: Job) -> None:
+        """Serve one job; owns one concurrency slot, released while sleeping a retry."""
+        holding = True
+        try:
+            if job.first_dispatch_mono is None:
+                job.first_dispatch_mono = self._mono()
+            queued_ms = int((job.first_dispatch_mono - job.received_mono) * 1000)
+            outcome: Outcome | None = None
+            while outcome is None:
+                try:
+                    result = await self._attempt(job)
+                    outcome = self._builder.success(job, result, queued_ms)
+                except RequestError as err:
+                    outcome = self._failure(job, err, queued_ms)
+                except UpstreamError as err:
+                    delay = self._retry_delay(job, err)
+                    if isinstance(delay, RequestError):
+                        outcome = self._failure(job, delay, queued_ms)
+                        continue
+                    self._metrics.retries.labels(job.partner_id).inc()
+                    log.info(
+                        "retrying",
+                        extra={
+                            **_job_fields(job),
+                            "delay_s": round(delay, 3),
+                            "status": err.status,
+                            "error_class": err.error_class,
+                        },
+                    )
+                    self._slots.release()
+                    holding = False
+                    await asyncio.sleep(delay)
+                    await self._slots.acquire()
+                    holding = True
+        except Exception as exc:
+            log.exception("request failed unexpectedly", extra=_job_fields(job))
+            outcome = self._failure(
+                job, InvalidRequest(f"unexpected error: {type(exc).__name__}"), 0
+            )
+        finally:
+            if holding:
+                self._slots.release()
+        await self._finish(outcome, job)
+
+    def _failure(self, job: Job, err: RequestError, queued_ms: int) -> Outcome:
+        return self._builder.failure(
+            job.record,
+            err,
+            partner_id=job.partner_id,
+            request_id=job.request_id,
+            request=job.request,
+            job=job,
+            queued_ms=queued_ms,
+        )
+
+    def _retry_delay(self, job: Job, err: UpstreamError) -> float | RequestError:
+        if not err.is_retriable:
+            return UpstreamRejected(err.message, attempts=job.attempts, error_type=err.error_type)
+        if self._policy.exhausted(job.attempts):
+            return UpstreamExhausted(
+                f"gave up after {job.attempts} attempts; last: {err.message}",
+                attempts=job.attempts,
+                error_type=err.error_type,
+            )
+        delay = self._policy.delay(job.attempts, err.retry_after, self._rng)
+        deadline = job.request.get("deadline_ms")
+        if deadline is not None and (self._wall() + delay) * 1000 >= deadline:
+            return DeadlineExpired(
+                f"the next attempt (in {delay:.1f} s) would start after the deadline",
+                attempts=job.attempts,
+            )
+        return delay
+
+    async def _attempt(self, job: Job) -> UpstreamResult:
+        partner = self._registry.get(job.partner_id)
+        if partner is None:
+            raise UnknownPartner(f"partner {job.partner_id!r} was removed")
+        if not partner.enabled:
+            raise PartnerDisabled(f"partner {job.partner_id!r} is disabled")
+        deadline = job.request.get("deadline_ms")
+        if deadline is not None and self._wall() * 1000 >= deadline:
+            raise DeadlineExpired("deadline passed while queued", attempts=job.attempts)
+        try:
+            api_key = self._keys.for_partner(partner)
+        except SecretError as exc:
+            raise UpstreamRejected(str(exc), attempts=job.attempts) from None
+        job.attempts += 1
+        started = self._mono()
+        try:
+            result = await self._claude.create(api_key, to_params(job.request))
+        except UpstreamError as err:
+            elapsed = self._mono() - started
+            job.upstream_s += elapsed
+            job.last_status = err.status
+            job.last_error_type = err.error_type
+            self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
+            self._metrics.errors.labels(job.partner_id, err.error_class).inc()
+            self._observe_limits(err.headers)
+            raise
+        elapsed = self._mono() - started
+        job.upstream_s += elapsed
+        job.last_status = result.status
+        self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
+        self._observe_limits(result.headers)
+        return result
+
+    def _observe_limits(self, headers: dict[str, str] | object) -> None:
+        if not isinstance(headers, dict):
+            return
+        for resource in ("requests", "input-tokens", "output-tokens"):
+            raw = headers.get(f"anthropic-ratelimit-{resource}-remaining")
+            if raw is not None:
+                with contextlib.suppress(ValueError):
+                    self._metrics.ratelimit_remaining.labels(resource.replace("-", "_")).set(
+                        float(raw)
+                    )
+
+    # -- outcomes ------------------------------------------------------------------
+
+    async def _finish(self, outcome: Outcome, job: Job | None = None) -> None:
+        record = outcome.record
+        messages = outcome.messages(self._codec)
+        for attempt in range(1, self._config.publish_attempts + 1):
+            try:
+                await self._publisher.publish(messages)
+                break
+            except Exception as exc:
+                if attempt == self._config.publish_attempts:
+                    raise FatalError(
+                        f"cannot publish outcomes after {attempt} attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "publish failed, retrying",
+                    extra={**_record_fields(record), "attempt": attempt, "error": str(exc)},
+                )
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        self._account(outcome, job)
+        acks = self._inflight.pop(record.position, [])
+        self._done[record.position] = None
+        if len(self._done) > DONE_MEMORY:
+            self._done.popitem(last=False)
+        for ack in acks:
+            await ack()
+
+    def _account(self, outcome: Outcome, job: Job | None) -> None:
+        partner = outcome.partner_id or "unknown"
+        m = self._metrics
+        if outcome.response is not None:
+            m.requests.labels(partner, outcome.status).inc()
+            created = outcome.response.get("latency_ms")
+            if isinstance(created, int):
+                m.request_duration.labels(partner).observe(created / 1000)
+        if outcome.usage is not None:
+            u = outcome.usage
+            for kind, field_name in (
+                ("input", "input_tokens"),
+                ("output", "output_tokens"),
+                ("cache_read", "cache_read_input_tokens"),
+                ("cache_write", "cache_creation_input_tokens"),
+            ):
+                if u[field_name]:
+                    m.tokens.labels(partner, kind).inc(u[field_name])
+            if u["cost_usd"]:
+                m.cost.labels(partner).inc(u["cost_usd"])
+        fields = {
+            **_record_fields(outcome.record),
+            "partner": outcome.partner_id,
+            "request_id": outcome.request_id,
+            "status": outcome.status,
+        }
+        if outcome.response is not None:
+            fields["latency_ms"] = outcome.response["latency_ms"]
+            fields["attempt"] = outcome.response["attempts"]
+        if outcome.dead_letter is not None:
+            reason = outcome.reason or "unknown"
+            m.dlq.labels(partner, reason).inc()
+            fields["reason"] = reason
+            fields["detail"] = outcome.dead_letter["detail"]
+            log.warning("dead-lettered", extra=fields)
+        else:
+            log.info("served", extra=fields)
+
+
+def _record_fields(record: SourceRecord) -> dict[str, object]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _job_fields(job: Job) -> dict[str, object]:
+    return {
+        **_record_fields(job.record),
+        "partner": job.partner_id,
+        "request_id": job.request_id,
+        "attempt": job.attempts,
+    }

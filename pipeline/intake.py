@@ -1,0 +1,181 @@
+"""From a raw record to an admitted Job, or a RequestError saying why not.
+
+The order is the security order: know the partner, check the signature over
+the raw bytes, and only then parse what an authenticated partner sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipeline import tokens
+from pipeline.errors import (
+    AuthFailed,
+    DeadlineExpired,
+    InvalidRequest,
+    PartnerDisabled,
+    RequestError,
+    SchemaError,
+    SecretError,
+    UnknownPartner,
+)
+from pipeline.partners import Partner, Registry, partner_of_requests_topic
+from pipeline.records import Job, SourceRecord
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver, verify
+
+
+class Rejected(Exception):
+    """A record refused at intake, with what could be read of it."""
+
+    def __init__(
+        self,
+        error: RequestError,
+        partner_id: str | None,
+        request_id: str | None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(error.detail)
+        self.error = error
+        self.partner_id = partner_id
+        self.request_id = request_id
+        self.request = request
+
+
+def key_request_id(record: SourceRecord) -> str | None:
+    """The record key is the request_id by contract; usable if it is sane UTF-8."""
+    if not record.key or len(record.key) > 256:
+        return None
+    try:
+        return record.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def partner_secrets(partner: Partner, resolver: SecretResolver, now_ms: int) -> list[bytes]:
+    """The secrets a signature may use now: current, plus the previous one in its grace."""
+    secrets = [resolver.resolve(partner.signing_secret_ref)]
+    if (
+        partner.previous_signing_secret_ref
+        and partner.previous_secret_expires_at_ms is not None
+        and now_ms < partner.previous_secret_expires_at_ms
+    ):
+        # an unreadable old secret only shortens the grace window
+        with contextlib.suppress(SecretError):
+            secrets.append(resolver.resolve(partner.previous_signing_secret_ref))
+    return secrets
+
+
+def check_identity(request: dict[str, Any], topic_partner: str) -> None:
+    if request["partner_id"] != topic_partner:
+        raise AuthFailed(
+            f"partner_id {request['partner_id']!r} in the value does not match "
+            f"the topic's {topic_partner!r}"
+        )
+
+
+def validate(request: dict[str, Any], partner: Partner) -> None:
+    """Contract checks the worker owns (Claude validates the rest)."""
+    if not str(request["request_id"]).strip():
+        raise InvalidRequest("request_id is empty")
+    if not partner.allows_model(request["model"]):
+        raise InvalidRequest(f"model {request['model']!r} is not allowed for this partner")
+    max_tokens = request["max_tokens"]
+    if max_tokens < 1:
+        raise InvalidRequest("max_tokens must be >= 1")
+    if partner.max_tokens_cap is not None and max_tokens > partner.max_tokens_cap:
+        raise InvalidRequest(
+            f"max_tokens {max_tokens} exceeds this partner's cap of {partner.max_tokens_cap}"
+        )
+    messages = request["messages"]
+    if not messages:
+        raise InvalidRequest("messages is empty")
+    if messages[0]["role"] != "user":
+        raise InvalidRequest("the first message must have role user")
+    for i, message in enumerate(messages):
+        if not message["content"]:
+            raise InvalidRequest(f"messages[{i}].content is empty")
+    temperature = request.get("temperature")
+    if temperature is not None and not 0.0 <= temperature <= 1.0:
+        raise InvalidRequest("temperature must be within [0, 1]")
+
+
+class Intake:
+    def __init__(
+        self,
+        registry: Registry,
+        codec: Codec,
+        secrets: SecretResolver,
+        signature_max_age_s: float,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._codec = codec
+        self._secrets = secrets
+        self._max_age = signature_max_age_s
+        self._wall = wall
+        self._mono = mono
+
+    def admit(self, record: SourceRecord) -> Job:
+        """Admit a record or raise Rejected (which carries the dead-letter reason)."""
+        topic_partner = partner_of_requests_topic(record.topic)
+        key_id = key_request_id(record)
+        if topic_partner is None:
+            raise Rejected(UnknownPartner(f"not a request topic: {record.topic}"), None, key_id)
+        partner = self._registry.get(topic_partner)
+        if partner is None:
+            raise Rejected(
+                UnknownPartner(f"partner {topic_partner!r} is not registered"),
+                topic_partner,
+                key_id,
+            )
+        if record.value is None:
+            raise Rejected(SchemaError("empty record value (tombstone)"), topic_partner, key_id)
+        now = self._wall()
+        try:
+            secrets = partner_secrets(partner, self._secrets, int(now * 1000))
+            replay_count = verify(
+                record.header_map(),
+                record.value,
+                topic_partner=topic_partner,
+                secrets=secrets,
+                now=now,
+                max_age_s=self._max_age,
+            )
+        except SecretError as exc:
+            raise Rejected(
+                AuthFailed(f"cannot read the partner's signing secret: {exc}"),
+                topic_partner,
+                key_id,
+            ) from None
+        except AuthFailed as exc:
+            raise Rejected(exc, topic_partner, key_id) from None
+        try:
+            request = self._codec.decode("ClaudeRequest", record.value)
+        except SchemaError as exc:
+            raise Rejected(exc, topic_partner, key_id) from None
+        request_id = str(request.get("request_id") or "") or key_id
+        try:
+            check_identity(request, topic_partner)
+            if not partner.enabled:
+                raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
+            validate(request, partner)
+            deadline = request.get("deadline_ms")
+            if deadline is not None and now * 1000 >= deadline:
+                raise DeadlineExpired(
+                    f"deadline passed {now * 1000 - deadline:.0f} ms before intake"
+                )
+        except RequestError as exc:
+            raise Rejected(exc, topic_partner, request_id, request) from None
+        return Job(
+            record=record,
+            partner=partner,
+            request=request,
+            replay_count=replay_count,
+            received_mono=self._mono(),
+            est_input_tokens=tokens.count_request(request["messages"], request.get("system")),
+        )

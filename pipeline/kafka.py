@@ -1,0 +1,255 @@
+"""Kafka plumbing for the CLI and admin paths (confluent-kafka, synchronous).
+
+The worker's hot path goes through Faust; these helpers serve commands and
+start-up: provisioning topics, producing a few records, reading a topic from
+the beginning to its current end (or following it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from pipeline.config import Settings
+from pipeline.errors import BrokerError
+from pipeline.partners import (
+    DLQ_TOPIC,
+    PARTNERS_TOPIC,
+    USAGE_TOPIC,
+    requests_topic,
+    responses_topic,
+)
+
+Headers = list[tuple[str, bytes]]
+
+# librdkafka's own log lines go through logging (as JSON) instead of raw stderr.
+_RDKAFKA_LOG = logging.getLogger("confluent_kafka")
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    return {**settings.kafka_config(), "logger": _RDKAFKA_LOG}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def core_topics(settings: Settings) -> list[TopicSpec]:
+    n = settings.topic_partitions
+    return [
+        TopicSpec(USAGE_TOPIC, n),
+        TopicSpec(DLQ_TOPIC, n),
+        # Compacted: the latest config per partner_id is all a worker needs.
+        TopicSpec(PARTNERS_TOPIC, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+def partner_topics(settings: Settings, partner_id: str) -> list[TopicSpec]:
+    n = settings.topic_partitions
+    return [TopicSpec(requests_topic(partner_id), n), TopicSpec(responses_topic(partner_id), n)]
+
+
+def ensure_topics(
+    settings: Settings, specs: Sequence[TopicSpec], timeout: float = 15.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created (idempotent)."""
+    if not specs:
+        return []
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    wanted = {s.name: s for s in specs if s.name not in existing}
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=settings.replication_factor,
+                config=s.config,
+            )
+            for s in wanted.values()
+        ],
+        request_timeout=timeout,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created concurrently by another worker or admin
+            raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    return sorted(created)
+
+
+def list_topics(settings: Settings, timeout: float = 15.0) -> dict[str, int]:
+    admin = AdminClient(client_config(settings))
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+    return {name: len(t.partitions) for name, t in meta.topics.items()}
+
+
+class SyncProducer:
+    """A confluent-kafka producer whose `flush()` raises if any delivery failed."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        conf: dict[str, Any] = {
+            **client_config(settings),
+            "acks": "all",
+            "linger.ms": 5,
+            "enable.idempotence": "false",  # Tansu does not implement InitProducerId
+        }
+        conf.update(overrides)
+        self._producer = Producer(conf)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=list(headers or []),
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: let deliveries drain
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise BrokerError(f"{remaining} records not delivered within {timeout:.0f} s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise BrokerError(f"{len(errors)} records failed: {errors[0]}")
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer(
+        {
+            **client_config(settings),
+            "group.id": "claude-pipeline-cli",  # required by librdkafka; never committed
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+        }
+    )
+
+
+def read_topics(
+    settings: Settings,
+    topics: Iterable[str],
+    *,
+    follow: bool = False,
+    from_end: bool = False,
+    idle_timeout: float | None = None,
+    timeout: float = 15.0,
+) -> Iterator[Message]:
+    """Every record of `topics`, from the beginning (or the end) to the current end.
+
+    With `follow`, keep yielding new records until the caller stops iterating or
+    nothing arrives for `idle_timeout` seconds.
+    """
+    consumer = _consumer(settings)
+    try:
+        meta = consumer.list_topics(timeout=timeout)
+        tps: list[TopicPartition] = []
+        for topic in topics:
+            t = meta.topics.get(topic)
+            if t is None or t.error is not None:
+                continue
+            start = OFFSET_END if from_end else OFFSET_BEGINNING
+            tps.extend(TopicPartition(topic, p, start) for p in t.partitions)
+        if not tps:
+            return
+        consumer.assign(tps)
+        at_end: set[tuple[str, int]] = set()
+        last = time.monotonic()
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if follow and idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add((msg.topic() or "", msg.partition() or 0))
+                    if not follow and len(at_end) >= len(tps):
+                        return
+                    continue
+                raise BrokerError(f"reading {msg.topic()}: {err.str()}")
+            last = time.monotonic()
+            yield msg
+    finally:
+        consumer.close()
+
+
+def end_offsets(settings: Settings, topic: str, timeout: float = 15.0) -> list[TopicPartition]:
+    """The current end of every partition of `topic`."""
+    consumer = _consumer(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        t = meta.topics.get(topic)
+        if t is None or t.error is not None:
+            raise BrokerError(f"topic {topic} does not exist")
+        ends = []
+        for p in t.partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            ends.append(TopicPartition(topic, p, high))
+        return ends
+    finally:
+        consumer.close()
+
+
+def read_from(settings: Settings, start: list[TopicPartition], timeout: float) -> Iterator[Message]:
+    """Records from the given offsets on, until `timeout` seconds pass."""
+    consumer = _consumer(settings)
+    try:
+        consumer.assign(start)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            yield msg
+    finally:
+        consumer.close()

@@ -1,0 +1,88 @@
+"""Every Prometheus metric, defined in one place, in a registry of its own.
+
+Names and labels are part of the public contract (dashboards depend on them).
+No label ever carries a key, a secret or prompt text: only partner ids,
+statuses, reasons and classes.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "claude_partner_requests",
+            "Requests by outcome status",
+            ["partner", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "claude_partner_request_duration_seconds",
+            "End to end: from the partner's created_at to the published outcome",
+            ["partner"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "claude_partner_upstream_duration_seconds",
+            "One Claude call",
+            ["partner"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "claude_partner_tokens",
+            "Tokens by kind: input, output, cache_read, cache_write",
+            ["partner", "kind"],
+            registry=r,
+        )
+        self.cost = Counter("claude_partner_cost_usd", "Spend in USD", ["partner"], registry=r)
+        self.errors = Counter(
+            "claude_partner_errors",
+            "Failed Claude calls by class: 4xx, 5xx, timeout, connection",
+            ["partner", "class"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "claude_partner_retries", "Retried Claude calls", ["partner"], registry=r
+        )
+        self.dlq = Counter(
+            "claude_partner_dlq", "Dead letters by reason", ["partner", "reason"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "claude_partner_queue_depth", "Requests waiting in the worker", ["partner"], registry=r
+        )
+        self.ratelimit_remaining = Gauge(
+            "claude_upstream_ratelimit_remaining",
+            "Claude's last reported remaining capacity",
+            ["resource"],
+            registry=r,
+        )
+        # Not in the contract's list: lets scripts wait until a worker consumes.
+        self.ready = Gauge(
+            "claude_worker_ready",
+            "1 once the worker has partitions assigned and consumes",
+            registry=r,
+        )
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 (scraped by Prometheus)
+        """Expose /metrics on `port` (0 picks a free one); return the bound port."""
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,271 @@
+"""Ops tools: inspect and replay dead letters, report usage."""
+
+from __future__ import annotations
+
+import html
+import re
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, SchemaError
+from pipeline.kafka import SyncProducer, read_topics
+from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, load_partners, partner_of_requests_topic
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver, replay_headers
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float | None = None) -> int:
+    """`15m`, `2h`, `7d` ago, or an ISO 8601 time; returns unix epoch milliseconds."""
+    now = time.time() if now is None else now
+    m = _DURATION.match(text.strip())
+    if m:
+        return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1000)
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--since expects a duration like 15m, 2h, 7d or an ISO time, got {text!r}"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+# -- dead letters ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetterEntry:
+    offset: int
+    partition: int
+    record: dict[str, Any]
+
+    @property
+    def partner_id(self) -> str | None:
+        value = self.record.get("partner_id")
+        return str(value) if value else None
+
+    @property
+    def reason(self) -> str:
+        return str(self.record["reason"])
+
+
+def read_dead_letters(
+    settings: Settings,
+    codec: Codec,
+    *,
+    partner: str | None = None,
+    reason: str | None = None,
+    since_ms: int | None = None,
+) -> Iterator[DeadLetterEntry]:
+    for msg in read_topics(settings, [DLQ_TOPIC]):
+        value = msg.value()
+        if value is None:
+            continue
+        try:
+            record = codec.decode("DeadLetter", value)
+        except SchemaError:
+            continue
+        entry = DeadLetterEntry(msg.offset() or 0, msg.partition() or 0, record)
+        if partner is not None and entry.partner_id != partner:
+            continue
+        if reason is not None and entry.reason != reason:
+            continue
+        if since_ms is not None and int(record["failed_at_ms"]) < since_ms:
+            continue
+        yield entry
+
+
+def dead_letter_row(entry: DeadLetterEntry) -> dict[str, Any]:
+    r = entry.record
+    return {
+        "failed_at": datetime.fromtimestamp(r["failed_at_ms"] / 1000, tz=UTC).isoformat(
+            timespec="seconds"
+        ),
+        "partner": r["partner_id"],
+        "request_id": r["request_id"],
+        "reason": r["reason"],
+        "detail": r["detail"],
+        "attempts": r["attempts"],
+        "replay_count": r["replay_count"],
+        "source": f"{r['source_topic']}[{r['source_partition']}]@{r['source_offset']}",
+    }
+
+
+@dataclass
+class ReplayPlan:
+    replay: list[DeadLetterEntry] = field(default_factory=list)
+    refused: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
+
+
+def plan_replay(entries: Iterable[DeadLetterEntry], max_replays: int) -> ReplayPlan:
+    """Pick what to replay: the latest dead letter per request, within the replay limit."""
+    latest: dict[tuple[str | None, str], DeadLetterEntry] = {}
+    plan = ReplayPlan()
+    for entry in entries:
+        request_id = entry.record.get("request_id")
+        if request_id is None:
+            # No request_id: replay the record itself (once per source position).
+            key: tuple[str | None, str] = (
+                entry.partner_id,
+                f"{entry.record['source_topic']}:{entry.record['source_partition']}:"
+                f"{entry.record['source_offset']}",
+            )
+        else:
+            key = (entry.partner_id, str(request_id))
+        previous = latest.get(key)
+        if previous is None or entry.record["failed_at_ms"] >= previous.record["failed_at_ms"]:
+            latest[key] = entry
+    for entry in latest.values():
+        if partner_of_requests_topic(str(entry.record["source_topic"])) is None:
+            plan.refused.append((entry, "its source is not a partner request topic"))
+        elif int(entry.record["replay_count"]) >= max_replays:
+            plan.refused.append(
+                (
+                    entry,
+                    f"already replayed {entry.record['replay_count']} times (max {max_replays})",
+                )
+            )
+        else:
+            plan.replay.append(entry)
+    return plan
+
+
+def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> int:
+    """Re-produce each original value and headers, with a replay signature."""
+    partners = load_partners(settings.partners_file)
+    producer = SyncProducer(settings)
+    now = time.time()
+    count = 0
+    for entry in plan.replay:
+        r = entry.record
+        topic = str(r["source_topic"])
+        pid = partner_of_requests_topic(topic) or ""
+        partner = partners.get(pid)
+        if partner is None:
+            raise ConfigError(f"cannot replay for {pid!r}: not in {settings.partners_file}")
+        secret = resolver.resolve(partner.signing_secret_ref)
+        original = [(k, bytes(v)) for k, v in (r.get("headers") or {}).items()]
+        headers = replay_headers(original, secret, int(r["replay_count"]) + 1, now)
+        key = r.get("source_key")
+        if key is None and r.get("request_id"):
+            key = str(r["request_id"]).encode()
+        producer.produce(topic, bytes(r["payload"]), key=key, headers=headers)
+        count += 1
+    producer.flush()
+    return count
+
+
+# -- usage ---------------------------------------------------------------------------
+
+
+@dataclass
+class PartnerUsage:
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cost_usd: float = 0.0
+    upstream_ms: list[int] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
+
+    def add(self, u: dict[str, Any]) -> None:
+        self.requests += 1
+        if u["status"] == "ok":
+            self.ok += 1
+        else:
+            self.errors += 1
+            if u.get("reason"):
+                self.reasons[str(u["reason"])] += 1
+        self.input_tokens += u["input_tokens"]
+        self.output_tokens += u["output_tokens"]
+        self.cache_read_input_tokens += u["cache_read_input_tokens"]
+        self.cache_creation_input_tokens += u["cache_creation_input_tokens"]
+        self.cost_usd += u["cost_usd"]
+        if u["attempts"]:
+            self.upstream_ms.append(int(u["upstream_ms"]))
+        if u["model"]:
+            self.models[str(u["model"])] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "upstream_ms_p50": percentile(self.upstream_ms, 50),
+            "upstream_ms_p95": percentile(self.upstream_ms, 95),
+            "reasons": dict(self.reasons),
+            "models": dict(self.models),
+        }
+
+
+def percentile(values: list[int] | list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1])
+
+
+def usage_report(
+    settings: Settings, codec: Codec, since_ms: int | None = None
+) -> dict[str, PartnerUsage]:
+    report: dict[str, PartnerUsage] = defaultdict(PartnerUsage)
+    for msg in read_topics(settings, [USAGE_TOPIC]):
+        value = msg.value()
+        if value is None:
+            continue
+        try:
+            u = codec.decode("UsageRecord", value)
+        except SchemaError:
+            continue
+        if since_ms is not None and u["ts_ms"] < since_ms:
+            continue
+        report[str(u["partner_id"])].add(u)
+    return dict(sorted(report.items()))
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain aligned text table."""
+    cells = [[str("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(lines)
+
+
+def render_html(title: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str('' if r.get(c) is None else r.get(c)))}</td>" for c in columns
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table></body></html>\n"
+    )

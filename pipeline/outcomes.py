@@ -1,0 +1,199 @@
+"""The records an outcome publishes: a response, a usage record, a dead letter.
+
+Every request ends in exactly one outcome. A success is a response and a
+usage record; a failure adds a dead letter with the original record, so ops
+can inspect and replay it. A record so broken that no request_id can be read
+gets only the dead letter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.claude import UpstreamResult
+from pipeline.errors import RequestError
+from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, responses_topic
+from pipeline.pricing import PriceTable
+from pipeline.records import Job, OutMessage, SourceRecord
+from pipeline.schemas import Codec
+
+_ZERO_USAGE = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "cache_creation_input_tokens": 0,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one record, before encoding."""
+
+    record: SourceRecord
+    partner_id: str | None
+    request_id: str | None
+    status: str  # ok | error
+    response: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    dead_letter: dict[str, Any] | None
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.dead_letter is None else str(self.dead_letter["reason"])
+
+    def messages(self, codec: Codec) -> list[OutMessage]:
+        out: list[OutMessage] = []
+        if self.response is not None and self.partner_id is not None:
+            topic = responses_topic(self.partner_id)
+            out.append(
+                OutMessage(
+                    topic,
+                    (self.request_id or "").encode(),
+                    codec.encode("ClaudeResponse", self.response, topic),
+                )
+            )
+        if self.usage is not None:
+            out.append(
+                OutMessage(
+                    USAGE_TOPIC,
+                    (self.partner_id or "").encode(),
+                    codec.encode("UsageRecord", self.usage, USAGE_TOPIC),
+                )
+            )
+        if self.dead_letter is not None:
+            out.append(
+                OutMessage(
+                    DLQ_TOPIC,
+                    (self.partner_id or "").encode() or None,
+                    codec.encode("DeadLetter", self.dead_letter, DLQ_TOPIC),
+                )
+            )
+        return out
+
+
+class OutcomeBuilder:
+    def __init__(self, prices: PriceTable, wall_ms: Callable[[], int]) -> None:
+        self._prices = prices
+        self._wall_ms = wall_ms
+
+    def _latency_ms(self, created_at_ms: int | None, now_ms: int) -> int:
+        return max(0, now_ms - created_at_ms) if created_at_ms else 0
+
+    def success(self, job: Job, result: UpstreamResult, queued_ms: int) -> Outcome:
+        now_ms = self._wall_ms()
+        usage = {
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cache_read_input_tokens": result.cache_read_input_tokens,
+            "cache_creation_input_tokens": result.cache_creation_input_tokens,
+        }
+        cost = self._prices.cost(
+            result.model,
+            result.input_tokens,
+            result.output_tokens,
+            result.cache_read_input_tokens,
+            result.cache_creation_input_tokens,
+        )
+        response = {
+            "request_id": job.request_id,
+            "partner_id": job.partner_id,
+            "status": "ok",
+            "model": result.model,
+            "content": result.content,
+            "stop_reason": result.stop_reason,
+            "stop_sequence": result.stop_sequence,
+            "usage": usage,
+            "error_type": None,
+            "error_message": None,
+            "attempts": job.attempts,
+            "latency_ms": self._latency_ms(job.request.get("created_at_ms"), now_ms),
+            "completed_at_ms": now_ms,
+            "upstream_request_id": result.request_id,
+        }
+        usage_record = {
+            "request_id": job.request_id,
+            "partner_id": job.partner_id,
+            "model": result.model,
+            "status": "ok",
+            "http_status": result.status,
+            **usage,
+            "cost_usd": cost,
+            "queued_ms": queued_ms,
+            "upstream_ms": int(job.upstream_s * 1000),
+            "attempts": job.attempts,
+            "ts_ms": now_ms,
+            "reason": None,
+            "upstream_request_id": result.request_id,
+        }
+        return Outcome(
+            job.record, job.partner_id, job.request_id, "ok", response, usage_record, None
+        )
+
+    def failure(
+        self,
+        record: SourceRecord,
+        error: RequestError,
+        *,
+        partner_id: str | None,
+        request_id: str | None,
+        request: dict[str, Any] | None = None,
+        job: Job | None = None,
+        queued_ms: int = 0,
+        replay_count: int = 0,
+    ) -> Outcome:
+        now_ms = self._wall_ms()
+        attempts = job.attempts if job is not None else error.attempts
+        model = str(request.get("model", "")) if request else ""
+        dead_letter = {
+            "partner_id": partner_id,
+            "request_id": request_id,
+            "reason": error.reason,
+            "detail": error.detail,
+            "source_topic": record.topic,
+            "source_partition": record.partition,
+            "source_offset": record.offset,
+            "payload": record.value or b"",
+            "headers": record.header_map(),
+            "attempts": attempts,
+            "failed_at_ms": now_ms,
+            "replay_count": job.replay_count if job is not None else replay_count,
+            "source_key": record.key,
+            "error_type": error.error_type,
+        }
+        if request_id is None or partner_id is None:
+            return Outcome(record, partner_id, None, "error", None, None, dead_letter)
+        created = request.get("created_at_ms") if request else None
+        response = {
+            "request_id": request_id,
+            "partner_id": partner_id,
+            "status": "error",
+            "model": model or None,
+            "content": None,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": dict(_ZERO_USAGE),
+            "error_type": error.reason,
+            "error_message": error.detail,
+            "attempts": attempts,
+            "latency_ms": self._latency_ms(created, now_ms),
+            "completed_at_ms": now_ms,
+            "upstream_request_id": None,
+        }
+        usage = {
+            "request_id": request_id,
+            "partner_id": partner_id,
+            "model": model,
+            "status": "error",
+            "http_status": job.last_status if job is not None else None,
+            **_ZERO_USAGE,
+            "cost_usd": 0.0,
+            "queued_ms": queued_ms,
+            "upstream_ms": int(job.upstream_s * 1000) if job is not None else 0,
+            "attempts": attempts,
+            "ts_ms": now_ms,
+            "reason": error.reason,
+            "upstream_request_id": None,
+        }
+        return Outcome(record, partner_id, request_id, "error", response, usage, dead_letter)

@@ -1,0 +1,202 @@
+"""The partner registry: a TOML file for admins, a compacted topic for workers.
+
+`partners add|disable|enable|...` edit `PIPELINE_PARTNERS_FILE` and publish the
+changed partner to `claude.partners` (key partner_id, value PartnerConfig; a
+tombstone removes). Workers follow that topic, so a change reaches every
+running worker within a second, without restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, SecretError
+from pipeline.security import validate_ref
+
+PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+REQUESTS_PREFIX = "claude.requests."
+RESPONSES_PREFIX = "claude.responses."
+USAGE_TOPIC = "claude.usage"
+DLQ_TOPIC = "claude.dlq"
+PARTNERS_TOPIC = "claude.partners"
+
+
+def check_partner_id(partner_id: str) -> str:
+    if not PARTNER_ID.match(partner_id):
+        raise ConfigError(f"partner id {partner_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    return partner_id
+
+
+def requests_topic(partner_id: str) -> str:
+    return REQUESTS_PREFIX + partner_id
+
+
+def responses_topic(partner_id: str) -> str:
+    return RESPONSES_PREFIX + partner_id
+
+
+def partner_of_requests_topic(topic: str) -> str | None:
+    if topic.startswith(REQUESTS_PREFIX):
+        return topic[len(REQUESTS_PREFIX) :]
+    return None
+
+
+@dataclass(frozen=True)
+class Partner:
+    """One partner's configuration; field names match the PartnerConfig schema."""
+
+    partner_id: str
+    signing_secret_ref: str
+    enabled: bool = True
+    weight: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
+    daily_token_budget: int | None = None
+    monthly_budget_usd: float | None = None
+    allowed_models: tuple[str, ...] = ()
+    max_tokens_cap: int | None = None
+    api_key_ref: str | None = None
+    previous_signing_secret_ref: str | None = None
+    previous_secret_expires_at_ms: int | None = None
+    updated_at_ms: int = 0
+
+    def __post_init__(self) -> None:
+        check_partner_id(self.partner_id)
+        if self.weight < 1:
+            raise ConfigError(f"partner {self.partner_id}: weight must be >= 1")
+        for name in ("rpm", "tpm", "daily_token_budget", "max_tokens_cap"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"partner {self.partner_id}: {name} must be >= 1")
+        if self.monthly_budget_usd is not None and self.monthly_budget_usd <= 0:
+            raise ConfigError(f"partner {self.partner_id}: monthly_budget_usd must be > 0")
+        try:
+            validate_ref(self.signing_secret_ref)
+            if self.api_key_ref is not None:
+                validate_ref(self.api_key_ref)
+            if self.previous_signing_secret_ref is not None:
+                validate_ref(self.previous_signing_secret_ref)
+        except SecretError as exc:
+            raise ConfigError(f"partner {self.partner_id}: {exc}") from None
+
+    def allows_model(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["allowed_models"] = list(self.allowed_models)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Partner:
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in record.items() if k in known}
+        data["allowed_models"] = tuple(data.get("allowed_models") or ())
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid partner record: {exc}") from exc
+
+    def with_(self, **changes: Any) -> Partner:
+        return replace(self, **changes)
+
+
+# -- the TOML file ------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_partners(partners: Mapping[str, Partner]) -> str:
+    lines = [
+        "# Partner registry of claude-partner-pipeline.",
+        "# Edit with `claude-pipeline partners ...`; secrets are references, never values.",
+        "",
+    ]
+    for pid in sorted(partners):
+        lines.append(f"[partners.{pid}]")
+        for key, value in partners[pid].to_record().items():
+            if key == "partner_id" or value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_partners(path: Path) -> dict[str, Partner]:
+    """The registry file as {partner_id: Partner}; a missing file is an empty registry."""
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    partners: dict[str, Partner] = {}
+    for pid, entry in (data.get("partners") or {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: [partners.{pid}] must be a table")
+        partners[pid] = Partner.from_record({**entry, "partner_id": pid})
+    return partners
+
+
+def save_partners(path: Path, partners: Mapping[str, Partner]) -> None:
+    """Write atomically: a crash never leaves half a registry behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(dump_partners(partners))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- the in-memory registry a worker keeps -------------------------------------
+
+
+@dataclass
+class Registry:
+    """What a worker knows: updated from the claude.partners topic."""
+
+    partners: dict[str, Partner] = field(default_factory=dict)
+    listeners: list[Callable[[str, Partner | None, Partner | None], None]] = field(
+        default_factory=list
+    )
+
+    def get(self, partner_id: str) -> Partner | None:
+        return self.partners.get(partner_id)
+
+    def __iter__(self) -> Iterator[Partner]:
+        return iter(list(self.partners.values()))
+
+    def __len__(self) -> int:
+        return len(self.partners)
+
+    def apply(self, partner_id: str, partner: Partner | None) -> None:
+        """Upsert, or remove on None (a tombstone); tell listeners what changed."""
+        before = self.partners.get(partner_id)
+        if partner is None:
+            self.partners.pop(partner_id, None)
+        else:
+            self.partners[partner_id] = partner
+        if before != partner:
+            for listener in self.listeners:
+                listener(partner_id, before, partner)

@@ -1,0 +1,222 @@
+"""Request signing, verification, secret references and redaction.
+
+A partner signs each record: ``x-signature = hex(HMAC-SHA256(secret,
+timestamp + "." + value))`` with ``x-timestamp`` in unix seconds and
+``x-partner-id``. The worker checks all three, in constant time, against the
+partner's current secret (and, during a rotation's grace window, the previous
+one). Ops replaying a dead letter add a replay signature over the original
+one, which vouches for the old timestamp without re-signing the value.
+
+Secrets are referenced, never stored: ``env:NAME`` or ``file:PATH`` (re-read
+when the file changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import AuthFailed, SecretError
+
+H_PARTNER = "x-partner-id"
+H_TIMESTAMP = "x-timestamp"
+H_SIGNATURE = "x-signature"
+H_REPLAY_COUNT = "x-replay-count"
+H_REPLAY_TIMESTAMP = "x-replay-timestamp"
+H_REPLAY_SIGNATURE = "x-replay-signature"
+
+#: How far in the future a timestamp may be (clock skew between hosts).
+MAX_CLOCK_SKEW_S = 60.0
+
+
+def sign(secret: bytes, timestamp: int, value: bytes) -> str:
+    """The contract's signature: lowercase hex HMAC-SHA256 over ``timestamp.value``."""
+    return hmac.new(secret, str(timestamp).encode() + b"." + value, hashlib.sha256).hexdigest()
+
+
+def signed_headers(
+    partner_id: str, secret: bytes, value: bytes, now: float | None = None
+) -> list[tuple[str, bytes]]:
+    """The three headers a partner puts on a request record."""
+    ts = int(time.time() if now is None else now)
+    return [
+        (H_PARTNER, partner_id.encode()),
+        (H_TIMESTAMP, str(ts).encode()),
+        (H_SIGNATURE, sign(secret, ts, value).encode()),
+    ]
+
+
+def replay_signature(secret: bytes, replay_ts: int, replay_count: int, original: bytes) -> str:
+    message = f"{replay_ts}.{replay_count}.".encode() + original
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def replay_headers(
+    headers: Iterable[tuple[str, bytes]], secret: bytes, replay_count: int, now: float
+) -> list[tuple[str, bytes]]:
+    """The original headers plus a fresh replay signature, for `dlq replay`."""
+    kept = [
+        (k, v)
+        for k, v in headers
+        if k not in (H_REPLAY_COUNT, H_REPLAY_TIMESTAMP, H_REPLAY_SIGNATURE)
+    ]
+    original = dict(kept).get(H_SIGNATURE, b"")
+    ts = int(now)
+    return [
+        *kept,
+        (H_REPLAY_COUNT, str(replay_count).encode()),
+        (H_REPLAY_TIMESTAMP, str(ts).encode()),
+        (H_REPLAY_SIGNATURE, replay_signature(secret, ts, replay_count, original).encode()),
+    ]
+
+
+def _header_text(headers: Mapping[str, bytes], name: str) -> str | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _check_age(ts_text: str | None, now: float, max_age_s: float, what: str) -> None:
+    if ts_text is None:
+        raise AuthFailed(f"missing header {what}")
+    try:
+        ts = int(ts_text)
+    except ValueError:
+        raise AuthFailed(f"malformed {what}: not unix seconds") from None
+    age = now - ts
+    if age > max_age_s:
+        raise AuthFailed(f"stale signature: {what} is {age:.0f} s old (max {max_age_s:.0f} s)")
+    if age < -MAX_CLOCK_SKEW_S:
+        raise AuthFailed(f"{what} is {-age:.0f} s in the future")
+
+
+def _matches(secrets: Iterable[bytes], message: bytes, signature: str) -> bool:
+    ok = False
+    for secret in secrets:
+        expected = hmac.new(secret, message, hashlib.sha256).hexdigest()
+        # compare every candidate: no early exit that times which secret matched
+        ok |= hmac.compare_digest(expected, signature)
+    return ok
+
+
+def verify(
+    headers: Mapping[str, bytes],
+    value: bytes,
+    *,
+    topic_partner: str,
+    secrets: Iterable[bytes],
+    now: float,
+    max_age_s: float,
+) -> int:
+    """Check a request record's signature; return its replay count (0 if original).
+
+    Raises AuthFailed with the failed check in its message.
+    """
+    secrets = list(secrets)
+    partner = _header_text(headers, H_PARTNER)
+    if partner is None:
+        raise AuthFailed(f"missing header {H_PARTNER}")
+    if partner != topic_partner:
+        raise AuthFailed(f"{H_PARTNER} {partner!r} does not match the topic's {topic_partner!r}")
+    signature = _header_text(headers, H_SIGNATURE)
+    if signature is None:
+        raise AuthFailed(f"missing header {H_SIGNATURE}")
+    ts_text = _header_text(headers, H_TIMESTAMP)
+    if ts_text is None:
+        raise AuthFailed(f"missing header {H_TIMESTAMP}")
+    if not _matches(secrets, ts_text.encode() + b"." + value, signature):
+        raise AuthFailed("signature mismatch: not signed with the partner's secret")
+    replay_sig = _header_text(headers, H_REPLAY_SIGNATURE)
+    if replay_sig is None:
+        _check_age(ts_text, now, max_age_s, H_TIMESTAMP)
+        return 0
+    # A replay by ops: the original signature proves the value; the replay
+    # signature, fresh and over the original, vouches for the old timestamp.
+    count_text = _header_text(headers, H_REPLAY_COUNT) or ""
+    replay_ts = _header_text(headers, H_REPLAY_TIMESTAMP)
+    _check_age(replay_ts, now, max_age_s, H_REPLAY_TIMESTAMP)
+    if not count_text.isdigit():
+        raise AuthFailed(f"malformed {H_REPLAY_COUNT}")
+    message = f"{replay_ts}.{count_text}.".encode() + signature.encode()
+    if not _matches(secrets, message, replay_sig):
+        raise AuthFailed("replay signature mismatch")
+    return int(count_text)
+
+
+# -- secret references --------------------------------------------------------
+
+# The offending value is not echoed: a secret pasted where a reference belongs
+# must not end up in a terminal scrollback or a log.
+_BAD_REF = "a secret reference must be env:NAME or file:PATH (the value given is not shown)"
+
+
+@dataclass
+class _FileCache:
+    stamp: tuple[int, int]  # (mtime_ns, size)
+    value: bytes
+    checked_at: float
+
+
+class SecretResolver:
+    """Resolve ``env:NAME`` and ``file:PATH``; files are re-read when they change.
+
+    A file is stat()ed at most once per `recheck_s`, so resolving on every
+    request costs nothing measurable.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        clock: Callable[[], float] = time.monotonic,
+        recheck_s: float = 1.0,
+    ) -> None:
+        self._env = env
+        self._clock = clock
+        self._recheck_s = recheck_s
+        self._files: dict[str, _FileCache] = {}
+
+    def resolve(self, ref: str) -> bytes:
+        scheme, sep, target = ref.partition(":")
+        if not sep or not target or scheme not in ("env", "file"):
+            raise SecretError(_BAD_REF)
+        if scheme == "env":
+            value = self._env.get(target)
+            if not value:
+                raise SecretError(f"environment variable {target} (from {ref}) is not set")
+            return value.encode()
+        return self._read_file(target)
+
+    def _read_file(self, path: str) -> bytes:
+        now = self._clock()
+        cached = self._files.get(path)
+        if cached is not None and now - cached.checked_at < self._recheck_s:
+            return cached.value
+        try:
+            st = Path(path).stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if cached is not None and cached.stamp == stamp:
+                cached.checked_at = now
+                return cached.value
+            value = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if not value:
+            raise SecretError(f"secret file {path} is empty")
+        self._files[path] = _FileCache(stamp, value, now)
+        return value
+
+
+def validate_ref(ref: str) -> str:
+    """Check a reference's shape (not its value) for the partner registry."""
+    scheme, sep, target = ref.partition(":")
+    if scheme not in ("env", "file") or not sep or not target:
+        raise SecretError(_BAD_REF)
+    return ref

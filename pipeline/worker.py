@@ -1,0 +1,193 @@
+"""The running worker: wires the engine to Faust and starts/stops everything.
+
+`WorkerRuntime` owns the long-lived parts (metrics server, partner follower,
+dispatcher, Claude clients); `run_worker` boots it under Faust's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import faust
+from mode import Service
+
+from pipeline.app import FaustFlowControl, FaustPublisher, create_app
+from pipeline.claude import ClaudeClient
+from pipeline.config import Settings
+from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
+from pipeline.follower import PartnerFollower, load_registry
+from pipeline.intake import Intake
+from pipeline.kafka import core_topics, ensure_topics, partner_topics
+from pipeline.logs import Redactor, setup_logging
+from pipeline.metrics import Metrics
+from pipeline.outcomes import OutcomeBuilder
+from pipeline.partners import Partner, Registry, requests_topic
+from pipeline.pricing import PriceTable
+from pipeline.records import AckFn, SourceRecord
+from pipeline.retry import RetryPolicy
+from pipeline.schemas import Codec, ConfluentRegistry
+from pipeline.security import SecretResolver
+
+log = logging.getLogger("pipeline.worker")
+
+
+class WorkerRuntime(Service):
+    """Everything a worker runs besides Faust itself."""
+
+    def __init__(self, settings: Settings, registry: Registry, codec: Codec) -> None:
+        super().__init__()
+        self.settings = settings
+        self.registry = registry
+        self.codec = codec
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        secrets = SecretResolver(settings.secret_env())
+        self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
+        self.wiring = create_app(
+            settings,
+            handler=self._handle,
+            request_topics=[requests_topic(p.partner_id) for p in registry],
+            on_revoked=self._on_revoked,
+            on_assigned=self._on_assigned,
+        )
+        self.app = self.wiring.app
+        self.dispatcher = Dispatcher(
+            registry=registry,
+            intake=Intake(registry, codec, secrets, settings.signature_max_age_s),
+            claude=self.claude,
+            keys=ApiKeys(secrets, settings.anthropic_api_key),
+            codec=codec,
+            builder=OutcomeBuilder(PriceTable(), lambda: int(time.time() * 1000)),
+            publisher=FaustPublisher(self.app),
+            metrics=self.metrics,
+            policy=RetryPolicy(
+                settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s
+            ),
+            config=DispatchConfig(
+                max_in_flight=settings.max_in_flight,
+                max_queued_per_partner=settings.max_queued_per_partner,
+            ),
+            flow=FaustFlowControl(self.app, requests_topic),
+            on_fatal=self._fatal,
+        )
+        self.follower = PartnerFollower(settings, codec, registry, on_error=self._fatal)
+        registry.listeners.append(self._on_partner_change)
+        self._pending_topics: set[str] = set()
+        self._subscribe_task: asyncio.Task[None] | None = None
+        self._crash_task: asyncio.Future[None] | None = None
+
+    async def _handle(self, record: SourceRecord, ack: AckFn) -> None:
+        await self.dispatcher.handle(record, ack)
+
+    def _on_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
+        self.dispatcher.on_partitions_revoked(positions)
+
+    def _on_assigned(self) -> None:
+        self.dispatcher.resume_all()
+        self.metrics.ready.set(1)
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("fatal error: stopping the worker", exc_info=exc)
+        self._crash_task = asyncio.ensure_future(self.app.crash(exc))
+
+    def _on_partner_change(
+        self, partner_id: str, before: Partner | None, after: Partner | None
+    ) -> None:
+        if after is not None and before is None:
+            # A new partner: create its topics, then add them to the subscription.
+            self._pending_topics.add(partner_id)
+            if self._subscribe_task is None or self._subscribe_task.done():
+                self._subscribe_task = asyncio.ensure_future(self._subscribe_new())
+                self._subscribe_task.add_done_callback(self._subscribe_done)
+
+    def _subscribe_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cannot subscribe to a new partner's topics", exc_info=task.exception())
+
+    async def _subscribe_new(self) -> None:
+        while self._pending_topics:
+            new = sorted(self._pending_topics)
+            self._pending_topics.clear()
+            specs = [s for pid in new for s in partner_topics(self.settings, pid)]
+            created = await asyncio.to_thread(ensure_topics, self.settings, specs)
+            # Topics are never dropped while running: records for a removed
+            # partner still get their dead letter (unknown_partner).
+            topics = set(self.wiring.request_topics()) | {requests_topic(pid) for pid in new}
+            if self.wiring.set_request_topics(topics):
+                log.info(
+                    "subscribing to new partner topics",
+                    extra={"partners": new, "created_topics": created},
+                )
+
+    async def on_start(self) -> None:
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_port)
+            log.info("metrics listening", extra={"port": self.metrics_port})
+        await self.follower.start()
+        await self.dispatcher.start()
+
+    async def drain(self) -> None:
+        """Stop taking records and let in-flight requests publish, while Kafka is up."""
+        await self.dispatcher.stop(self.settings.shutdown_grace_s)
+
+    async def on_stop(self) -> None:
+        await self.dispatcher.stop(0)
+        await self.follower.stop()
+        await self.claude.close()
+        self.metrics.close()
+
+
+def build_runtime(settings: Settings) -> WorkerRuntime:
+    """Read the registry, provision topics, and assemble the runtime (synchronous)."""
+    registry_client = (
+        ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+    )
+    codec = Codec(registry=registry_client)
+    ensure_topics(settings, core_topics(settings))
+    registry = load_registry(settings, codec)
+    ensure_topics(settings, [s for p in registry for s in partner_topics(settings, p.partner_id)])
+    return WorkerRuntime(settings, registry, codec)
+
+
+def run_worker(settings: Settings) -> int:
+    redactor = Redactor()
+    if settings.anthropic_api_key:
+        redactor.add(settings.anthropic_api_key)
+    setup_logging(settings.log_level, redactor)
+    runtime = build_runtime(settings)
+    log.info(
+        "worker starting",
+        extra={
+            "bootstrap": settings.bootstrap_servers,
+            "profile": settings.profile,
+            "partners": sorted(p.partner_id for p in runtime.registry),
+        },
+    )
+    worker = PipelineWorker(
+        runtime.app,
+        runtime,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    worker.spinner = None  # no terminal escape codes in JSON logs
+    worker.execute_from_commandline()
+    return 0
+
+
+class PipelineWorker(faust.Worker):
+    """Faust's worker, draining our in-flight requests before the app stops.
+
+    Children stop after `on_stop`, so the producer is still up while in-flight
+    requests publish their outcomes and their offsets can still be committed.
+    """
+
+    async def on_stop(self) -> None:
+        for service in self.services:
+            if isinstance(service, WorkerRuntime):
+                await service.drain()
+        await super().on_stop()
