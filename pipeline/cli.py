@@ -61,7 +61,7 @@ def _port(text: str) -> int:
     return value
 
 
-def _fail_rate(text: str) -> tuple[str, float]:
+def _fail_rate(text: str) -> tuple[str, float, str | None]:
     from pipeline.sim.config import parse_fail_rate
 
     try:
@@ -109,8 +109,11 @@ def _add_sim(sub: argparse._SubParsersAction[Parser]) -> None:
         type=_fail_rate,
         action="append",
         default=[],
-        metavar="KIND=P",
-        help="inject faults: KIND is 429, 500, 529, timeout or reset (repeatable)",
+        metavar="KIND=P[@KEY]",
+        help=(
+            "inject faults: KIND is 429, 500, 529, timeout or reset; @KEY limits it to one "
+            "API key (repeatable)"
+        ),
     )
     p.add_argument("--seed", type=int, default=None, help="seed for faults and jitter")
     p.add_argument(
@@ -150,7 +153,9 @@ def _add_sim(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_sim(args: argparse.Namespace) -> int:
     from pipeline.logs import setup_logging
     from pipeline.sim import SimConfig, SimServer
+    from pipeline.sim.config import fail_rate_tables
 
+    global_rates, key_rates = fail_rate_tables(args.fail_rate)
     try:
         config = SimConfig(
             rpm=args.rpm,
@@ -160,7 +165,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             latency_ms=args.latency_ms,
             jitter_ms=args.jitter_ms,
             ms_per_output_token=args.ms_per_output_token,
-            fail_rates=dict(args.fail_rate),
+            fail_rates=global_rates,
+            key_fail_rates=key_rates,
             seed=args.seed,
             keys=frozenset(k.strip() for k in args.keys.split(",") if k.strip()),
             output_tokens=args.output_tokens,

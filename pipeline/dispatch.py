@@ -16,11 +16,11 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from pipeline.claude import ClaudeClient, UpstreamResult, to_params
+from pipeline.claude import UpstreamResult, to_params
 from pipeline.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -51,6 +51,12 @@ DONE_MEMORY = 100_000
 class Publisher(Protocol):
     async def publish(self, messages: list[OutMessage]) -> None:
         """Return once the broker has acknowledged every message; raise otherwise."""
+
+
+class Upstream(Protocol):
+    """What the dispatcher needs from Claude (ClaudeClient in production)."""
+
+    async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult: ...
 
 
 class FlowControl(Protocol):
@@ -103,7 +109,7 @@ class Dispatcher:
         *,
         registry: Registry,
         intake: Intake,
-        claude: ClaudeClient,
+        claude: Upstream,
         keys: ApiKeys,
         codec: Codec,
         builder: OutcomeBuilder,

@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 FAULT_KINDS = ("429", "500", "529", "timeout", "reset")
 
 
-def parse_fail_rate(spec: str) -> tuple[str, float]:
-    """Parse ``KIND=P`` (e.g. ``529=0.05``); raise ValueError with a usable message."""
+def parse_fail_rate(spec: str) -> tuple[str, float, str | None]:
+    """Parse ``KIND=P`` or ``KIND=P@KEY`` (only that API key suffers it).
+
+    Raises ValueError with a usable message.
+    """
+    spec, at, key = spec.partition("@")
+    if at and not key:
+        raise ValueError("--fail-rate KIND=P@KEY needs a key after @")
     kind, sep, value = spec.partition("=")
     kind = kind.strip().lower()
     if not sep:
@@ -23,7 +29,21 @@ def parse_fail_rate(spec: str) -> tuple[str, float]:
         raise ValueError(f"--fail-rate probability must be a number, got {value!r}") from None
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"--fail-rate probability must be within [0, 1], got {p}")
-    return kind, p
+    return kind, p, key or None
+
+
+def fail_rate_tables(
+    specs: list[tuple[str, float, str | None]],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Split parsed --fail-rate specs into global rates and per-key rates."""
+    global_rates: dict[str, float] = {}
+    per_key: dict[str, dict[str, float]] = {}
+    for kind, p, key in specs:
+        if key is None:
+            global_rates[kind] = p
+        else:
+            per_key.setdefault(key, {})[kind] = p
+    return global_rates, per_key
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,8 @@ class SimConfig:
     ms_per_output_token: float = 0.0
     #: Fault probabilities by kind (see FAULT_KINDS); drawn once per request.
     fail_rates: Mapping[str, float] = field(default_factory=dict)
+    #: Per-API-key fault probabilities; a key listed here ignores `fail_rates`.
+    key_fail_rates: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     seed: int | None = None
     #: Accepted API keys; empty accepts any non-empty key.
     keys: frozenset[str] = frozenset()
@@ -61,9 +83,10 @@ class SimConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.burst is not None and self.burst < 1:
             raise ValueError("burst must be >= 1")
-        total = sum(self.fail_rates.values())
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"fail rates add up to {total:.3f}, more than 1")
-        for kind in self.fail_rates:
-            if kind not in FAULT_KINDS:
-                raise ValueError(f"unknown fault kind {kind!r}")
+        for rates in (self.fail_rates, *self.key_fail_rates.values()):
+            total = sum(rates.values())
+            if total > 1.0 + 1e-9:
+                raise ValueError(f"fail rates add up to {total:.3f}, more than 1")
+            for kind in rates:
+                if kind not in FAULT_KINDS:
+                    raise ValueError(f"unknown fault kind {kind!r}")

@@ -94,6 +94,9 @@ class Simulator:
         cfg = self.config
         self._limits: dict[str, KeyLimits] = {}
         self._faults = FaultInjector(cfg.fail_rates, cfg.seed)
+        self._key_faults = {
+            key: FaultInjector(rates, cfg.seed) for key, rates in cfg.key_fail_rates.items()
+        }
         self.cache = PromptCache(cfg.cache_ttl_s, cfg.cache_min_tokens, self._clock)
         self.stats: dict[str, KeyStats] = {}
         self._ids = itertools.count(1)
@@ -176,7 +179,7 @@ class Simulator:
         except ApiError as exc:
             self.record(key, exc.status)
             raise
-        fault = self._faults.draw()
+        fault = self._key_faults.get(key, self._faults).draw()
         limits = self.limits_for(key)
         if fault in ("500", "529", "429"):
             self.record(key, fault)

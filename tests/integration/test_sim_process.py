@@ -22,6 +22,7 @@ FLAG_FOR = {
     "jitter_ms": "--jitter-ms",
     "ms_per_output_token": "--ms-per-output-token",
     "fail_rates": "--fail-rate",
+    "key_fail_rates": "--fail-rate",
     "seed": "--seed",
     "keys": "--keys",
     "output_tokens": "--output-tokens",

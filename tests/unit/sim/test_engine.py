@@ -74,7 +74,7 @@ def test_keys_have_separate_buckets(clock: FakeClock, wall: FakeClock) -> None:
 
 
 def test_seeded_faults_reproduce(clock: FakeClock, wall: FakeClock) -> None:
-    rates = dict([parse_fail_rate("500=0.2"), parse_fail_rate("529=0.2")])
+    rates = {k: p for k, p, _ in (parse_fail_rate("500=0.2"), parse_fail_rate("529=0.2"))}
 
     def run() -> list[int]:
         sim = _sim(clock, wall, fail_rates=rates, seed=42, rpm=0, itpm=0, otpm=0)
@@ -162,3 +162,13 @@ def test_cancel_ends_batch_with_canceled_requests(clock: FakeClock, wall: FakeCl
     assert obj["processing_status"] == "ended"
     assert obj["request_counts"]["canceled"] == 1
     assert obj["cancel_initiated_at"] is not None
+
+
+def test_key_scoped_faults_spare_other_keys(clock: FakeClock, wall: FakeClock) -> None:
+    kind, p, key = parse_fail_rate("529=1.0@broken")
+    assert key == "broken"
+    sim = _sim(clock, wall, key_fail_rates={"broken": {kind: p}})
+    with pytest.raises(ApiError) as info:
+        sim.prepare("broken", _body())
+    assert info.value.status == 529
+    sim.complete(sim.prepare("healthy", _body()), "id")

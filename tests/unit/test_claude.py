@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import anthropic
+import httpx2
+import pytest
+
+from pipeline.claude import classify, parse_retry_after, to_params
+from pipeline.client import build_request
+
+REQ = httpx2.Request("POST", "http://sim/v1/messages")
+
+
+def _status_error(status: int, headers: dict[str, str] | None = None) -> anthropic.APIStatusError:
+    body = {"type": "error", "error": {"type": "some_error", "message": "nope"}}
+    response = httpx2.Response(status, headers=headers or {}, json=body, request=REQ)
+    cls = {429: anthropic.RateLimitError, 400: anthropic.BadRequestError}.get(
+        status, anthropic.APIStatusError
+    )
+    return cls("nope", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("status", "retriable", "error_class"),
+    [(429, True, "4xx"), (500, True, "5xx"), (529, True, "5xx"), (400, False, "4xx"),
+     (401, False, "4xx"), (404, False, "4xx"), (408, True, "4xx")],
+)  # fmt: skip
+def test_status_errors(status: int, retriable: bool, error_class: str) -> None:
+    err = classify(_status_error(status, {"retry-after": "7"}))
+    assert (err.status, err.is_retriable, err.error_class) == (status, retriable, error_class)
+    assert err.retry_after == 7.0
+    assert err.error_type == "some_error"
+
+
+def test_transport_errors() -> None:
+    assert classify(anthropic.APITimeoutError(REQ)).error_class == "timeout"
+    conn = classify(anthropic.APIConnectionError(request=REQ))
+    assert (conn.error_class, conn.is_retriable) == ("connection", True)
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_params_forward_only_what_the_api_takes() -> None:
+    req = build_request(
+        "acme", "hi", system="s", temperature=0.2, metadata={"user_id": "u", "x": "y"}
+    )
+    params = to_params(req)
+    assert params["system"] == "s"
+    assert params["temperature"] == 0.2
+    assert params["metadata"] == {"user_id": "u"}
+    assert "stop_sequences" not in params
+    assert "top_p" not in params

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = Settings.from_env({})
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert s.partners_file == Path("partners.toml")
+    assert s.metrics_port == 9464
+    assert s.anthropic_api_key is None
+    assert s.schema_registry_url is None
+    assert s.profile == "production"
+    # production stays valid on real Kafka (group.min.session.timeout.ms = 6 s)
+    assert s.timings.session_timeout_s >= 6.0
+
+
+def test_environment_overrides() -> None:
+    s = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+            "ANTHROPIC_API_KEY": "sk-ant-xyz",
+            "PIPELINE_METRICS_PORT": "9999",
+            "PIPELINE_PROFILE": "dev",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "p",
+        }
+    )
+    assert s.metrics_port == 9999
+    assert s.timings.session_timeout_s == 2.0
+    conf = s.kafka_config()
+    assert conf["bootstrap.servers"] == "k1:9092,k2:9092"
+    assert conf["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert s.aiokafka_config()["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+    assert "sk-ant-xyz" not in repr(s)
+    assert "'p'" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"PIPELINE_METRICS_PORT": "lots"}, "PIPELINE_METRICS_PORT must be a number"),
+        ({"PIPELINE_PROFILE": "turbo"}, "PIPELINE_PROFILE"),
+        ({"PIPELINE_MAX_IN_FLIGHT": "0"}, "max_in_flight"),
+    ],
+)
+def test_bad_values_are_config_errors(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)

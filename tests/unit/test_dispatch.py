@@ -1,0 +1,279 @@
+"""The dispatcher with fakes at its two edges (Claude and the publisher).
+
+Kafka itself is exercised by the integration tests; here we pin down the
+request lifecycle: retries, outcomes, acks after publish, redelivery dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from pipeline.claude import UpstreamResult
+from pipeline.client import build_request
+from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
+from pipeline.errors import UpstreamError
+from pipeline.intake import Intake
+from pipeline.metrics import Metrics
+from pipeline.outcomes import OutcomeBuilder
+from pipeline.partners import Partner, Registry
+from pipeline.pricing import PriceTable
+from pipeline.records import OutMessage, SourceRecord
+from pipeline.retry import RetryPolicy
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver, signed_headers
+
+CODEC = Codec()
+
+
+class FakeClaude:
+    """Answers per prompt from a script of errors, then succeeds."""
+
+    def __init__(self, script: dict[str, list[UpstreamError]] | None = None) -> None:
+        self.script = script or {}
+        self.calls: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
+        prompt = params["messages"][-1]["content"]
+        self.calls.append(prompt)
+        if self.gate is not None:
+            await self.gate.wait()
+        errors = self.script.get(prompt)
+        if errors:
+            raise errors.pop(0)
+        return UpstreamResult(
+            model=params["model"], content=f"Re: {prompt}", stop_reason="end_turn",
+            stop_sequence=None, input_tokens=10, output_tokens=5, cache_read_input_tokens=0,
+            cache_creation_input_tokens=0, request_id="req_x",
+        )  # fmt: skip
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[OutMessage] = []
+        self.fail_next = 0
+
+    async def publish(self, messages: list[OutMessage]) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("broker unavailable")
+        self.published.extend(messages)
+
+    def decoded(self, topic_prefix: str, record: str) -> list[dict[str, Any]]:
+        return [
+            CODEC.decode(record, m.value)
+            for m in self.published
+            if m.topic.startswith(topic_prefix)
+        ]
+
+
+def _retriable(status: int = 529, retry_after: float | None = None) -> UpstreamError:
+    return UpstreamError("overloaded", error_class="5xx", status=status, retriable=True,
+                         retry_after=retry_after)  # fmt: skip
+
+
+def _rejected() -> UpstreamError:
+    return UpstreamError("bad", error_class="4xx", status=400, retriable=False,
+                         error_type="invalid_request_error")  # fmt: skip
+
+
+class Harness:
+    def __init__(
+        self, claude: FakeClaude, max_attempts: int = 3, flow: Any = None, **dispatch: Any
+    ) -> None:
+        self.registry = Registry()
+        self.registry.apply("acme", Partner("acme", "env:S"))
+        resolver = SecretResolver({"S": "secret-acme"})
+        self.claude = claude
+        self.publisher = FakePublisher()
+        self.acked: list[int] = []
+        self._ack_event = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            registry=self.registry,
+            intake=Intake(self.registry, CODEC, resolver, 300.0),
+            claude=claude,
+            keys=ApiKeys(resolver, "sk-default"),
+            codec=CODEC,
+            builder=OutcomeBuilder(PriceTable(), lambda: 1),
+            publisher=self.publisher,
+            metrics=Metrics(),
+            policy=RetryPolicy(max_attempts, 0.001, 0.01),
+            config=DispatchConfig(publish_attempts=2, **dispatch),
+            flow=flow,
+            rng=lambda: 1.0,
+        )
+        self.offset = 0
+
+    def record(self, prompt: str, **kw: Any) -> SourceRecord:
+        self.offset += 1
+        value = CODEC.encode(
+            "ClaudeRequest", build_request("acme", prompt, request_id=f"r{self.offset}", **kw)
+        )
+        headers = signed_headers("acme", b"secret-acme", value)
+        return SourceRecord("claude.requests.acme", 0, self.offset, f"r{self.offset}".encode(),
+                            value, headers)  # fmt: skip
+
+    async def send(self, record: SourceRecord) -> None:
+        async def ack(offset: int = record.offset) -> None:
+            self.acked.append(offset)
+            self._ack_event.set()
+
+        await self.dispatcher.handle(record, ack)
+
+    async def settle(self, acks: int) -> None:
+        """Wait (at most 5 s) until `acks` records have been acknowledged."""
+        async with asyncio.timeout(5.0):
+            while len(self.acked) < acks:
+                self._ack_event.clear()
+                await self._ack_event.wait()
+
+    def responses(self) -> list[dict[str, Any]]:
+        return self.publisher.decoded("claude.responses.", "ClaudeResponse")
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return self.publisher.decoded("claude.dlq", "DeadLetter")
+
+
+@pytest.fixture
+async def harness() -> Any:
+    h = Harness(FakeClaude())
+    await h.dispatcher.start()
+    yield h
+    await h.dispatcher.stop(0)
+
+
+async def test_success_publishes_response_and_usage_then_acks(harness: Harness) -> None:
+    await harness.send(harness.record("hello"))
+    await harness.settle(1)
+    (response,) = harness.responses()
+    assert (response["status"], response["content"], response["attempts"]) == ("ok", "Re: hello", 1)
+    (usage,) = harness.publisher.decoded("claude.usage", "UsageRecord")
+    assert usage["input_tokens"] == 10
+    assert usage["cost_usd"] == pytest.approx((10 * 1 + 5 * 5) / 1e6)
+    assert harness.dead_letters() == []
+    assert harness.acked == [1]
+
+
+async def test_retriable_errors_are_retried_then_served() -> None:
+    h = Harness(FakeClaude({"flaky": [_retriable(), _retriable(429, 0.01)]}))
+    await h.dispatcher.start()
+    await h.send(h.record("flaky"))
+    await h.settle(1)
+    await h.dispatcher.stop(0)
+    assert h.claude.calls == ["flaky"] * 3
+    assert h.responses()[0]["attempts"] == 3
+    assert h.responses()[0]["status"] == "ok"
+
+
+async def test_exhausted_and_rejected_become_dead_letters() -> None:
+    h = Harness(FakeClaude({"down": [_retriable()] * 5, "bad": [_rejected()]}), max_attempts=3)
+    await h.dispatcher.start()
+    await h.send(h.record("down"))
+    await h.send(h.record("bad"))
+    await h.settle(2)
+    await h.dispatcher.stop(0)
+    reasons = {d["request_id"]: (d["reason"], d["attempts"]) for d in h.dead_letters()}
+    assert reasons == {"r1": ("upstream_exhausted", 3), "r2": ("upstream_rejected", 1)}
+    assert {r["request_id"]: r["error_type"] for r in h.responses()} == {
+        "r1": "upstream_exhausted",
+        "r2": "upstream_rejected",
+    }
+
+
+async def test_dead_letter_carries_the_original_record(harness: Harness) -> None:
+    garbage = b"\x00garbage"
+    headers = signed_headers("acme", b"secret-acme", garbage)
+    bad = SourceRecord("claude.requests.acme", 3, 99, b"k", garbage, headers)
+    await harness.send(bad)
+    await harness.settle(1)
+    (dead,) = harness.dead_letters()
+    assert dead["reason"] == "schema_error"
+    assert dead["payload"] == b"\x00garbage"
+    assert dead["source_partition"] == 3
+    assert dead["source_offset"] == 99
+    assert dead["headers"]["x-partner-id"] == b"acme"
+    assert dead["source_key"] == b"k"
+
+
+async def test_redelivery_while_in_flight_yields_one_outcome_and_two_acks() -> None:
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    h = Harness(claude)
+    await h.dispatcher.start()
+    record = h.record("slow")
+    await h.send(record)
+    await asyncio.sleep(0.01)
+    await h.send(record)  # Kafka redelivers it (e.g. after a rebalance)
+    claude.gate.set()
+    await h.settle(2)
+    await h.send(record)  # and once more after we finished
+    await h.settle(3)
+    await h.dispatcher.stop(0)
+    assert len(h.responses()) == 1
+    assert claude.calls == ["slow"]
+    assert h.acked == [1, 1, 1]
+
+
+async def test_no_ack_until_publish_succeeds() -> None:
+    h = Harness(FakeClaude())
+    h.publisher.fail_next = 1
+    await h.dispatcher.start()
+    await h.send(h.record("x"))
+    await h.settle(1)
+    await h.dispatcher.stop(0)
+    assert h.acked == [1]
+    assert len(h.responses()) == 1
+
+
+async def test_disabled_while_queued_is_partner_disabled() -> None:
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    h = Harness(claude, max_in_flight=1)
+    await h.dispatcher.start()
+    await h.send(h.record("first"))
+    await h.send(h.record("second"))
+    await asyncio.sleep(0.01)
+    h.registry.apply("acme", Partner("acme", "env:S", enabled=False))
+    claude.gate.set()
+    await h.settle(2)
+    await h.dispatcher.stop(0)
+    assert {d["request_id"]: d["reason"] for d in h.dead_letters()} == {"r2": "partner_disabled"}
+
+
+async def test_deadline_during_retries_is_deadline_expired() -> None:
+    h = Harness(FakeClaude({"late": [_retriable(retry_after=5.0)]}))
+    await h.dispatcher.start()
+    await h.send(h.record("late", deadline_ms=int(time.time() * 1000) + 1000))
+    await h.settle(1)
+    await h.dispatcher.stop(0)
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "deadline_expired"
+
+
+async def test_full_partner_queue_pauses_its_topic() -> None:
+    paused: list[str] = []
+    resumed: list[str] = []
+
+    class Flow:
+        def pause(self, partner_id: str) -> None:
+            paused.append(partner_id)
+
+        def resume(self, partner_id: str) -> None:
+            resumed.append(partner_id)
+
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    h = Harness(claude, flow=Flow(), max_in_flight=1, max_queued_per_partner=4)
+    await h.dispatcher.start()
+    for i in range(6):
+        await h.send(h.record(f"m{i}"))
+    assert paused == ["acme"]
+    claude.gate.set()
+    await h.settle(6)
+    await h.dispatcher.stop(0)
+    assert resumed == ["acme"]

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.client import build_request
+from pipeline.intake import Intake, Rejected
+from pipeline.partners import Partner, Registry
+from pipeline.records import SourceRecord
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver, signed_headers
+
+NOW = 1_800_000_000.0
+CODEC = Codec()
+ENV = {"ACME": "acme-secret", "OLD": "old-secret"}
+
+
+def _intake(**partner_kw: object) -> Intake:
+    registry = Registry()
+    registry.apply("acme", Partner("acme", "env:ACME", **partner_kw))  # type: ignore[arg-type]
+    return Intake(registry, CODEC, SecretResolver(ENV), 300.0, wall=lambda: NOW, mono=lambda: 0.0)
+
+
+def _record(
+    value: bytes,
+    *,
+    secret: bytes = b"acme-secret",
+    key: bytes | None = b"r1",
+    topic: str = "claude.requests.acme",
+    ts: float = NOW,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> SourceRecord:
+    if headers is None:
+        headers = signed_headers("acme", secret, value, ts)
+    return SourceRecord(topic, 0, 7, key, value, headers)
+
+
+def _value(**kw: object) -> bytes:
+    params: dict[str, object] = {"request_id": "r1", "now_ms": int(NOW * 1000)}
+    params.update(kw)
+    prompt = str(params.pop("prompt", "hello"))
+    partner = str(params.pop("partner", "acme"))
+    return CODEC.encode("ClaudeRequest", build_request(partner, prompt, **params))  # type: ignore[arg-type]
+
+
+def _reason(intake: Intake, record: SourceRecord) -> tuple[str, str | None, str | None]:
+    with pytest.raises(Rejected) as info:
+        intake.admit(record)
+    return info.value.error.reason, info.value.partner_id, info.value.request_id
+
+
+def test_admits_a_good_record() -> None:
+    job = _intake().admit(_record(_value(max_tokens=100)))
+    assert (job.partner_id, job.request_id, job.replay_count) == ("acme", "r1", 0)
+    assert job.est_input_tokens == 3 + 4 + 2
+    assert job.estimated_tokens == 9 + 100
+
+
+def test_unknown_partner() -> None:
+    record = _record(_value(), topic="claude.requests.nobody")
+    assert _reason(_intake(), record) == ("unknown_partner", "nobody", "r1")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _record(_value(), secret=b"wrong"),
+        _record(_value(), ts=NOW - 301),
+        _record(_value(), headers=[]),
+        _record(_value(partner="globex")),  # signed fine, but claims another partner
+    ],
+)
+def test_auth_failures(record: SourceRecord) -> None:
+    assert _reason(_intake(), record)[0] == "auth_failed"
+
+
+def test_signed_garbage_is_a_schema_error_keyed_by_the_record_key() -> None:
+    assert _reason(_intake(), _record(b"\x00garbage", key=b"k-9")) == (
+        "schema_error",
+        "acme",
+        "k-9",
+    )
+
+
+def test_garbage_without_a_usable_key_has_no_request_id() -> None:
+    assert _reason(_intake(), _record(b"junk", key=b"\xff\xfe"))[2] is None
+
+
+def test_disabled_partner() -> None:
+    assert _reason(_intake(enabled=False), _record(_value()))[0] == "partner_disabled"
+
+
+@pytest.mark.parametrize(
+    ("partner_kw", "value_kw"),
+    [
+        ({"allowed_models": ("claude-haiku-4-5",)}, {"model": "claude-opus-4-8"}),
+        ({"max_tokens_cap": 100}, {"max_tokens": 101}),
+        ({}, {"max_tokens": 0}),
+        ({}, {"temperature": 1.5}),
+        ({}, {"prompt": ""}),
+    ],
+)
+def test_invalid_requests(partner_kw: dict[str, object], value_kw: dict[str, object]) -> None:
+    reason, _, request_id = _reason(_intake(**partner_kw), _record(_value(**value_kw)))
+    assert (reason, request_id) == ("invalid_request", "r1")
+
+
+def test_deadline_expired() -> None:
+    record = _record(_value(deadline_ms=int(NOW * 1000) - 1))
+    assert _reason(_intake(), record)[0] == "deadline_expired"
+
+
+def test_previous_secret_accepted_only_during_grace() -> None:
+    value = _value()
+    in_grace = _intake(
+        previous_signing_secret_ref="env:OLD", previous_secret_expires_at_ms=int(NOW * 1000) + 1
+    )
+    assert in_grace.admit(_record(value, secret=b"old-secret")).request_id == "r1"
+    expired = _intake(
+        previous_signing_secret_ref="env:OLD", previous_secret_expires_at_ms=int(NOW * 1000)
+    )
+    assert _reason(expired, _record(value, secret=b"old-secret"))[0] == "auth_failed"

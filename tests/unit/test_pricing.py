@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.pricing import PriceTable
+
+
+def test_current_prices_per_million_tokens() -> None:
+    t = PriceTable()
+    assert t.cost("claude-opus-4-5", 1_000_000, 0) == pytest.approx(5.0)
+    assert t.cost("claude-opus-4-8", 0, 1_000_000) == pytest.approx(25.0)
+    assert t.cost("claude-sonnet-4-6", 1_000_000, 1_000_000) == pytest.approx(18.0)
+    assert t.cost("claude-haiku-4-5-20251001", 2_000_000, 1_000_000) == pytest.approx(7.0)
+
+
+def test_cache_and_batch_multipliers() -> None:
+    t = PriceTable()
+    # Sonnet: cache write 1.25 x $3, cache read 0.1 x $3
+    assert t.cost("claude-sonnet-4-5", 0, 0, 0, 1_000_000) == pytest.approx(3.75)
+    assert t.cost("claude-sonnet-4-5", 0, 0, 1_000_000, 0) == pytest.approx(0.3)
+    assert t.cost("claude-haiku-4-5", 1_000_000, 1_000_000, batch=True) == pytest.approx(3.0)
+
+
+def test_unknown_model_costs_nothing_and_worst_case() -> None:
+    t = PriceTable()
+    assert t.price("gpt-x") is None
+    assert t.cost("gpt-x", 10**6, 10**6) == 0.0
+    assert t.worst_case("claude-haiku-4-5", 1000, 1000) == pytest.approx(0.006)
+
+
+def test_overrides_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text('[models."claude-haiku-4-5"]\ninput = 2.0\noutput = 4.0\n')
+    t = PriceTable.from_file(path)
+    assert t.cost("claude-haiku-4-5", 1_000_000, 1_000_000) == pytest.approx(6.0)
+    assert t.cost("claude-sonnet-4-6", 1_000_000, 0) == pytest.approx(3.0)
+    path.write_text('[models."x"]\ninput = "lots"\n')
+    with pytest.raises(ConfigError):
+        PriceTable.from_file(path)

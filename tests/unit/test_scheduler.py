@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.scheduler import DeficitRoundRobin
+
+
+def _serve(drr: DeficitRoundRobin[str, int], n: int) -> Counter[str]:
+    served: Counter[str] = Counter()
+    for _ in range(n):
+        picked = drr.pop()
+        if picked is None:
+            break
+        served[picked[0]] += 1
+    return served
+
+
+def test_empty_pops_none() -> None:
+    assert DeficitRoundRobin[str, int]().pop() is None
+
+
+def test_fifo_within_a_partner() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=10)
+    for i in range(5):
+        drr.push("a", i, cost=10)
+    assert [drr.pop() for _ in range(5)] == [("a", i) for i in range(5)]
+
+
+def test_shares_follow_weights_when_all_are_backlogged() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for pid, w in (("a", 1), ("b", 2), ("c", 3)):
+        for i in range(10_000):
+            drr.push(pid, i, cost=100, weight=w)
+    served = _serve(drr, 6_000)
+    assert served == Counter({"a": 1000, "b": 2000, "c": 3000})
+
+
+def test_shares_are_in_tokens_not_requests() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=1000)
+    for i in range(1000):
+        drr.push("big", i, cost=1000)
+        drr.push("small", i, cost=100)
+    served = _serve(drr, 1100)
+    # equal weights: equal tokens, so ten small requests per big one
+    assert served["small"] == 10 * served["big"]
+
+
+def test_work_conserving_an_idle_partner_lends_its_share() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for i in range(100):
+        drr.push("busy", i, cost=100, weight=1)
+    drr.set_weight("idle", 10)
+    assert _serve(drr, 100) == Counter({"busy": 100})
+
+
+def test_a_newcomer_is_not_stuck_behind_a_backlog() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for i in range(10_000):
+        drr.push("flood", i, cost=100)
+    _serve(drr, 50)
+    drr.push("light", 0, cost=100)
+    order = [drr.pop() for _ in range(3)]
+    assert ("light", 0) in order
+
+
+def test_ineligible_partner_is_skipped_without_banking_credit() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for i in range(100):
+        drr.push("a", i, cost=100)
+        drr.push("b", i, cost=100)
+    for _ in range(20):
+        picked = drr.pop(eligible=lambda p: p != "b")
+        assert picked is not None
+        assert picked[0] == "a"
+    # b comes back with one quantum, not twenty
+    served = _serve(drr, 20)
+    assert served == Counter({"a": 10, "b": 10})
+    assert drr.pop(eligible=lambda p: False) is None
+
+
+def test_refund_and_requeue_and_removal() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    drr.push("a", 1, cost=100)
+    drr.push("a", 2, cost=100)
+    assert drr.pop() == ("a", 1)
+    drr.push_front("a", 1, cost=100)
+    assert drr.depth("a") == 2
+    removed = drr.remove_where(lambda item: item == 2)
+    assert removed == [2]
+    assert drr.drain("a") == [1]
+    assert len(drr) == 0
+    assert drr.pop() is None
+
+
+def _round_pops(quantum: int, weights: list[int], costs: list[int]) -> int:
+    """Pops in one full DRR round: each partner spends one quantum * weight."""
+    return sum(quantum * w // c + 1 for w, c in zip(weights, costs, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=st.lists(st.tuples(st.integers(1, 8), st.integers(50, 5000)), min_size=1, max_size=6),
+)
+def test_no_backlogged_partner_is_skipped_forever(spec: list[tuple[int, int]]) -> None:
+    quantum = 512
+    weights = [w for w, _ in spec]
+    costs = [c for _, c in spec]
+    # the slowest partner needs this many rounds to afford its head request
+    rounds = max(-(-c // (quantum * w)) for w, c in spec) + 1
+    bound = rounds * _round_pops(quantum, weights, costs)
+    drr: DeficitRoundRobin[int, int] = DeficitRoundRobin(quantum=quantum)
+    for p, (w, c) in enumerate(spec):
+        for i in range(bound + 1):
+            drr.push(p, i, cost=c, weight=w)
+    seen = set()
+    for _ in range(bound):
+        picked = drr.pop()
+        assert picked is not None
+        seen.add(picked[0])
+    assert seen == set(range(len(spec)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(weights=st.lists(st.integers(1, 6), min_size=2, max_size=5), cost=st.integers(100, 4000))
+def test_shares_converge_to_weights(weights: list[int], cost: int) -> None:
+    """Over many rounds, each partner's share of tokens approaches weight / total."""
+    quantum = 1024
+    rounds = 50
+    per_round = _round_pops(quantum, weights, [cost] * len(weights))
+    pops = rounds * per_round
+    drr: DeficitRoundRobin[int, int] = DeficitRoundRobin(quantum=quantum)
+    for p, w in enumerate(weights):
+        for i in range(pops + 1):
+            drr.push(p, i, cost=cost, weight=w)
+    served = _serve_int(drr, pops)
+    total = sum(weights)
+    for p, w in enumerate(weights):
+        share = served[p] / pops
+        # one request of rounding per partner per round, at most
+        slack = rounds * len(weights) / pops + 0.01
+        assert abs(share - w / total) <= slack, (p, served)
+
+
+def _serve_int(drr: DeficitRoundRobin[int, int], n: int) -> Counter[int]:
+    served: Counter[int] = Counter()
+    for _ in range(n):
+        picked = drr.pop()
+        assert picked is not None
+        served[picked[0]] += 1
+    return served
