@@ -607,16 +607,19 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from pipeline.ops import plan_replay, read_dead_letters, replay
+    from pipeline.ops import plan_replay, read_dead_letters, replay, served_requests
     from pipeline.schemas import Codec
     from pipeline.security import SecretResolver
 
     settings = _settings()
     max_replays = args.max_replays if args.max_replays is not None else settings.max_replays
+    codec = Codec()
     entries = read_dead_letters(
-        settings, Codec(), partner=args.partner, reason=args.reason, since_ms=_since(args)
+        settings, codec, partner=args.partner, reason=args.reason, since_ms=_since(args)
     )
-    plan = plan_replay(entries, max_replays)
+    plan = plan_replay(entries, max_replays, served_requests(settings, codec))
+    for entry in plan.served:
+        print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: served since it failed")
     for entry, why in plan.refused:
         print(f"refused  {entry.partner_id}/{entry.record['request_id']}: {why}")
     verb = "would replay" if args.dry_run else "replaying"
@@ -627,10 +630,13 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             f"({r['reason']}, replay {r['replay_count'] + 1})"
         )
     if args.dry_run:
-        print(f"dry run: {len(plan.replay)} to replay, {len(plan.refused)} refused")
+        print(
+            f"dry run: {len(plan.replay)} to replay, {len(plan.refused)} refused, "
+            f"{len(plan.served)} already served"
+        )
         return 0
     count = replay(settings, plan, SecretResolver(settings.secret_env()))
-    print(f"replayed {count}, refused {len(plan.refused)}")
+    print(f"replayed {count}, refused {len(plan.refused)}, {len(plan.served)} already served")
     return 0
 
 

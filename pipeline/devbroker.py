@@ -108,11 +108,13 @@ class DevBroker:
             return 0
         return self._proc.wait()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """SIGINT, then SIGKILL after `timeout`: Tansu waits for connected clients
+        to leave before it exits, and a dev broker must not hold a shutdown up."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

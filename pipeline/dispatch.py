@@ -216,6 +216,8 @@ class Dispatcher:
             await ack()  # redelivered after we finished, before the commit caught up
             return
         self._inflight[position] = [ack]
+        if record.value is not None:
+            await self._codec.prefetch(record.value)  # a new registry id: fetched off-loop
         try:
             job = self._intake.admit(record)
         except Rejected as rej:

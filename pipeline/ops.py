@@ -105,10 +105,35 @@ def dead_letter_row(entry: DeadLetterEntry) -> dict[str, Any]:
 class ReplayPlan:
     replay: list[DeadLetterEntry] = field(default_factory=list)
     refused: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
+    #: Dead letters whose request was served since (an earlier replay worked).
+    served: list[DeadLetterEntry] = field(default_factory=list)
 
 
-def plan_replay(entries: Iterable[DeadLetterEntry], max_replays: int) -> ReplayPlan:
-    """Pick what to replay: the latest dead letter per request, within the replay limit."""
+def served_requests(settings: Settings, codec: Codec) -> dict[tuple[str, str], int]:
+    """When each request was last served ok, from the usage topic."""
+    served: dict[tuple[str, str], int] = {}
+    for msg in read_topics(settings, [USAGE_TOPIC]):
+        value = msg.value()
+        if value is None:
+            continue
+        try:
+            u = codec.decode("UsageRecord", value)
+        except SchemaError:
+            continue
+        if u["status"] == "ok":
+            key = (str(u["partner_id"]), str(u["request_id"]))
+            served[key] = max(served.get(key, 0), int(u["ts_ms"]))
+    return served
+
+
+def plan_replay(
+    entries: Iterable[DeadLetterEntry],
+    max_replays: int,
+    served: dict[tuple[str, str], int] | None = None,
+) -> ReplayPlan:
+    """Pick what to replay: the latest dead letter per request, within the replay limit,
+    unless the request has been served since it failed."""
+    served = served or {}
     latest: dict[tuple[str | None, str], DeadLetterEntry] = {}
     plan = ReplayPlan()
     for entry in entries:
@@ -126,7 +151,11 @@ def plan_replay(entries: Iterable[DeadLetterEntry], max_replays: int) -> ReplayP
         if previous is None or entry.record["failed_at_ms"] >= previous.record["failed_at_ms"]:
             latest[key] = entry
     for entry in latest.values():
-        if partner_of_requests_topic(str(entry.record["source_topic"])) is None:
+        rid = entry.record.get("request_id")
+        served_at = served.get((entry.partner_id or "", str(rid))) if rid else None
+        if served_at is not None and served_at >= entry.record["failed_at_ms"]:
+            plan.served.append(entry)
+        elif partner_of_requests_topic(str(entry.record["source_topic"])) is None:
             plan.refused.append((entry, "its source is not a partner request topic"))
         elif int(entry.record["replay_count"]) >= max_replays:
             plan.refused.append(

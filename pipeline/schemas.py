@@ -147,6 +147,13 @@ class Codec:
             raise SchemaError(f"cannot encode {name}: {exc}") from exc
         return buf.getvalue()
 
+    def warm(self, outputs: list[tuple[str, str]]) -> None:
+        """Register (name, topic) output schemas now, so `encode` never waits on HTTP."""
+        if self.registry is None:
+            return
+        for name, topic in outputs:
+            self.registry.id_for(f"{topic}-value", self.store.current[name].text)
+
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         """Decode `data` as the current version of `name`; SchemaError says why not."""
         reader = self.store.current[name]

@@ -24,7 +24,14 @@ from pipeline.kafka import core_topics, ensure_topics, partner_topics
 from pipeline.logs import Redactor, setup_logging
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
-from pipeline.partners import Partner, Registry, requests_topic
+from pipeline.partners import (
+    DLQ_TOPIC,
+    USAGE_TOPIC,
+    Partner,
+    Registry,
+    requests_topic,
+    responses_topic,
+)
 from pipeline.pricing import PriceTable
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
@@ -113,6 +120,7 @@ class WorkerRuntime(Service):
             self._pending_topics.clear()
             specs = [s for pid in new for s in partner_topics(self.settings, pid)]
             created = await asyncio.to_thread(ensure_topics, self.settings, specs)
+            await asyncio.to_thread(self.codec.warm, output_schemas(new))
             # Topics are never dropped while running: records for a removed
             # partner still get their dead letter (unknown_partner).
             topics = set(self.wiring.request_topics()) | {requests_topic(pid) for pid in new}
@@ -148,8 +156,17 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     codec = Codec(registry=registry_client)
     ensure_topics(settings, core_topics(settings))
     registry = load_registry(settings, codec)
-    ensure_topics(settings, [s for p in registry for s in partner_topics(settings, p.partner_id)])
+    partner_ids = [p.partner_id for p in registry]
+    ensure_topics(settings, [s for pid in partner_ids for s in partner_topics(settings, pid)])
+    codec.warm(output_schemas(partner_ids))
     return WorkerRuntime(settings, registry, codec)
+
+
+def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (record, topic) a worker writes, for registering schemas up front."""
+    outputs = [("UsageRecord", USAGE_TOPIC), ("DeadLetter", DLQ_TOPIC)]
+    outputs.extend(("ClaudeResponse", responses_topic(pid)) for pid in partner_ids)
+    return outputs
 
 
 def run_worker(settings: Settings) -> int:

@@ -57,3 +57,10 @@ def test_percentile_and_table() -> None:
     assert percentile(list(range(1, 101)), 50) == pytest.approx(50.5)
     table = render_table([{"a": 1, "b": None}], ["a", "b"])
     assert table.splitlines()[0].startswith("a")
+
+
+def test_replay_plan_skips_requests_served_since() -> None:
+    entries = [_entry("a", 10), _entry("b", 10)]
+    plan = plan_replay(entries, max_replays=3, served={("acme", "a"): 20, ("acme", "b"): 5})
+    assert [e.record["request_id"] for e in plan.served] == ["a"]
+    assert [e.record["request_id"] for e in plan.replay] == ["b"]
