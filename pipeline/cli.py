@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -225,19 +226,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if not (args.storage.startswith("memory://") or args.storage.startswith("postgres://")):
         raise UsageError("--storage must be memory://... or postgres://...")
     broker = DevBroker(args.port, args.host, args.storage)
-    broker.log_file = None
     broker.start()
     print(f"broker listening on {broker.bootstrap} (storage {args.storage})", flush=True)
-    stop = {"now": False}
-
-    def _stop(signum: int, frame: object) -> None:
-        stop["now"] = True
-        broker.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    code = broker.wait()
-    return 0 if stop["now"] else code
+    # The handler only raises a flag: waiting on the child inside it would
+    # deadlock with the wait it interrupted.
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopping.set())
+    while broker.running() and not stopping.wait(0.2):
+        pass
+    broker.stop()
+    if not stopping.is_set():
+        print("claude-pipeline broker: error: the broker exited unexpectedly", file=sys.stderr)
+        return 1
+    return 0
 
 
 # -- worker ------------------------------------------------------------------

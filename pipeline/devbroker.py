@@ -102,11 +102,8 @@ class DevBroker:
         self.stop()
         raise BrokerError(f"broker not ready on {self.bootstrap} after {timeout:.0f} s")
 
-    def wait(self) -> int:
-        """Block until the broker exits (the foreground `broker` command)."""
-        if self._proc is None:
-            return 0
-        return self._proc.wait()
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout: float = 2.0) -> None:
         """SIGINT, then SIGKILL after `timeout`: Tansu waits for connected clients

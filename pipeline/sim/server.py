@@ -8,7 +8,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from typing import Self
 
 from aiohttp import web
 
@@ -348,14 +348,3 @@ class SimServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def describe(config: SimConfig) -> dict[str, Any]:
-    return {
-        "rpm": config.rpm,
-        "itpm": config.itpm,
-        "otpm": config.otpm,
-        "burst": config.burst,
-        "latency_ms": config.latency_ms,
-        "fail_rates": dict(config.fail_rates),
-    }
