@@ -40,13 +40,25 @@ def parse_since(text: str, now: float | None = None) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def read_records(
+    settings: Settings, codec: Codec, topic: str, name: str
+) -> Iterator[dict[str, Any]]:
+    """Every decodable `name` record of `topic`, oldest first (undecodable ones skipped)."""
+    for msg in read_topics(settings, [topic]):
+        value = msg.value()
+        if value is None:
+            continue
+        try:
+            yield codec.decode(name, value)
+        except SchemaError:
+            continue
+
+
 # -- dead letters ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DeadLetterEntry:
-    offset: int
-    partition: int
     record: dict[str, Any]
 
     @property
@@ -67,15 +79,8 @@ def read_dead_letters(
     reason: str | None = None,
     since_ms: int | None = None,
 ) -> Iterator[DeadLetterEntry]:
-    for msg in read_topics(settings, [DLQ_TOPIC]):
-        value = msg.value()
-        if value is None:
-            continue
-        try:
-            record = codec.decode("DeadLetter", value)
-        except SchemaError:
-            continue
-        entry = DeadLetterEntry(msg.offset() or 0, msg.partition() or 0, record)
+    for record in read_records(settings, codec, DLQ_TOPIC, "DeadLetter"):
+        entry = DeadLetterEntry(record)
         if partner is not None and entry.partner_id != partner:
             continue
         if reason is not None and entry.reason != reason:
@@ -112,14 +117,7 @@ class ReplayPlan:
 def served_requests(settings: Settings, codec: Codec) -> dict[tuple[str, str], int]:
     """When each request was last served ok, from the usage topic."""
     served: dict[tuple[str, str], int] = {}
-    for msg in read_topics(settings, [USAGE_TOPIC]):
-        value = msg.value()
-        if value is None:
-            continue
-        try:
-            u = codec.decode("UsageRecord", value)
-        except SchemaError:
-            continue
+    for u in read_records(settings, codec, USAGE_TOPIC, "UsageRecord"):
         if u["status"] == "ok":
             key = (str(u["partner_id"]), str(u["request_id"]))
             served[key] = max(served.get(key, 0), int(u["ts_ms"]))
@@ -258,14 +256,7 @@ def usage_report(
     settings: Settings, codec: Codec, since_ms: int | None = None
 ) -> dict[str, PartnerUsage]:
     report: dict[str, PartnerUsage] = defaultdict(PartnerUsage)
-    for msg in read_topics(settings, [USAGE_TOPIC]):
-        value = msg.value()
-        if value is None:
-            continue
-        try:
-            u = codec.decode("UsageRecord", value)
-        except SchemaError:
-            continue
+    for u in read_records(settings, codec, USAGE_TOPIC, "UsageRecord"):
         if since_ms is not None and u["ts_ms"] < since_ms:
             continue
         report[str(u["partner_id"])].add(u)

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.admin import remove_partner
 from pipeline.client import build_request
+from pipeline.partners import load_partners
 from pipeline.security import signed_headers
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
 from tests.procs import CLI
@@ -338,7 +339,8 @@ def test_cli_send_wait_responses_partners_topics_usage(stack: Stack) -> None:
     listed = _cli(stack, "partners", "list", "--source", "topic", "--format", "json")
     partners = {p["partner_id"]: p for p in json.loads(listed.stdout)}
     assert partners["capped"]["max_tokens_cap"] == 100
-    assert "gone" not in partners
+    # workers see what the registry file says (removals included)
+    assert set(partners) == set(load_partners(stack.settings.partners_file))
 
     table = _cli(stack, "partners", "list")
     assert table.returncode == 0
