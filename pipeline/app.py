@@ -9,6 +9,8 @@ one `RequestTopics` channel whose topic list follows the partner registry:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,6 +19,7 @@ import faust
 from faust.types import TP
 
 from pipeline.config import Settings
+from pipeline.partners import REQUESTS_PREFIX
 from pipeline.records import AckFn, OutMessage, SourceRecord
 
 log = logging.getLogger("pipeline.app")
@@ -39,6 +42,17 @@ class PipelineApp:
 
     def request_topics(self) -> list[str]:
         return list(self.requests.topics)
+
+    def workers_consuming(self) -> int:
+        """Members of the group that own request partitions (from Faust's assignor,
+        which shares every member's assignment with every member)."""
+        distribution = cast(Any, self.app.assignor).external_topic_distribution
+        owners = {
+            url
+            for url, topics in distribution.items()
+            if any(t.startswith(REQUESTS_PREFIX) and parts for t, parts in topics.items())
+        }
+        return max(1, len(owners))
 
     def set_request_topics(self, topics: Iterable[str]) -> bool:
         """Subscribe the running agent to `topics`; True if anything changed."""
@@ -92,6 +106,9 @@ def create_app(
         producer_acks=-1,
         producer_linger_ms=2,
         web_enabled=False,
+        # Members are told apart by URL in Faust's assignment metadata; without
+        # the web server every worker on a host would otherwise share one.
+        canonical_url=f"http://{socket.gethostname()}.pid{os.getpid()}.invalid:6066",
         topic_disable_leader=True,
         store="memory://",
         topic_partitions=settings.topic_partitions,

@@ -64,6 +64,12 @@ class Settings:
     log_level: str = "INFO"
     #: On SIGTERM, how long in-flight requests may take to finish and publish.
     shutdown_grace_s: float = 10.0
+    #: The upstream key's limits; None learns them from Claude's headers.
+    upstream_rpm: int | None = None
+    upstream_itpm: int | None = None
+    upstream_otpm: int | None = None
+    #: Borrow beyond this worker's share of a key while the server has this much left.
+    limit_slack: float = 0.1
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -73,6 +79,14 @@ class Settings:
                 raise ConfigError(f"{name} must be >= 1")
         if not self.bootstrap_servers.strip():
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty")
+
+    @property
+    def upstream_limits(self) -> dict[str, int | None]:
+        return {
+            "requests": self.upstream_rpm,
+            "input_tokens": self.upstream_itpm,
+            "output_tokens": self.upstream_otpm,
+        }
 
     @property
     def timings(self) -> Timings:
@@ -165,6 +179,10 @@ class Settings:
             replication_factor=number("PIPELINE_REPLICATION_FACTOR", int, d.replication_factor),
             log_level=(text("PIPELINE_LOG_LEVEL") or d.log_level).upper(),
             shutdown_grace_s=number("PIPELINE_SHUTDOWN_GRACE_S", float, d.shutdown_grace_s),
+            upstream_rpm=number("PIPELINE_UPSTREAM_RPM", int, None) or None,
+            upstream_itpm=number("PIPELINE_UPSTREAM_ITPM", int, None) or None,
+            upstream_otpm=number("PIPELINE_UPSTREAM_OTPM", int, None) or None,
+            limit_slack=number("PIPELINE_LIMIT_SLACK", float, d.limit_slack),
         )
 
     def secret_env(self) -> Mapping[str, str]:

@@ -36,6 +36,7 @@ from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
+from pipeline.ratelimit import Cost, Limiter, Verdict, key_id
 from pipeline.records import AckFn, Job, OutMessage, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.scheduler import DeficitRoundRobin
@@ -118,6 +119,7 @@ class Dispatcher:
         policy: RetryPolicy,
         config: DispatchConfig,
         flow: FlowControl | None = None,
+        limiter: Limiter | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -138,7 +140,10 @@ class Dispatcher:
         self._mono = mono
         self._wall = wall
         self._rng = rng
+        self._limiter = limiter or Limiter(clock=mono)
         self._queue: DeficitRoundRobin[str, Job] = DeficitRoundRobin()
+        self._verdicts: dict[str, Verdict] = {}
+        self._throttled: dict[str, tuple[str | None, float]] = {}
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
         self._paused: set[str] = set()
@@ -241,12 +246,9 @@ class Dispatcher:
             )
             self._spawn(self._finish(outcome), f"reject-{record.offset}")
             return
-        partner = job.partner_id
-        self._queue.push(partner, job, job.estimated_tokens, job.partner.weight)
-        self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
-        if self._queue.depth(partner) >= self._config.max_queued_per_partner:
-            self._pause(partner)
-        self._wakeup.set()
+        self._enqueue(job)
+        if self._queue.depth(job.partner_id) >= self._config.max_queued_per_partner:
+            self._pause(job.partner_id)
 
     def _pause(self, partner: str) -> None:
         if partner not in self._paused:
@@ -283,38 +285,131 @@ class Dispatcher:
 
     # -- dispatch ------------------------------------------------------------------
 
+    def _key_for(self, partner: Partner) -> tuple[str, str] | None:
+        """(api key, its limiter id) for a partner, or None if it cannot be read."""
+        try:
+            api_key = self._keys.for_partner(partner)
+        except SecretError:
+            return None
+        return api_key, key_id(api_key)
+
+    def _eligible(self, partner_id: str, job: Job) -> bool:
+        partner = self._registry.get(partner_id)
+        keyed = self._key_for(partner) if partner is not None else None
+        if partner is None or not partner.enabled or keyed is None:
+            return True  # let it through: it fails fast, without calling Claude
+        verdict = self._limiter.wait(partner, keyed[1], job.cost)
+        self._verdicts[partner_id] = verdict
+        if not verdict.go:
+            self._note_throttle(partner_id, verdict)
+        return verdict.go
+
+    def _note_throttle(self, partner_id: str, verdict: Verdict) -> None:
+        """One log line when a partner starts being held back, saying by what."""
+        now = self._mono()
+        last = self._throttled.get(partner_id)
+        if last is not None and last[0] == verdict.reason and now - last[1] < 5.0:
+            return
+        self._throttled[partner_id] = (verdict.reason, now)
+        reason = verdict.reason or ""
+        scope = (
+            "its own limit"
+            if reason.startswith("partner_")
+            else "a 429 pause"
+            if reason == "paused"
+            else "the upstream key's limit"
+        )
+        log.info(
+            "partner throttled",
+            extra={
+                "partner": partner_id,
+                "reason": reason,
+                "by": scope,
+                "wait_ms": int(verdict.wait_s * 1000),
+                "queued": self._queue.depth(partner_id),
+            },
+        )
+
+    def _next_wake(self) -> float | None:
+        """Seconds until the soonest queued request may go (None: queue empty)."""
+        heads = self._queue.heads()
+        if not heads:
+            return None
+        waits = [self._verdicts[p].wait_s for p, _ in heads if p in self._verdicts]
+        return max(0.001, min(waits)) if waits else 0.05
+
     async def _dispatch_loop(self) -> None:
         while True:
             await self._slots.acquire()
-            picked = self._queue.pop()
+            picked = self._queue.pop(self._eligible)
             while picked is None:
                 self._wakeup.clear()
-                await self._wakeup.wait()
-                picked = self._queue.pop()
-            partner, job = picked
-            self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
-            self._maybe_resume(partner)
+                timeout = self._next_wake()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                picked = self._queue.pop(self._eligible)
+            partner_id, job = picked
+            self._throttled.pop(partner_id, None)
+            self._metrics.queue_depth.labels(partner_id).set(self._queue.depth(partner_id))
+            self._maybe_resume(partner_id)
+            self._cancel_deadline(job)
+            partner = self._registry.get(partner_id)
+            keyed = self._key_for(partner) if partner is not None else None
+            if partner is not None and keyed is not None:
+                job.key_id = keyed[1]
+                self._limiter.consume(partner, keyed[1], job.cost)
             self._spawn(self._run(job), f"request-{job.request_id}")
 
+    def _enqueue(self, job: Job, front: bool = False) -> None:
+        partner = job.partner_id
+        if front:
+            self._queue.push_front(partner, job, job.estimated_tokens)
+        else:
+            self._queue.push(partner, job, job.estimated_tokens, job.partner.weight)
+        self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
+        deadline = job.request.get("deadline_ms")
+        if deadline is not None:
+            delay = max(0.0, deadline / 1000 - self._wall())
+            job.deadline_timer = asyncio.get_running_loop().call_later(delay, self._expire, job)
+        self._wakeup.set()
+
+    def _cancel_deadline(self, job: Job) -> None:
+        if job.deadline_timer is not None:
+            job.deadline_timer.cancel()
+            job.deadline_timer = None
+
+    def _expire(self, job: Job) -> None:
+        """A queued request reached its deadline: it is not sent."""
+        job.deadline_timer = None
+        if not self._queue.remove_where(lambda queued: queued is job):
+            return
+        self._metrics.queue_depth.labels(job.partner_id).set(self._queue.depth(job.partner_id))
+        err = DeadlineExpired("deadline passed while queued", attempts=job.attempts)
+        self._spawn(self._finish(self._failure(job, err), job), f"expire-{job.request_id}")
+
+    def _requeue(self, job: Job) -> None:
+        """A retry's backoff is over: back to the head of its partner's lane."""
+        if self._stopping:
+            self._inflight.pop(job.record.position, None)
+            return
+        self._enqueue(job, front=True)
+
     async def _run(self, job: Job) -> None:
-        """Serve one job; owns one concurrency slot, released while sleeping a retry."""
-        holding = True
+        """One attempt. Holds a concurrency slot only while Claude is being called."""
+        outcome: Outcome | None = None
         try:
             if job.first_dispatch_mono is None:
                 job.first_dispatch_mono = self._mono()
-            queued_ms = int((job.first_dispatch_mono - job.received_mono) * 1000)
-            outcome: Outcome | None = None
-            while outcome is None:
-                try:
-                    result = await self._attempt(job)
-                    outcome = self._builder.success(job, result, queued_ms)
-                except RequestError as err:
-                    outcome = self._failure(job, err, queued_ms)
-                except UpstreamError as err:
-                    delay = self._retry_delay(job, err)
-                    if isinstance(delay, RequestError):
-                        outcome = self._failure(job, delay, queued_ms)
-                        continue
+            try:
+                result = await self._attempt(job)
+                outcome = self._builder.success(job, result, job.queued_ms)
+            except RequestError as err:
+                outcome = self._failure(job, err)
+            except UpstreamError as err:
+                delay = self._retry_delay(job, err)
+                if isinstance(delay, RequestError):
+                    outcome = self._failure(job, delay)
+                else:
                     self._metrics.retries.labels(job.partner_id).inc()
                     log.info(
                         "retrying",
@@ -325,22 +420,17 @@ class Dispatcher:
                             "error_class": err.error_class,
                         },
                     )
-                    self._slots.release()
-                    holding = False
-                    await asyncio.sleep(delay)
-                    await self._slots.acquire()
-                    holding = True
+                    # The sleeping retry holds no slot; it re-enters the scheduler.
+                    asyncio.get_running_loop().call_later(delay, self._requeue, job)
         except Exception as exc:
             log.exception("request failed unexpectedly", extra=_job_fields(job))
-            outcome = self._failure(
-                job, InvalidRequest(f"unexpected error: {type(exc).__name__}"), 0
-            )
+            outcome = self._failure(job, InvalidRequest(f"unexpected error: {type(exc).__name__}"))
         finally:
-            if holding:
-                self._slots.release()
-        await self._finish(outcome, job)
+            self._slots.release()
+        if outcome is not None:
+            await self._finish(outcome, job)
 
-    def _failure(self, job: Job, err: RequestError, queued_ms: int) -> Outcome:
+    def _failure(self, job: Job, err: RequestError) -> Outcome:
         return self._builder.failure(
             job.record,
             err,
@@ -348,7 +438,7 @@ class Dispatcher:
             request_id=job.request_id,
             request=job.request,
             job=job,
-            queued_ms=queued_ms,
+            queued_ms=job.queued_ms,
         )
 
     def _retry_delay(self, job: Job, err: UpstreamError) -> float | RequestError:
@@ -382,36 +472,44 @@ class Dispatcher:
             api_key = self._keys.for_partner(partner)
         except SecretError as exc:
             raise UpstreamRejected(str(exc), attempts=job.attempts) from None
+        kid = job.key_id or key_id(api_key)
         job.attempts += 1
         started = self._mono()
         try:
             result = await self._claude.create(api_key, to_params(job.request))
         except UpstreamError as err:
-            elapsed = self._mono() - started
-            job.upstream_s += elapsed
-            job.last_status = err.status
-            job.last_error_type = err.error_type
-            self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
+            self._account_attempt(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()
-            self._observe_limits(err.headers)
+            job.last_error_type = err.error_type
+            self._observe(kid, err.headers, job.cost)
+            # A 429 was never charged; other failures probably were, minus the output.
+            used = None if err.status == 429 else Cost(job.cost.input_tokens, 0)
+            self._limiter.settle(partner, kid, job.cost, used)
+            if err.status == 429:
+                self._limiter.pause(kid, err.retry_after if err.retry_after is not None else 1.0)
+                log.warning(
+                    "429 from Claude: pausing the key",
+                    extra={**_job_fields(job), "key": kid, "retry_after": err.retry_after},
+                )
             raise
-        elapsed = self._mono() - started
-        job.upstream_s += elapsed
-        job.last_status = result.status
-        self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
-        self._observe_limits(result.headers)
+        self._account_attempt(job, started, result.status)
+        self._observe(kid, result.headers, job.cost)
+        actual = Cost(
+            result.input_tokens + result.cache_creation_input_tokens, result.output_tokens
+        )
+        self._limiter.settle(partner, kid, job.cost, actual)
+        self._queue.refund(job.partner_id, job.estimated_tokens - actual.tokens)
         return result
 
-    def _observe_limits(self, headers: dict[str, str] | object) -> None:
-        if not isinstance(headers, dict):
-            return
-        for resource in ("requests", "input-tokens", "output-tokens"):
-            raw = headers.get(f"anthropic-ratelimit-{resource}-remaining")
-            if raw is not None:
-                with contextlib.suppress(ValueError):
-                    self._metrics.ratelimit_remaining.labels(resource.replace("-", "_")).set(
-                        float(raw)
-                    )
+    def _account_attempt(self, job: Job, started: float, status: int | None) -> None:
+        elapsed = self._mono() - started
+        job.upstream_s += elapsed
+        job.last_status = status
+        self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
+
+    def _observe(self, kid: str, headers: Mapping[str, str], charged: Cost) -> None:
+        for resource, remaining in self._limiter.observe(kid, headers, charged).items():
+            self._metrics.ratelimit_remaining.labels(resource).set(remaining)
 
     # -- outcomes ------------------------------------------------------------------
 

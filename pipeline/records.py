@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.partners import Partner
+from pipeline.ratelimit import Cost
 
 Headers = list[tuple[str, bytes]]
 AckFn = Callable[[], Awaitable[Any]]
@@ -49,6 +51,8 @@ class Job:
     first_dispatch_mono: float | None = None
     last_status: int | None = None
     last_error_type: str | None = None
+    key_id: str | None = None
+    deadline_timer: asyncio.TimerHandle | None = None
 
     @property
     def request_id(self) -> str:
@@ -62,6 +66,17 @@ class Job:
     def estimated_tokens(self) -> int:
         """What the scheduler plans with: every input token plus the whole max_tokens."""
         return self.est_input_tokens + int(self.request["max_tokens"])
+
+    @property
+    def cost(self) -> Cost:
+        """What the rate limits are charged at dispatch (the worst case for output)."""
+        return Cost(self.est_input_tokens, int(self.request["max_tokens"]))
+
+    @property
+    def queued_ms(self) -> int:
+        if self.first_dispatch_mono is None:
+            return 0
+        return int((self.first_dispatch_mono - self.received_mono) * 1000)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
 
-DEFAULT_QUANTUM = 2_048
+# A turn should be about one request: a partner joining the round then waits
+# for one request per other partner, not for a long turn of a flooding one.
+DEFAULT_QUANTUM = 128
 
 
 @dataclass
@@ -81,13 +83,16 @@ class DeficitRoundRobin(Generic[P, T]):
         lane.items.appendleft((item, max(1, cost)))
         self._size += 1
 
-    def pop(self, eligible: Callable[[P], bool] | None = None) -> tuple[P, T] | None:
-        """The next (partner, item) to serve, or None if nothing eligible is queued."""
+    def pop(self, eligible: Callable[[P, T], bool] | None = None) -> tuple[P, T] | None:
+        """The next (partner, item) to serve, or None if nothing eligible is queued.
+
+        `eligible(partner, head_item)` may veto a partner for now.
+        """
         skipped = 0
         while self._round and skipped < len(self._round):
             partner = self._round[0]
             lane = self._lanes[partner]
-            if eligible is not None and not eligible(partner):
+            if eligible is not None and not eligible(partner, lane.items[0][0]):
                 # Throttled: pass the turn on without credit.
                 lane.granted = False
                 self._round.rotate(-1)
@@ -112,6 +117,10 @@ class DeficitRoundRobin(Generic[P, T]):
             self._round.rotate(-1)
             skipped = 0
         return None
+
+    def heads(self) -> list[tuple[P, T]]:
+        """Each backlogged partner with the item at the head of its lane."""
+        return [(p, self._lanes[p].items[0][0]) for p in self._round]
 
     def refund(self, partner: P, tokens: float) -> None:
         """Correct an estimate once the real cost is known (positive = it cost less)."""

@@ -33,6 +33,7 @@ from pipeline.partners import (
     responses_topic,
 )
 from pipeline.pricing import PriceTable
+from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec, ConfluentRegistry
@@ -53,6 +54,7 @@ class WorkerRuntime(Service):
         self.metrics_port: int | None = None
         secrets = SecretResolver(settings.secret_env())
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
+        self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
         self.wiring = create_app(
             settings,
             handler=self._handle,
@@ -78,6 +80,7 @@ class WorkerRuntime(Service):
                 max_queued_per_partner=settings.max_queued_per_partner,
             ),
             flow=FaustFlowControl(self.app, requests_topic),
+            limiter=self.limiter,
             on_fatal=self._fatal,
         )
         self.follower = PartnerFollower(settings, codec, registry, on_error=self._fatal)
@@ -94,6 +97,9 @@ class WorkerRuntime(Service):
 
     def _on_assigned(self) -> None:
         self.dispatcher.resume_all()
+        workers = self.wiring.workers_consuming()
+        self.limiter.set_share(1.0 / max(1, workers))
+        log.info("partitions assigned", extra={"workers": workers, "key_share": self.limiter.share})
         self.metrics.ready.set(1)
 
     def _fatal(self, exc: BaseException) -> None:

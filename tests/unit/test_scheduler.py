@@ -72,13 +72,13 @@ def test_ineligible_partner_is_skipped_without_banking_credit() -> None:
         drr.push("a", i, cost=100)
         drr.push("b", i, cost=100)
     for _ in range(20):
-        picked = drr.pop(eligible=lambda p: p != "b")
+        picked = drr.pop(eligible=lambda p, item: p != "b")
         assert picked is not None
         assert picked[0] == "a"
     # b comes back with one quantum, not twenty
     served = _serve(drr, 20)
     assert served == Counter({"a": 10, "b": 10})
-    assert drr.pop(eligible=lambda p: False) is None
+    assert drr.pop(eligible=lambda p, item: False) is None
 
 
 def test_refund_and_requeue_and_removal() -> None:
