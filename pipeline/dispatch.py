@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -39,11 +40,14 @@ from pipeline.partners import Partner, Registry, partner_of_requests_topic
 from pipeline.ratelimit import Cost, Limiter, Verdict, key_id
 from pipeline.records import AckFn, Job, OutMessage, SourceRecord
 from pipeline.retry import RetryPolicy
-from pipeline.scheduler import DeficitRoundRobin
+from pipeline.scheduler import KeyedFairQueue
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver
 
 log = logging.getLogger("pipeline.dispatch")
+
+#: Queue key of a partner whose API key cannot be read (it fails fast).
+UNRESOLVED = "unresolved:"
 
 #: How many finished record positions to remember for redelivery detection.
 DONE_MEMORY = 100_000
@@ -83,7 +87,7 @@ class FatalError(Exception):
 @dataclass(frozen=True)
 class DispatchConfig:
     max_in_flight: int = 256
-    max_queued_per_partner: int = 1_000
+    max_queued_per_partner: int = 256
     publish_attempts: int = 5
 
 
@@ -141,9 +145,11 @@ class Dispatcher:
         self._wall = wall
         self._rng = rng
         self._limiter = limiter or Limiter(clock=mono)
-        self._queue: DeficitRoundRobin[str, Job] = DeficitRoundRobin()
+        self._queue: KeyedFairQueue[str, str, Job] = KeyedFairQueue()
+        # the last verdict per blocked partner or key, to know when to wake up
         self._verdicts: dict[str, Verdict] = {}
         self._throttled: dict[str, tuple[str | None, float]] = {}
+        self._output_ratio: dict[str, float] = {}
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
         self._paused: set[str] = set()
@@ -293,16 +299,27 @@ class Dispatcher:
             return None
         return api_key, key_id(api_key)
 
-    def _eligible(self, partner_id: str, job: Job) -> bool:
+    def _partner_ok(self, partner_id: str, job: Job) -> bool:
         partner = self._registry.get(partner_id)
-        keyed = self._key_for(partner) if partner is not None else None
-        if partner is None or not partner.enabled or keyed is None:
+        if partner is None or not partner.enabled:
             return True  # let it through: it fails fast, without calling Claude
-        verdict = self._limiter.wait(partner, keyed[1], job.cost)
-        self._verdicts[partner_id] = verdict
-        if not verdict.go:
-            self._note_throttle(partner_id, verdict)
+        verdict = self._limiter.partner_wait(partner, job.cost)
+        self._blocked(f"partner:{partner_id}", partner_id, verdict)
         return verdict.go
+
+    def _key_ok(self, kid: str, job: Job, new: bool) -> bool:
+        if kid.startswith(UNRESOLVED):
+            return True  # no key to spend: fails fast at the attempt
+        verdict = self._limiter.key_wait(kid, job.cost, headroom=not new)
+        self._blocked(f"key:{kid}", job.partner_id, verdict)
+        return verdict.go
+
+    def _blocked(self, what: str, partner_id: str, verdict: Verdict) -> None:
+        if verdict.go:
+            self._verdicts.pop(what, None)
+            return
+        self._verdicts[what] = verdict
+        self._note_throttle(partner_id, verdict)
 
     def _note_throttle(self, partner_id: str, verdict: Verdict) -> None:
         """One log line when a partner starts being held back, saying by what."""
@@ -332,40 +349,41 @@ class Dispatcher:
 
     def _next_wake(self) -> float | None:
         """Seconds until the soonest queued request may go (None: queue empty)."""
-        heads = self._queue.heads()
-        if not heads:
+        if not len(self._queue):
             return None
-        waits = [self._verdicts[p].wait_s for p, _ in heads if p in self._verdicts]
+        waits = [v.wait_s for v in self._verdicts.values()]
         return max(0.001, min(waits)) if waits else 0.05
 
     async def _dispatch_loop(self) -> None:
         while True:
             await self._slots.acquire()
-            picked = self._queue.pop(self._eligible)
+            picked = self._queue.pop(self._partner_ok, self._key_ok)
             while picked is None:
                 self._wakeup.clear()
                 timeout = self._next_wake()
+                self._verdicts.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
-                picked = self._queue.pop(self._eligible)
+                picked = self._queue.pop(self._partner_ok, self._key_ok)
             partner_id, job = picked
             self._throttled.pop(partner_id, None)
             self._metrics.queue_depth.labels(partner_id).set(self._queue.depth(partner_id))
             self._maybe_resume(partner_id)
             self._cancel_deadline(job)
             partner = self._registry.get(partner_id)
-            keyed = self._key_for(partner) if partner is not None else None
-            if partner is not None and keyed is not None:
-                job.key_id = keyed[1]
-                self._limiter.consume(partner, keyed[1], job.cost)
+            if partner is not None and job.key_id and not job.key_id.startswith(UNRESOLVED):
+                job.dispatch_seq = self._limiter.consume(partner, job.key_id, job.cost)
+                job.charged = True
             self._spawn(self._run(job), f"request-{job.request_id}")
 
     def _enqueue(self, job: Job, front: bool = False) -> None:
         partner = job.partner_id
-        if front:
-            self._queue.push_front(partner, job, job.estimated_tokens)
-        else:
-            self._queue.push(partner, job, job.estimated_tokens, job.partner.weight)
+        current = self._registry.get(partner) or job.partner
+        keyed = self._key_for(current)
+        job.key_id = keyed[1] if keyed is not None else UNRESOLVED + partner
+        self._queue.push(
+            job.key_id, partner, job, self._fair_cost(job), current.weight, front=front
+        )
         self._metrics.queue_depth.labels(partner).set(self._queue.depth(partner))
         deadline = job.request.get("deadline_ms")
         if deadline is not None:
@@ -472,7 +490,7 @@ class Dispatcher:
             api_key = self._keys.for_partner(partner)
         except SecretError as exc:
             raise UpstreamRejected(str(exc), attempts=job.attempts) from None
-        kid = job.key_id or key_id(api_key)
+        kid = key_id(api_key)
         job.attempts += 1
         started = self._mono()
         try:
@@ -481,25 +499,48 @@ class Dispatcher:
             self._account_attempt(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()
             job.last_error_type = err.error_type
-            self._observe(kid, err.headers, job.cost)
+            self._observe(kid, err.headers, job)
             # A 429 was never charged; other failures probably were, minus the output.
             used = None if err.status == 429 else Cost(job.cost.input_tokens, 0)
-            self._limiter.settle(partner, kid, job.cost, used)
+            self._settle(job, partner, kid, used)
             if err.status == 429:
                 self._limiter.pause(kid, err.retry_after if err.retry_after is not None else 1.0)
                 log.warning(
                     "429 from Claude: pausing the key",
-                    extra={**_job_fields(job), "key": kid, "retry_after": err.retry_after},
+                    extra={
+                        **_job_fields(job),
+                        "key": kid,
+                        "retry_after": err.retry_after,
+                        "detail": err.message,
+                    },
                 )
             raise
         self._account_attempt(job, started, result.status)
-        self._observe(kid, result.headers, job.cost)
+        self._observe(kid, result.headers, job)
         actual = Cost(
             result.input_tokens + result.cache_creation_input_tokens, result.output_tokens
         )
-        self._limiter.settle(partner, kid, job.cost, actual)
-        self._queue.refund(job.partner_id, job.estimated_tokens - actual.tokens)
+        self._settle(job, partner, kid, actual)
+        self._learn_output(job, result.output_tokens)
         return result
+
+    def _fair_cost(self, job: Job) -> int:
+        """A request's cost for fair sharing: its input, plus the output this
+        partner's requests really produce (learned), not the worst case."""
+        ratio = self._output_ratio.get(job.partner_id, 1.0)
+        return job.est_input_tokens + max(1, math.ceil(int(job.request["max_tokens"]) * ratio))
+
+    def _learn_output(self, job: Job, output_tokens: int) -> None:
+        """Correct the partner's estimate with what a response really used."""
+        max_tokens = max(1, int(job.request["max_tokens"]))
+        observed = min(1.0, output_tokens / max_tokens)
+        previous = self._output_ratio.get(job.partner_id, 1.0)
+        self._output_ratio[job.partner_id] = 0.8 * previous + 0.2 * observed
+
+    def _settle(self, job: Job, partner: Partner, kid: str, used: Cost | None) -> None:
+        if job.charged:
+            job.charged = False
+            self._limiter.settle(partner, kid, job.dispatch_seq, job.cost, used)
 
     def _account_attempt(self, job: Job, started: float, status: int | None) -> None:
         elapsed = self._mono() - started
@@ -507,8 +548,9 @@ class Dispatcher:
         job.last_status = status
         self._metrics.upstream_duration.labels(job.partner_id).observe(elapsed)
 
-    def _observe(self, kid: str, headers: Mapping[str, str], charged: Cost) -> None:
-        for resource, remaining in self._limiter.observe(kid, headers, charged).items():
+    def _observe(self, kid: str, headers: Mapping[str, str], job: Job) -> None:
+        seq = job.dispatch_seq if job.charged else -1
+        for resource, remaining in self._limiter.observe(kid, headers, job.cost, seq).items():
             self._metrics.ratelimit_remaining.labels(resource).set(remaining)
 
     # -- outcomes ------------------------------------------------------------------

@@ -8,18 +8,20 @@ reports back what really happened (`settle`, `observe`, `pause`).
 Staying in step with Claude, whose limits are per organisation and shared by
 every worker (and any other application) using a key:
 
-- A *view* of the server's bucket per key and resource: it refills at the
-  limit's rate, drops with each of our dispatches, and is tightened by every
-  response's ``anthropic-ratelimit-*-remaining`` header, so consumption by
-  anyone else shows up within one response. Its capacity is learned from the
-  headers too (the API may enforce 60 RPM as a burst of 1 per second).
-- A *share* bucket: this worker's fair part of the refill (1/N of the limit
-  with N workers). Two workers each trusting the full refill would collide on
-  every token; each taking its share does not. A worker may borrow beyond its
-  share while the server's bucket shows slack, so capacity nobody else uses is
-  never wasted.
-- A 429 pauses the whole key until its ``retry-after`` (not just the request).
-- Until a key's limits are known (no configured limit, no response yet), one
+- Each worker keeps a *view* of its part of each key's bucket: the key's
+  capacity and refill times its share (1/N with N workers, from the consumer
+  group), so N workers together never plan to spend more than the key has.
+- Every response's ``anthropic-ratelimit-*-remaining`` header brings the view
+  in step: this worker counts on its share of what is left. While Claude
+  reports plenty left, the view believes it both ways (a lone busy worker
+  borrows what idle ones leave); otherwise it only tightens, so consumption by
+  anyone else shows up within one response. The capacity is learned from the
+  headers too (the API may enforce 60 RPM as a burst of one per second).
+- The view keeps a small reserve (at least one request): we never send at the
+  instant Claude's bucket refills, where milliseconds of skew make a 429.
+- A 429 pauses the whole key until its ``retry-after``, then one request
+  probes before the rest follow.
+- Until a key's limits are known (none configured, no response yet), one
   request at a time probes it, instead of a burst that could be refused.
 """
 
@@ -82,10 +84,13 @@ class Bucket(AsyncLimiter):
         self._leak()
         return self.max_rate - self._level
 
-    def wait_time(self, amount: float) -> float:
-        """Seconds until `amount` may be charged (0: now)."""
+    def wait_time(self, amount: float, reserve: float = 0.0) -> float:
+        """Seconds until `amount` may be charged leaving `reserve` unused (0: now).
+
+        What cannot fit beside the reserve waits for an empty bucket.
+        """
         self._leak()
-        fits = min(amount, self.max_rate)
+        fits = min(amount + reserve, self.max_rate)
         excess = self._level + fits - self.max_rate
         return 0.0 if excess <= 1e-9 else excess / self._rate_per_sec
 
@@ -96,6 +101,10 @@ class Bucket(AsyncLimiter):
     def refund(self, amount: float) -> None:
         self._leak()
         self._level = max(0.0, self._level - amount)
+
+    def set_available(self, available: float) -> None:
+        self._leak()
+        self._level = min(self.max_rate, max(0.0, self.max_rate - available))
 
     def tighten_to(self, remaining: float) -> None:
         """Never believe more is left than the server says."""
@@ -124,54 +133,110 @@ def key_id(api_key: str) -> str:
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
-class _Resource:
-    """One resource (requests, input or output tokens) of one key."""
+#: How far our clock and Claude's may disagree about when a token refilled
+#: (transit, scheduling). The view keeps this much refill (at least one
+#: request) in reserve, so we never send at the exact instant the server's
+#: bucket reaches one token, which a few milliseconds of skew turn into a 429.
+#: A reserve is a level, not a rate: in steady state it costs no throughput.
+SKEW_S = 0.05
 
-    def __init__(self, limit: int | None, clock: Clock, share: float) -> None:
+
+class _Resource:
+    """One resource (requests, input or output tokens) of one key, as this worker sees it.
+
+    The view is this worker's part of the server's bucket: capacity and refill
+    are the key's times this worker's share (1/N of N workers), so N workers
+    together never plan to spend more than the key has. Every response brings
+    it in step: this worker may count on its share of what Claude says is
+    left. While Claude reports plenty left (nobody else is pressing), the view
+    takes that at face value, so a lone busy worker borrows what idle ones do
+    not use; otherwise it only ever tightens.
+    """
+
+    def __init__(self, limit: int | None, clock: Clock, share: float, unit: bool) -> None:
+        self._unit = unit  # counts requests (a reserve of at least one), not tokens
+        self._clock = clock
         self.limit = limit
         self.capacity_seen = 0.0  # the fullest the server has reported its bucket
-        self._clock = clock
-        self.server: Bucket | None = None
-        self.share: Bucket | None = None
+        self.view: Bucket | None = None
         if limit:
-            self._build(limit, float(limit), share)
-
-    def _build(self, limit: int, capacity: float, share: float) -> None:
-        rate = limit / 60.0
-        self.server = Bucket(capacity, rate, self._clock)
-        self.share = Bucket(max(1.0, capacity * share), max(rate * share, 1e-9), self._clock)
+            self.view = Bucket(float(limit) * share, limit / 60.0 * share, clock)
+        self._share = share
 
     @property
     def known(self) -> bool:
-        return self.server is not None
+        return self.view is not None
+
+    @property
+    def capacity(self) -> float:
+        """The server bucket's capacity: the limit, or less if Claude showed less."""
+        if not self.limit:
+            return 0.0
+        return (
+            min(float(self.limit), self.capacity_seen) if self.capacity_seen else float(self.limit)
+        )
 
     def set_share(self, share: float) -> None:
-        if self.server is not None and self.share is not None and self.limit:
-            rate = self.limit / 60.0
-            self.share.reconfigure(max(1.0, self.server.capacity * share), max(rate * share, 1e-9))
+        self._share = share
+        if self.view is not None and self.limit:
+            self.view.reconfigure(max(1.0, self.capacity * share), self.limit / 60.0 * share)
 
-    def observe(self, limit: int | None, remaining: float, charged: float, share: float) -> None:
+    def reserve(self, headroom: bool = False) -> float:
+        if self.view is None:
+            return 0.0
+        floor = 1.0 if self._unit else 0.0
+        skew = min(max(floor, self.view.rate_per_s * SKEW_S), self.view.capacity / 2)
+        if headroom and self._unit and self.view.capacity >= 4:
+            # room for a couple of light partners arriving at once
+            return skew + min(2.0, self.view.capacity / 5)
+        return skew
+
+    def observe(
+        self, limit: int | None, remaining: float, unseen_left: float, slack: float
+    ) -> None:
+        """`remaining` is what Claude said; `unseen_left` is that minus what we
+        sent since, which the header may not count yet."""
         if limit and limit != self.limit:
             self.limit = limit
-            self._build(limit, float(limit), share)
-        if self.server is None or self.share is None or not self.limit:
+            self.view = Bucket(float(limit) * self._share, limit / 60.0 * self._share, self._clock)
+        if self.view is None:
             return
-        # remaining is reported after this request's own charge: the bucket
-        # holds at least remaining + charged when it is full.
-        self.capacity_seen = max(self.capacity_seen, remaining + charged)
-        capacity = min(float(self.limit), max(self.capacity_seen, 1.0))
-        if capacity < self.server.capacity:
-            self.server.reconfigure(capacity, self.limit / 60.0)
-            self.set_share(share)
-        self.server.tighten_to(remaining)
+        # The bucket holds at least what Claude ever said was left. (Not
+        # remaining + this request's charge: the header is written when the
+        # response is, and the bucket has refilled meanwhile.)
+        seen = max(self.capacity_seen, remaining)
+        if seen != self.capacity_seen:
+            self.capacity_seen = seen
+            self.set_share(self._share)
+        mine = unseen_left * self._share
+        if remaining >= slack * self.capacity:
+            self.view.set_available(mine)  # plenty left: believe it, both ways
+        else:
+            self.view.tighten_to(mine)
 
 
 @dataclass
 class KeyState:
     resources: dict[str, _Resource]
     paused_until: float = 0.0
-    in_flight: int = 0
     probed: bool = False  # a response has told us this key's limits
+    #: Our requests on this key not answered yet, by dispatch number.
+    pending: dict[int, Cost] = field(default_factory=dict)
+    next_seq: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def sent_after(self, seq: int) -> Cost:
+        """What we sent after request `seq`: a header written for `seq` may not
+        count it yet, so it comes off what that header says is left."""
+        later = [c for s, c in self.pending.items() if s > seq]
+        return Cost(
+            sum(c.input_tokens for c in later),
+            sum(c.output_tokens for c in later),
+            requests=len(later),
+        )
 
 
 @dataclass
@@ -201,8 +266,9 @@ class Limiter:
     clock: Clock = time.monotonic
     #: Upstream limits per resource for every key (None: learn from headers).
     upstream: Mapping[str, int | None] = field(default_factory=dict)
-    #: Borrow beyond this worker's share while the server bucket has this much slack.
-    slack: float = 0.1
+    #: While Claude reports at least this fraction of a key's bucket left, a
+    #: worker's view believes it both ways (and so borrows what others leave).
+    slack: float = 0.5
     share: float = 1.0
     _keys: dict[str, KeyState] = field(default_factory=dict)
     _partners: dict[str, _PartnerBuckets] = field(default_factory=dict)
@@ -213,7 +279,10 @@ class Limiter:
         state = self._keys.get(kid)
         if state is None:
             state = KeyState(
-                {r: _Resource(self.upstream.get(r), self.clock, self.share) for r in RESOURCES}
+                {
+                    r: _Resource(self.upstream.get(r), self.clock, self.share, r == "requests")
+                    for r in RESOURCES
+                }
             )
             # Configured limits are enough to start; otherwise probe until a response.
             state.probed = any(res.known for res in state.resources.values())
@@ -243,11 +312,26 @@ class Limiter:
 
     def wait(self, partner: Partner, kid: str, cost: Cost) -> Verdict:
         """How long this request must wait, and the binding reason."""
+        verdict = self.partner_wait(partner, cost)
+        return verdict if not verdict.go else self.key_wait(kid, cost)
+
+    def partner_wait(self, partner: Partner, cost: Cost) -> Verdict:
+        """The partner's own limits (RPM, TPM)."""
         buckets = self._partner(partner)
         if buckets.rpm is not None and (w := buckets.rpm.wait_time(1)) > 0:
             return Verdict(w, "partner_rpm")
         if buckets.tpm is not None and (w := buckets.tpm.wait_time(cost.tokens)) > 0:
             return Verdict(w, "partner_tpm")
+        return GO
+
+    def key_wait(self, kid: str, cost: Cost, headroom: bool = False) -> Verdict:
+        """The upstream key's limits, pause and probe, shared by its partners.
+
+        With `headroom`, the request also leaves a request or two of the bucket
+        for partners that just became active: a backlog then never takes the last
+        token, and a light partner's request goes out at once, not after the
+        next refill. (A level, not a rate: it costs no throughput.)
+        """
         state = self.key(kid)
         now = self.clock()
         if state.paused_until > now:
@@ -256,36 +340,35 @@ class Limiter:
             return Verdict(0.05, "probing")
         worst = GO
         for name, res in state.resources.items():
-            if res.server is None or res.share is None:
+            if res.view is None:
                 continue
-            amount = cost.of(name)
-            w = res.server.wait_time(amount)
-            if w <= 0 and res.share.wait_time(amount) > 0:
-                # beyond our share: only while the server bucket has slack left
-                slack = res.server.available() - amount
-                if slack < self.slack * res.server.capacity:
-                    w = res.share.wait_time(amount)
+            w = res.view.wait_time(cost.of(name), reserve=res.reserve(headroom))
             if w > worst.wait_s:
                 worst = Verdict(w, f"key_{name}")
         return worst
 
-    def consume(self, partner: Partner, kid: str, cost: Cost) -> None:
+    def consume(self, partner: Partner, kid: str, cost: Cost) -> int:
+        """Charge a dispatch; returns its number, for `observe` and `settle`."""
         buckets = self._partner(partner)
         if buckets.rpm is not None:
             buckets.rpm.consume(1)
         if buckets.tpm is not None:
             buckets.tpm.consume(cost.tokens)
         state = self.key(kid)
-        state.in_flight += 1
+        seq = state.next_seq
+        state.next_seq += 1
+        state.pending[seq] = cost
         for name, res in state.resources.items():
-            if res.server is not None and res.share is not None:
-                res.server.consume(cost.of(name))
-                res.share.consume(cost.of(name))
+            if res.view is not None:
+                res.view.consume(cost.of(name))
+        return seq
 
-    def settle(self, partner: Partner, kid: str, charged: Cost, actual: Cost | None) -> None:
+    def settle(
+        self, partner: Partner, kid: str, seq: int, charged: Cost, actual: Cost | None
+    ) -> None:
         """The call is over: give back what it did not use (all of it if refused)."""
         state = self.key(kid)
-        state.in_flight = max(0, state.in_flight - 1)
+        state.pending.pop(seq, None)
         used = actual or Cost(0, 0, requests=0)
         buckets = self._partner(partner)
         if buckets.rpm is not None and used.requests == 0:
@@ -294,16 +377,18 @@ class Limiter:
             buckets.tpm.refund(charged.tokens - used.tokens)
         for name, res in state.resources.items():
             extra = charged.of(name) - used.of(name)
-            if extra > 0 and res.server is not None and res.share is not None:
-                res.server.refund(extra)
-                res.share.refund(extra)
+            if res.view is not None and extra > 0:
+                res.view.refund(extra)
 
-    def observe(self, kid: str, headers: Mapping[str, str], charged: Cost) -> dict[str, float]:
+    def observe(
+        self, kid: str, headers: Mapping[str, str], charged: Cost, seq: int = -1
+    ) -> dict[str, float]:
         """Bring the key's view in step with Claude's rate-limit headers.
 
         Returns the remaining values seen, by resource (for metrics).
         """
         state = self.key(kid)
+        later = state.sent_after(seq) if seq >= 0 else Cost(0, 0, requests=0)
         seen: dict[str, float] = {}
         for name, res in state.resources.items():
             prefix = f"anthropic-ratelimit-{_HEADER[name]}"
@@ -311,7 +396,12 @@ class Limiter:
             if remaining is None:
                 continue
             limit = _number(headers.get(f"{prefix}-limit"))
-            res.observe(int(limit) if limit else None, remaining, charged.of(name), self.share)
+            res.observe(
+                int(limit) if limit else None,
+                remaining,
+                max(0.0, remaining - later.of(name)),
+                self.slack,
+            )
             seen[name] = remaining
         # One answer is all a probe waits for: with headers we now know the
         # limits; without (a gateway that sends none) there is nothing to learn.
@@ -319,9 +409,12 @@ class Limiter:
         return seen
 
     def pause(self, kid: str, seconds: float) -> None:
-        """Claude said 429: nobody sends on this key for `seconds`."""
+        """Claude said 429: nobody sends on this key for `seconds`, and then one
+        request probes before the rest follow: the pause let our view refill,
+        but not necessarily the server's bucket, which others share."""
         state = self.key(kid)
         state.paused_until = max(state.paused_until, self.clock() + max(seconds, 0.0))
+        state.probed = False
 
 
 def _number(raw: str | None) -> float | None:

@@ -52,6 +52,8 @@ class Job:
     last_status: int | None = None
     last_error_type: str | None = None
     key_id: str | None = None
+    charged: bool = False  # the limiter holds this attempt's charge
+    dispatch_seq: int = -1  # the limiter's number for this attempt
     deadline_timer: asyncio.TimerHandle | None = None
 
     @property

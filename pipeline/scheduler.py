@@ -22,10 +22,13 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
+K = TypeVar("K", bound=Hashable)
 
-# A turn should be about one request: a partner joining the round then waits
-# for one request per other partner, not for a long turn of a flooding one.
-DEFAULT_QUANTUM = 128
+# Tokens of credit per turn and unit of weight. Small: a turn should be about
+# one request, so a partner joining the round waits for one request per other
+# partner, not for a long turn of a flooding one. (Large requests simply take
+# several rounds of credit: the loop that grants it is cheap.)
+DEFAULT_QUANTUM = 32
 
 
 @dataclass
@@ -37,11 +40,21 @@ class _Lane(Generic[T]):
 
 
 class DeficitRoundRobin(Generic[P, T]):
+    """Weighted DRR with a fast lane for partners that just became active.
+
+    As in FQ-CoDel (RFC 8290), a partner whose lane was empty joins the *new*
+    list, served before the round of backlogged partners, for one quantum:
+    a light partner's occasional request goes out with the next free slot
+    instead of waiting a full round behind a flood. A partner that stays
+    backlogged moves to the round (the *old* list) and shares by weight.
+    """
+
     def __init__(self, quantum: int = DEFAULT_QUANTUM) -> None:
         if quantum < 1:
             raise ValueError("quantum must be >= 1")
         self.quantum = quantum
         self._lanes: dict[P, _Lane[T]] = {}
+        self._new: deque[P] = deque()  # just became backlogged: served first
         self._round: deque[P] = deque()  # backlogged partners, head = whose turn it is
         self._size = 0
 
@@ -69,7 +82,7 @@ class DeficitRoundRobin(Generic[P, T]):
         elif weight is not None:
             lane.weight = max(1, weight)
         if not lane.items:
-            self._round.append(partner)
+            self._new.append(partner)
         lane.items.append((item, max(1, cost)))
         self._size += 1
 
@@ -79,20 +92,43 @@ class DeficitRoundRobin(Generic[P, T]):
         if lane is None:
             lane = self._lanes[partner] = _Lane(1)
         if not lane.items:
-            self._round.append(partner)
+            self._new.append(partner)
         lane.items.appendleft((item, max(1, cost)))
         self._size += 1
 
-    def pop(self, eligible: Callable[[P, T], bool] | None = None) -> tuple[P, T] | None:
-        """The next (partner, item) to serve, or None if nothing eligible is queued.
+    def _demote(self, partner: P) -> None:
+        """A new partner's first quantum is spent (or it is throttled): join the round."""
+        self._new.popleft()
+        self._lanes[partner].granted = False
+        self._round.append(partner)
 
-        `eligible(partner, head_item)` may veto a partner for now.
+    def peek(self, eligible: Callable[[P, T], bool] | None = None) -> tuple[P, T] | None:
+        """The (partner, item) DRR would serve next, without removing it.
+
+        `eligible(partner, head_item)` may veto a partner for now: its turn
+        passes without credit. Call `take(partner)` to serve the peeked item.
         """
+        while self._new:
+            partner = self._new[0]
+            lane = self._lanes[partner]
+            item, cost = lane.items[0]
+            if eligible is not None and not eligible(partner, item):
+                self._demote(partner)
+                continue
+            if not lane.granted:
+                # enough for its first request whatever its size (RFC 8290
+                # assumes a quantum of at least one packet; ours is smaller)
+                lane.deficit += max(self.quantum * lane.weight, cost)
+                lane.granted = True
+            if cost <= lane.deficit:
+                return partner, item
+            self._demote(partner)  # its credit carries into the round
         skipped = 0
         while self._round and skipped < len(self._round):
             partner = self._round[0]
             lane = self._lanes[partner]
-            if eligible is not None and not eligible(partner, lane.items[0][0]):
+            item, cost = lane.items[0]
+            if eligible is not None and not eligible(partner, item):
                 # Throttled: pass the turn on without credit.
                 lane.granted = False
                 self._round.rotate(-1)
@@ -101,16 +137,7 @@ class DeficitRoundRobin(Generic[P, T]):
             if not lane.granted:
                 lane.deficit += self.quantum * lane.weight
                 lane.granted = True
-            item, cost = lane.items[0]
             if cost <= lane.deficit:
-                lane.items.popleft()
-                lane.deficit -= cost
-                self._size -= 1
-                if not lane.items:
-                    # Leaving the round forfeits leftover credit (classic DRR).
-                    self._round.popleft()
-                    lane.deficit = 0.0
-                    lane.granted = False
                 return partner, item
             # Not enough credit: the turn ends, credit carries to the next round.
             lane.granted = False
@@ -118,15 +145,40 @@ class DeficitRoundRobin(Generic[P, T]):
             skipped = 0
         return None
 
+    def is_new(self, partner: P) -> bool:
+        """Is `partner` in the fast lane (it just became active)?"""
+        return bool(self._new) and self._new[0] == partner
+
+    def take(self, partner: P) -> T:
+        """Serve the head of `partner`'s lane (the item `peek` returned)."""
+        lane = self._lanes[partner]
+        item, cost = lane.items.popleft()
+        lane.deficit -= cost
+        self._size -= 1
+        if not lane.items:
+            # Leaving forfeits leftover credit (classic DRR).
+            self._leave(partner)
+        return item
+
+    def _leave(self, partner: P) -> None:
+        lane = self._lanes[partner]
+        if partner in self._new:
+            self._new.remove(partner)
+        else:
+            self._round.remove(partner)
+        lane.deficit = 0.0
+        lane.granted = False
+
+    def pop(self, eligible: Callable[[P, T], bool] | None = None) -> tuple[P, T] | None:
+        """peek + take: the next (partner, item), or None if nothing eligible is queued."""
+        picked = self.peek(eligible)
+        if picked is None:
+            return None
+        return picked[0], self.take(picked[0])
+
     def heads(self) -> list[tuple[P, T]]:
         """Each backlogged partner with the item at the head of its lane."""
-        return [(p, self._lanes[p].items[0][0]) for p in self._round]
-
-    def refund(self, partner: P, tokens: float) -> None:
-        """Correct an estimate once the real cost is known (positive = it cost less)."""
-        lane = self._lanes.get(partner)
-        if lane is not None and lane.items:
-            lane.deficit = max(0.0, lane.deficit + tokens)
+        return [(p, self._lanes[p].items[0][0]) for p in (*self._new, *self._round)]
 
     def drain(self, partner: P) -> list[T]:
         """Remove and return everything queued for `partner`."""
@@ -136,23 +188,107 @@ class DeficitRoundRobin(Generic[P, T]):
         items = [item for item, _ in lane.items]
         self._size -= len(items)
         lane.items.clear()
-        lane.deficit = 0.0
-        lane.granted = False
-        self._round.remove(partner)
+        self._leave(partner)
         return items
 
     def remove_where(self, predicate: Callable[[T], bool]) -> list[T]:
         """Remove queued items matching `predicate` (e.g. of revoked partitions)."""
         removed: list[T] = []
         for partner, lane in self._lanes.items():
+            if not lane.items:
+                continue
             keep = deque((i, c) for i, c in lane.items if not predicate(i))
             if len(keep) != len(lane.items):
                 removed.extend(i for i, _ in lane.items if predicate(i))
-                had_items = bool(lane.items)
                 lane.items = keep
-                if had_items and not keep:
-                    self._round.remove(partner)
-                    lane.deficit = 0.0
-                    lane.granted = False
+                if not keep:
+                    self._leave(partner)
         self._size -= len(removed)
+        return removed
+
+
+class KeyedFairQueue(Generic[K, P, T]):
+    """Partners grouped by the upstream key they spend: DRR among the partners of
+    a key, round robin across keys.
+
+    A key out of capacity blocks only its own partners, and blocks them without
+    reordering their round: the partner whose turn it is keeps it until the key
+    can take its request, so a flood cannot take every token that frees up and
+    a large request is not overtaken forever by small ones.
+    """
+
+    def __init__(self, quantum: int = DEFAULT_QUANTUM) -> None:
+        self.quantum = quantum
+        self._drr: dict[K, DeficitRoundRobin[P, T]] = {}
+        self._keys: deque[K] = deque()  # keys with a backlog
+        self._key_of: dict[P, K] = {}
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._drr.values())
+
+    def depth(self, partner: P) -> int:
+        key = self._key_of.get(partner)
+        return 0 if key is None else self._drr[key].depth(partner)
+
+    def push(
+        self,
+        key: K,
+        partner: P,
+        item: T,
+        cost: int,
+        weight: int | None = None,
+        front: bool = False,
+    ) -> None:
+        old = self._key_of.get(partner)
+        if old is not None and old != key:
+            # The partner changed keys: its queued work follows it.
+            moved = self._drr[old].drain(partner)
+            self._forget_if_idle(old)
+            self._key_of[partner] = key
+            for queued in moved:
+                self.push(key, partner, queued, cost, weight)
+        self._key_of[partner] = key
+        drr = self._drr.get(key)
+        if drr is None:
+            drr = self._drr[key] = DeficitRoundRobin(self.quantum)
+        if not len(drr):
+            self._keys.append(key)
+        if front:
+            drr.push_front(partner, item, cost)
+        else:
+            drr.push(partner, item, cost, weight)
+
+    def _forget_if_idle(self, key: K) -> None:
+        if key in self._drr and not len(self._drr[key]) and key in self._keys:
+            self._keys.remove(key)
+
+    def pop(
+        self,
+        partner_ok: Callable[[P, T], bool],
+        key_ok: Callable[[K, T, bool], bool],
+    ) -> tuple[P, T] | None:
+        """The next request to send. `key_ok(key, item, new)` says whether the
+        key can take it now; `new` is true for a partner that just became
+        active (the key may keep a little headroom for those)."""
+        for _ in range(len(self._keys)):
+            key = self._keys[0]
+            drr = self._drr[key]
+            picked = drr.peek(partner_ok)
+            if picked is not None and key_ok(key, picked[1], drr.is_new(picked[0])):
+                item = drr.take(picked[0])
+                self._keys.rotate(-1)
+                self._forget_if_idle(key)
+                return picked[0], item
+            self._keys.rotate(-1)
+        return None
+
+    def heads(self) -> list[tuple[K, P, T]]:
+        return [(k, p, item) for k in self._keys for p, item in self._drr[k].heads()]
+
+    def remove_where(self, predicate: Callable[[T], bool]) -> list[T]:
+        removed: list[T] = []
+        for key, drr in self._drr.items():
+            removed.extend(drr.remove_where(predicate))
+            if not len(drr) and key in self._keys:
+                self._keys.remove(key)
         return removed

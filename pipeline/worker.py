@@ -96,6 +96,7 @@ class WorkerRuntime(Service):
         self.dispatcher.on_partitions_revoked(positions)
 
     def _on_assigned(self) -> None:
+        self.wiring.tune_fetch_wait(self.settings.timings.fetch_max_wait_ms)
         self.dispatcher.resume_all()
         workers = self.wiring.workers_consuming()
         self.limiter.set_share(1.0 / max(1, workers))

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from pipeline.admin import add_partner, update_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
-from pipeline.kafka import read_topics
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
 from pipeline.schemas import Codec
 from tests.procs import CLI, Proc, free_port, http_ok, wait_until
@@ -90,6 +91,9 @@ class Stack:
         self.secrets: dict[str, bytes] = {}
         self.workers: dict[str, tuple[Proc, int]] = {}
         self._clients: dict[str, PartnerClient] = {}
+        self._reader: Consumer | None = None
+        self._assigned: set[str] = set()
+        self._seen = Outcomes()
 
     @property
     def sim_url(self) -> str:
@@ -175,20 +179,46 @@ class Stack:
         until: Callable[[Outcomes], bool],
         timeout: float = 60.0,
     ) -> Outcomes:
-        """Read responses, usage and dead letters until `until` holds (or time runs out)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self._read_all(partners)
-            if until(got) or time.monotonic() > deadline:
-                return got
-            time.sleep(0.3)
+        """Read responses, usage and dead letters until `until` holds (or time runs out).
 
-    def _read_all(self, partners: Iterable[str]) -> Outcomes:
-        got = Outcomes()
-        topics = [responses_topic(p) for p in partners] + [DLQ_TOPIC, USAGE_TOPIC]
-        for msg in read_topics(self.settings, topics):
+        One consumer follows the topics for the whole stack, so each call reads
+        only what is new.
+        """
+        deadline = time.monotonic() + timeout
+        self._follow([responses_topic(p) for p in partners] + [DLQ_TOPIC, USAGE_TOPIC])
+        while True:
+            self._drain()
+            if until(self._seen) or time.monotonic() > deadline:
+                return self._seen
+
+    def _follow(self, topics: list[str]) -> None:
+        new = [t for t in topics if t not in self._assigned]
+        if not new:
+            return
+        if self._reader is None:
+            self._reader = Consumer(
+                {
+                    **self.settings.kafka_config(),
+                    "group.id": "stack-reader",
+                    "enable.auto.commit": "false",
+                }
+            )
+        meta = self._reader.list_topics(timeout=10)
+        tps = [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in new
+            if t in meta.topics
+            for p in meta.topics[t].partitions
+        ]
+        self._reader.incremental_assign(tps)
+        self._assigned.update(t for t in new if t in meta.topics)
+
+    def _drain(self) -> None:
+        assert self._reader is not None
+        got = self._seen
+        for msg in self._reader.consume(num_messages=5000, timeout=0.3):
             value = msg.value()
-            if value is None:
+            if msg.error() is not None or value is None:
                 continue
             topic = msg.topic()
             if topic == DLQ_TOPIC:
@@ -203,7 +233,6 @@ class Stack:
             else:
                 r = self.codec.decode("ClaudeResponse", value)
                 got.responses[(r["partner_id"], r["request_id"])].append(r)
-        return got
 
     def sim_stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.sim_url}/_sim/stats", timeout=5) as r:  # noqa: S310
@@ -214,6 +243,9 @@ class Stack:
         for client in self._clients.values():
             client.flush(5)
         self._clients.clear()  # drop producer connections before the broker goes
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         for proc in reversed(self.procs):
             proc.stop()
         self.broker.stop()

@@ -111,9 +111,9 @@ def test_settle_refunds_what_was_not_used(clock: FakeClock) -> None:
     p = Partner("p", "env:X", tpm=1000)
     kid = key_id("k")
     charged = Cost(input_tokens=100, output_tokens=900)
-    lim.consume(p, kid, charged)
+    seq = lim.consume(p, kid, charged)
     assert lim.wait(p, kid, Cost(10, 200)).reason == "partner_tpm"
-    lim.settle(p, kid, charged, Cost(100, 50))
+    lim.settle(p, kid, seq, charged, Cost(100, 50))
     assert lim.wait(p, kid, Cost(10, 200)).go
 
 
@@ -123,7 +123,7 @@ def test_settle_refunds_what_was_not_used(clock: FakeClock) -> None:
 def test_configured_limits_hold_the_key(clock: FakeClock) -> None:
     lim = Limiter(clock=clock, upstream={"requests": 60})
     kid = key_id("k")
-    for _ in range(60):
+    for _ in range(59):  # one request of the bucket stays in reserve (clock skew)
         assert lim.wait(P, kid, SMALL).go
         lim.consume(P, kid, SMALL)
     v = lim.wait(P, kid, SMALL)
@@ -135,12 +135,13 @@ def test_unknown_limits_probe_one_request_at_a_time(clock: FakeClock) -> None:
     lim = Limiter(clock=clock)
     kid = key_id("k")
     assert lim.wait(P, kid, SMALL).go
-    lim.consume(P, kid, SMALL)
+    seq = lim.consume(P, kid, SMALL)
     assert lim.wait(P, kid, SMALL).reason == "probing"
-    lim.observe(kid, _headers(requests=(600, 19)), SMALL)
-    lim.settle(P, kid, SMALL, SMALL)
-    # the first answer teaches limit 600 and a bucket of at least 20
-    for _ in range(19):
+    lim.observe(kid, _headers(requests=(600, 19)), SMALL, seq)
+    lim.settle(P, kid, seq, SMALL, SMALL)
+    # the first answer teaches limit 600 and a bucket of at least 19; of the 19
+    # left, one stays in reserve
+    for _ in range(18):
         assert lim.wait(P, kid, SMALL).go
         lim.consume(P, kid, SMALL)
     v = lim.wait(P, kid, SMALL)
@@ -151,11 +152,12 @@ def test_unknown_limits_probe_one_request_at_a_time(clock: FakeClock) -> None:
 def test_headers_tighten_the_view_when_someone_else_spends(clock: FakeClock) -> None:
     lim = Limiter(clock=clock, upstream={"requests": 600})
     kid = key_id("k")
-    lim.consume(P, kid, SMALL)
+    seq = lim.consume(P, kid, SMALL)
     # another worker or application used the key: the server says 5 left
-    lim.observe(kid, _headers(requests=(600, 5)), SMALL)
-    lim.settle(P, kid, SMALL, SMALL)
-    for _ in range(5):
+    # (one of which stays in reserve)
+    lim.observe(kid, _headers(requests=(600, 5)), SMALL, seq)
+    lim.settle(P, kid, seq, SMALL, SMALL)
+    for _ in range(4):
         assert lim.wait(P, kid, SMALL).go
         lim.consume(P, kid, SMALL)
     assert lim.wait(P, kid, SMALL).reason == "key_requests"
@@ -164,70 +166,84 @@ def test_headers_tighten_the_view_when_someone_else_spends(clock: FakeClock) -> 
 def test_a_429_pauses_the_whole_key(clock: FakeClock) -> None:
     lim = Limiter(clock=clock, upstream={"requests": 600})
     kid, other = key_id("k"), key_id("other")
-    lim.consume(P, kid, SMALL)
-    lim.settle(P, kid, SMALL, None)  # refused: nothing was used
+    seq = lim.consume(P, kid, SMALL)
+    lim.settle(P, kid, seq, SMALL, None)  # refused: nothing was used
     lim.pause(kid, 3.0)
     v = lim.wait(P, kid, SMALL)
     assert v.reason == "paused"
     assert v.wait_s == pytest.approx(3.0)
     assert lim.wait(P, other, SMALL).go  # another key is unaffected
     clock.advance(3.0)
+    # after the pause one request probes before the rest follow
+    assert lim.wait(P, kid, SMALL).go
+    lim.consume(P, kid, SMALL)
+    assert lim.wait(P, kid, SMALL).reason == "probing"
+    lim.observe(kid, _headers(requests=(600, 300)), SMALL)
     assert lim.wait(P, kid, SMALL).go
 
 
-def test_two_workers_take_their_share_and_borrow_only_with_slack(clock: FakeClock) -> None:
-    lim = Limiter(clock=clock, upstream={"requests": 600}, slack=0.1)
+def test_each_of_two_workers_plans_with_half_the_key(clock: FakeClock) -> None:
+    lim = Limiter(clock=clock, upstream={"requests": 600})
     lim.set_share(0.5)
     kid = key_id("k")
-    # a full bucket is slack: borrowing beyond the share is fine
-    for _ in range(500):
-        assert lim.wait(P, kid, SMALL).go
-        lim.consume(P, kid, SMALL)
-    # 100 left (slack threshold is 60): still borrowing, until the slack is gone
     sent = 0
     while lim.wait(P, kid, SMALL).go:
         lim.consume(P, kid, SMALL)
         sent += 1
-    assert sent == 100 - 60
-    # the share bucket is spent: only refill above the slack is borrowed
-    clock.advance(1.0)
-    sent = 0
-    while lim.wait(P, kid, SMALL).go:
-        lim.consume(P, kid, SMALL)
-        sent += 1
-    assert sent == 10
-
-
-def test_below_the_slack_a_worker_spends_only_its_share(clock: FakeClock) -> None:
-    lim = Limiter(clock=clock, upstream={"requests": 600}, slack=0.5)
-    lim.set_share(0.25)
-    kid = key_id("k")
-    # a first answer shows the full bucket; then the other workers drain it
-    # to its slack threshold
-    for remaining in (599, 300):
-        lim.consume(P, kid, SMALL)
-        lim.observe(kid, _headers(requests=(600, remaining)), SMALL)
-        lim.settle(P, kid, SMALL, SMALL)
-    sent = 0
-    while lim.wait(P, kid, SMALL).go:
-        lim.consume(P, kid, SMALL)
-        sent += 1
-    assert sent == 150 - 2  # our share bucket: a quarter of 600, two already spent
+    assert sent == 300 - 1  # half the bucket, one in reserve
     v = lim.wait(P, kid, SMALL)
-    assert v.reason == "key_requests"
-    assert v.wait_s == pytest.approx(1 / 2.5)  # a quarter of 10/s
+    assert v.wait_s == pytest.approx(0.2)  # half of 10/s
+
+
+def test_roomy_reports_are_believed_both_ways_tight_ones_only_tighten(clock: FakeClock) -> None:
+    lim = Limiter(clock=clock, upstream={"requests": 600}, slack=0.5)
+    lim.set_share(0.5)
+    kid = key_id("k")
+    for _ in range(299):
+        lim.consume(P, kid, SMALL)
+    assert not lim.wait(P, kid, SMALL).go
+    # the other worker is idle: Claude reports 500 left, half of which is ours
+    lim.observe(kid, _headers(requests=(600, 500)), SMALL)
+    sent = 0
+    while lim.wait(P, kid, SMALL).go:
+        lim.consume(P, kid, SMALL)
+        sent += 1
+    assert sent == 250 - 1
+    # a tight report never loosens the view
+    lim.observe(kid, _headers(requests=(600, 200)), SMALL)
+    assert not lim.wait(P, kid, SMALL).go
 
 
 def test_learned_capacity_caps_bursts(clock: FakeClock) -> None:
     """A server enforcing 600 RPM as a bucket of 20 must not see a burst of 600."""
     lim = Limiter(clock=clock, upstream={"requests": 600})
     kid = key_id("k")
-    lim.consume(P, kid, SMALL)
-    lim.observe(kid, _headers(requests=(600, 19)), SMALL)
-    lim.settle(P, kid, SMALL, SMALL)
+    seq = lim.consume(P, kid, SMALL)
+    lim.observe(kid, _headers(requests=(600, 19)), SMALL, seq)
+    lim.settle(P, kid, seq, SMALL, SMALL)
     clock.advance(3600)  # idle for an hour
     burst = 0
     while lim.wait(P, kid, SMALL).go:
         lim.consume(P, kid, SMALL)
         burst += 1
-    assert burst == 20
+    # Claude said 19 were left: the bucket holds at least 19 (the header was
+    # written after the bucket refilled, so 19 + 1 would be a guess), one of
+    # which stays in reserve
+    assert burst == 19 - 1
+
+
+def test_a_header_does_not_count_what_we_sent_after_it(clock: FakeClock) -> None:
+    """A roomy header written before our burst arrived must not undo the burst."""
+    lim = Limiter(clock=clock, upstream={"requests": 600}, slack=0.5)
+    kid = key_id("k")
+    first = lim.consume(P, kid, SMALL)
+    burst = [lim.consume(P, kid, SMALL) for _ in range(300)]
+    # the answer to `first` was written before the burst reached Claude
+    lim.observe(kid, _headers(requests=(600, 599)), SMALL, first)
+    lim.settle(P, kid, first, SMALL, SMALL)
+    sent = 0
+    while lim.wait(P, kid, SMALL).go:
+        lim.consume(P, kid, SMALL)
+        sent += 1
+    assert sent == 599 - 300 - 1  # not 598: the burst still counts
+    assert len(burst) == 300

@@ -81,7 +81,7 @@ def test_ineligible_partner_is_skipped_without_banking_credit() -> None:
     assert drr.pop(eligible=lambda p, item: False) is None
 
 
-def test_refund_and_requeue_and_removal() -> None:
+def test_requeue_and_removal() -> None:
     drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
     drr.push("a", 1, cost=100)
     drr.push("a", 2, cost=100)
@@ -151,3 +151,26 @@ def _serve_int(drr: DeficitRoundRobin[int, int], n: int) -> Counter[int]:
         assert picked is not None
         served[picked[0]] += 1
     return served
+
+
+def test_a_partner_that_just_became_active_goes_next() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for i in range(1000):
+        drr.push("flood", i, cost=100)
+    _serve(drr, 10)
+    drr.push("light", 0, cost=100)
+    assert drr.pop() == ("light", 0)
+    # a partner that stays backlogged shares by weight in the round instead
+    for i in range(1, 4):
+        drr.push("light", i, cost=100)
+    served = _serve(drr, 6)
+    assert served == Counter({"flood": 3, "light": 3})
+
+
+def test_a_new_partner_goes_next_even_with_a_request_bigger_than_a_quantum() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=10)
+    for i in range(100):
+        drr.push("flood", i, cost=10)
+    _serve(drr, 5)
+    drr.push("light", 0, cost=500)
+    assert drr.pop() == ("light", 0)
