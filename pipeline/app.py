@@ -39,6 +39,9 @@ class PipelineApp:
 
     app: faust.App
     requests: RequestTopics
+    #: request_ids seen per partner (replay protection), and spend per partner
+    seen: Any
+    spend: Any
 
     def request_topics(self) -> list[str]:
         return list(self.requests.topics)
@@ -56,6 +59,18 @@ class PipelineApp:
             log.warning("cannot tune the consumer's fetch wait", exc_info=True)
             return False
         return True
+
+    def owned_partitions(self) -> dict[str, int]:
+        """How many partitions of each request topic this worker consumes."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # not started yet
+            return {}
+        counts: dict[str, int] = {}
+        for tp in assignment:
+            if tp.topic.startswith(REQUESTS_PREFIX):
+                counts[tp.topic] = counts.get(tp.topic, 0) + 1
+        return counts
 
     def workers_consuming(self) -> int:
         """Members of the group that own request partitions (from Faust's assignor,
@@ -192,7 +207,24 @@ def create_app(
 
         cast(Any, app.on_partitions_assigned).connect(_assigned)
 
-    return PipelineApp(app, channel)
+    # Changelog-backed state, partitioned like the request topics: an entry is
+    # written to the partition of the record that caused it (see state.py).
+    state_schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
+    seen = app.Table(
+        "request-ids",
+        default=None,
+        partitions=settings.topic_partitions,
+        schema=state_schema,
+        help="request_ids seen per partner, for as long as their signatures are valid",
+    )
+    spend = app.Table(
+        "spend",
+        default=None,
+        partitions=settings.topic_partitions,
+        schema=state_schema,
+        help="tokens per day and dollars per month spent, per partner and partition",
+    )
+    return PipelineApp(app, channel, seen, spend)
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes]]:

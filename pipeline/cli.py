@@ -292,6 +292,22 @@ def _add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
         ),
     )
     c.add_argument("--partitions", type=_positive_int, help="partitions per topic (default 4)")
+    c.add_argument(
+        "--acls",
+        action="store_true",
+        help="also print the Kafka ACL bindings: each partner writes only its request topic",
+    )
+    c.add_argument("--apply", action="store_true", help="with --acls: create them on the cluster")
+    c.add_argument(
+        "--partner-principal",
+        default="User:{partner}",
+        help="principal of each partner (default User:{partner})",
+    )
+    c.add_argument(
+        "--worker-principal",
+        default="User:claude-pipeline",
+        help="principal of the workers (default User:claude-pipeline)",
+    )
     c.set_defaults(func=cmd_topics_create)
 
 
@@ -302,12 +318,24 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.partitions:
         settings = settings.with_(topic_partitions=args.partitions)
+    if args.apply and not args.acls:
+        raise UsageError("--apply needs --acls")
     partners = load_partners(settings.partners_file)
     created = provision(settings, partners)
     if created:
         print("created " + ", ".join(created))
     else:
         print("all topics already exist")
+    if args.acls:
+        from pipeline.acls import all_bindings, apply
+
+        bindings = all_bindings(
+            partners, args.partner_principal, args.worker_principal, settings.group_id
+        )
+        for binding in bindings:
+            print(binding)
+        if args.apply:
+            print(f"applied {apply(settings, bindings)} ACL bindings")
     return 0
 
 
@@ -358,6 +386,20 @@ def _add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
         q = psub.add_parser(action, help=helptext)
         q.add_argument("partner_id", metavar="ID")
         q.set_defaults(func=cmd_partners_toggle, action=action)
+
+    rot = psub.add_parser(
+        "rotate-secret",
+        help="switch a partner to a new signing secret, accepting the old one for a while",
+        description=(
+            "Make REF the partner's signing secret. During the grace window both the old and "
+            "the new secret are accepted (partners switch without a flag day); after it, only "
+            "the new one. Running workers pick the change up within a second."
+        ),
+    )
+    rot.add_argument("partner_id", metavar="ID")
+    rot.add_argument("--new-ref", required=True, help="env:NAME or file:PATH")
+    rot.add_argument("--grace", default="10m", help="how long the old secret stays valid (10m)")
+    rot.set_defaults(func=cmd_partners_rotate)
 
     sync = psub.add_parser("sync", help="publish every partner of the file to claude.partners")
     sync.set_defaults(func=cmd_partners_sync)
@@ -440,6 +482,38 @@ def cmd_partners_toggle(args: argparse.Namespace) -> int:
     else:
         update_partner(settings, Codec(), args.partner_id, enabled=args.action == "enable")
     print(f"partner {args.partner_id}: {args.action}d")
+    return 0
+
+
+def cmd_partners_rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.admin import update_partner
+    from pipeline.ops import parse_duration
+    from pipeline.partners import load_partners
+    from pipeline.schemas import Codec
+    from pipeline.security import validate_ref
+
+    settings = _settings()
+    grace_s = parse_duration(args.grace)
+    validate_ref(args.new_ref)
+    current = load_partners(settings.partners_file).get(args.partner_id)
+    if current is None:
+        raise UsageError(f"no partner {args.partner_id!r} in {settings.partners_file}")
+    if current.signing_secret_ref == args.new_ref:
+        raise UsageError("the new reference is the current one")
+    expires = int((time.time() + grace_s) * 1000)
+    update_partner(
+        settings,
+        Codec(),
+        args.partner_id,
+        signing_secret_ref=args.new_ref,
+        previous_signing_secret_ref=current.signing_secret_ref,
+        previous_secret_expires_at_ms=expires,
+    )
+    print(
+        f"partner {args.partner_id}: new signing secret; the old one is accepted for {args.grace}"
+    )
     return 0
 
 

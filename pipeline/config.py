@@ -72,8 +72,13 @@ class Settings:
     upstream_rpm: int | None = None
     upstream_itpm: int | None = None
     upstream_otpm: int | None = None
-    #: Borrow beyond this worker's share of a key while the server has this much left.
-    limit_slack: float = 0.1
+    #: While Claude reports this fraction of a key's bucket left, a worker may
+    #: borrow beyond its 1/N share.
+    limit_slack: float = 0.5
+    #: A TOML price table overriding/extending the built-in one.
+    prices_file: Path | None = None
+    #: Override the profile's offset commit interval (tests use a long one).
+    commit_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -94,7 +99,10 @@ class Settings:
 
     @property
     def timings(self) -> Timings:
-        return _TIMINGS[self.profile]
+        base = _TIMINGS[self.profile]
+        if self.commit_interval_s is not None:
+            return replace(base, commit_interval_s=self.commit_interval_s)
+        return base
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -187,6 +195,8 @@ class Settings:
             upstream_itpm=number("PIPELINE_UPSTREAM_ITPM", int, None) or None,
             upstream_otpm=number("PIPELINE_UPSTREAM_OTPM", int, None) or None,
             limit_slack=number("PIPELINE_LIMIT_SLACK", float, d.limit_slack),
+            prices_file=Path(p) if (p := text("PIPELINE_PRICES_FILE")) else None,
+            commit_interval_s=number("PIPELINE_COMMIT_INTERVAL_S", float, None),
         )
 
     def secret_env(self) -> Mapping[str, str]:

@@ -21,11 +21,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline import tokens
 from pipeline.claude import UpstreamResult, to_params
 from pipeline.errors import (
+    AuthFailed,
     DeadlineExpired,
     InvalidRequest,
     PartnerDisabled,
+    QuotaExceeded,
     RequestError,
     SecretError,
     UnknownPartner,
@@ -37,12 +40,14 @@ from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
+from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Cost, Limiter, Verdict, key_id
 from pipeline.records import AckFn, Job, OutMessage, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.scheduler import KeyedFairQueue
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver
+from pipeline.state import BudgetLedger, ReplayGuard, Seen, wait_all
 
 log = logging.getLogger("pipeline.dispatch")
 
@@ -124,6 +129,9 @@ class Dispatcher:
         config: DispatchConfig,
         flow: FlowControl | None = None,
         limiter: Limiter | None = None,
+        guard: ReplayGuard | None = None,
+        ledger: BudgetLedger | None = None,
+        prices: PriceTable | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -145,6 +153,9 @@ class Dispatcher:
         self._wall = wall
         self._rng = rng
         self._limiter = limiter or Limiter(clock=mono)
+        self._guard = guard
+        self._ledger = ledger
+        self._prices = prices or PriceTable()
         self._queue: KeyedFairQueue[str, str, Job] = KeyedFairQueue()
         # the last verdict per blocked partner or key, to know when to wake up
         self._verdicts: dict[str, Verdict] = {}
@@ -158,6 +169,7 @@ class Dispatcher:
         self._done: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -165,6 +177,17 @@ class Dispatcher:
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="dispatch-loop")
         self._loop_task.add_done_callback(self._task_done)
+        self._sweep_task = asyncio.create_task(self._sweep_loop(), name="state-sweeper")
+        self._sweep_task.add_done_callback(self._task_done)
+
+    async def _sweep_loop(self, every_s: float = 30.0) -> None:
+        """Forget request_ids past their signature window and budgets of past periods."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self._guard is not None:
+                self._guard.sweep()
+            if self._ledger is not None:
+                self._ledger.prune()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop dispatching; give in-flight requests `grace_s` to finish, then cancel.
@@ -172,10 +195,11 @@ class Dispatcher:
         Anything not finished is simply not acknowledged: Kafka redelivers it.
         """
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for background in (self._loop_task, self._sweep_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         for job in self._queue.remove_where(lambda job: True):
             self._inflight.pop(job.record.position, None)
         if self._tasks:
@@ -252,9 +276,36 @@ class Dispatcher:
             )
             self._spawn(self._finish(outcome), f"reject-{record.offset}")
             return
+        if self._guard is not None and not await self._guarded(job):
+            return
         self._enqueue(job)
         if self._queue.depth(job.partner_id) >= self._config.max_queued_per_partner:
             self._pause(job.partner_id)
+
+    async def _guarded(self, job: Job) -> bool:
+        """Apply replay protection; False if the record needs no further work."""
+        assert self._guard is not None  # noqa: S101 (checked by the caller)
+        record = job.record
+        verdict = self._guard.check(
+            job.partner_id, job.request_id, record.position, job.replay_count
+        )
+        if verdict.seen is Seen.REDELIVERED_DONE:
+            # Served before a crash or rebalance: no second call, no second outcome.
+            acks = self._inflight.pop(record.position, [])
+            self._remember_done(record.position)
+            for ack in acks:
+                await ack()
+            log.info("redelivered record already served", extra=_job_fields(job))
+            return False
+        if verdict.seen is Seen.REPLAY:
+            first = verdict.first
+            where = f"{first[0]}[{first[1]}]@{first[2]}" if first else "earlier"
+            err = AuthFailed(f"replayed request_id: already received at {where}")
+            # no job: the guard's entry belongs to the first record, not this one
+            self._spawn(self._finish(self._failure(job, err)), f"replay-{record.offset}")
+            return False
+        self._guard.begin(job.partner_id, job.request_id, record.position, job.replay_count)
+        return True
 
     def _pause(self, partner: str) -> None:
         if partner not in self._paused:
@@ -303,9 +354,25 @@ class Dispatcher:
         partner = self._registry.get(partner_id)
         if partner is None or not partner.enabled:
             return True  # let it through: it fails fast, without calling Claude
+        if self._ledger is not None and (partner.daily_token_budget or partner.monthly_budget_usd):
+            budget = self._ledger.check(partner, *self._worst_case(job))
+            if budget.state == "exceeded":
+                job.over_budget = budget.detail
+                return True  # let it through: it ends as quota_exceeded
+            if budget.state == "wait":
+                self._blocked(f"partner:{partner_id}", partner_id, Verdict(0.05, "budget_pending"))
+                return False
         verdict = self._limiter.partner_wait(partner, job.cost)
         self._blocked(f"partner:{partner_id}", partner_id, verdict)
         return verdict.go
+
+    def _worst_case(self, job: Job) -> tuple[float, float]:
+        """The most a request can spend: (tokens, dollars), for budget reservations."""
+        upper = tokens.upper_bound_request(job.request["messages"], job.request.get("system"))
+        max_tokens = int(job.request["max_tokens"])
+        return float(upper + max_tokens), self._prices.worst_case(
+            str(job.request["model"]), upper, max_tokens
+        )
 
     def _key_ok(self, kid: str, job: Job, new: bool) -> bool:
         if kid.startswith(UNRESOLVED):
@@ -371,9 +438,21 @@ class Dispatcher:
             self._maybe_resume(partner_id)
             self._cancel_deadline(job)
             partner = self._registry.get(partner_id)
-            if partner is not None and job.key_id and not job.key_id.startswith(UNRESOLVED):
+            if (
+                partner is not None
+                and job.over_budget is None
+                and job.key_id
+                and not job.key_id.startswith(UNRESOLVED)
+            ):
                 job.dispatch_seq = self._limiter.consume(partner, job.key_id, job.cost)
                 job.charged = True
+                if self._ledger is not None and (
+                    partner.daily_token_budget or partner.monthly_budget_usd
+                ):
+                    worst_tokens, worst_usd = self._worst_case(job)
+                    job.reservation = self._ledger.reserve(
+                        partner, job.record.partition, worst_tokens, worst_usd
+                    )
             self._spawn(self._run(job), f"request-{job.request_id}")
 
     def _enqueue(self, job: Job, front: bool = False) -> None:
@@ -422,6 +501,7 @@ class Dispatcher:
                 result = await self._attempt(job)
                 outcome = self._builder.success(job, result, job.queued_ms)
             except RequestError as err:
+                self._release_budget(job)
                 outcome = self._failure(job, err)
             except UpstreamError as err:
                 delay = self._retry_delay(job, err)
@@ -441,6 +521,7 @@ class Dispatcher:
                     # The sleeping retry holds no slot; it re-enters the scheduler.
                     asyncio.get_running_loop().call_later(delay, self._requeue, job)
         except Exception as exc:
+            self._release_budget(job)
             log.exception("request failed unexpectedly", extra=_job_fields(job))
             outcome = self._failure(job, InvalidRequest(f"unexpected error: {type(exc).__name__}"))
         finally:
@@ -486,11 +567,16 @@ class Dispatcher:
         deadline = job.request.get("deadline_ms")
         if deadline is not None and self._wall() * 1000 >= deadline:
             raise DeadlineExpired("deadline passed while queued", attempts=job.attempts)
+        if job.over_budget is not None:
+            raise QuotaExceeded(job.over_budget, attempts=job.attempts)
         try:
             api_key = self._keys.for_partner(partner)
         except SecretError as exc:
             raise UpstreamRejected(str(exc), attempts=job.attempts) from None
         kid = key_id(api_key)
+        refused = self._limiter.key_refused(kid)
+        if refused is not None:
+            raise UpstreamRejected(refused, attempts=job.attempts)
         job.attempts += 1
         started = self._mono()
         try:
@@ -503,6 +589,16 @@ class Dispatcher:
             # A 429 was never charged; other failures probably were, minus the output.
             used = None if err.status == 429 else Cost(job.cost.input_tokens, 0)
             self._settle(job, partner, kid, used)
+            self._release_budget(job)
+            if err.status in (401, 403):
+                # This key is revoked or lacks permission: its partners' requests
+                # fail fast for a while; other keys (other partners) carry on.
+                self._metrics.key_rejected.labels(job.partner_id).inc()
+                self._limiter.refuse_key(kid, f"Claude refused the API key ({err.status})", 30.0)
+                log.warning(
+                    "Claude refused an API key",
+                    extra={**_job_fields(job), "key": kid, "status": err.status},
+                )
             if err.status == 429:
                 self._limiter.pause(kid, err.retry_after if err.retry_after is not None else 1.0)
                 log.warning(
@@ -522,7 +618,28 @@ class Dispatcher:
         )
         self._settle(job, partner, kid, actual)
         self._learn_output(job, result.output_tokens)
+        if job.reservation is not None and self._ledger is not None:
+            usd = self._prices.cost(
+                result.model,
+                result.input_tokens,
+                result.output_tokens,
+                result.cache_read_input_tokens,
+                result.cache_creation_input_tokens,
+            )
+            spent_tokens = (
+                result.input_tokens
+                + result.output_tokens
+                + result.cache_read_input_tokens
+                + result.cache_creation_input_tokens
+            )
+            job.durable.extend(self._ledger.settle(job.reservation, spent_tokens, usd))
+            job.reservation = None
         return result
+
+    def _release_budget(self, job: Job) -> None:
+        if job.reservation is not None and self._ledger is not None:
+            self._ledger.release(job.reservation)
+            job.reservation = None
 
     def _fair_cost(self, job: Job) -> int:
         """A request's cost for fair sharing: its input, plus the output this
@@ -572,13 +689,27 @@ class Dispatcher:
                     extra={**_record_fields(record), "attempt": attempt, "error": str(exc)},
                 )
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        if job is not None:
+            # Durable before the offset may be committed: the request is done
+            # (a redelivery must not call Claude again) and what it spent.
+            if self._guard is not None:
+                job.durable.append(
+                    self._guard.end(
+                        job.partner_id, job.request_id, record.position, job.replay_count
+                    )
+                )
+            await wait_all(job.durable)
+            job.durable.clear()
         self._account(outcome, job)
         acks = self._inflight.pop(record.position, [])
-        self._done[record.position] = None
-        if len(self._done) > DONE_MEMORY:
-            self._done.popitem(last=False)
+        self._remember_done(record.position)
         for ack in acks:
             await ack()
+
+    def _remember_done(self, position: tuple[str, int, int]) -> None:
+        self._done[position] = None
+        if len(self._done) > DONE_MEMORY:
+            self._done.popitem(last=False)
 
     def _account(self, outcome: Outcome, job: Job | None) -> None:
         partner = outcome.partner_id or "unknown"

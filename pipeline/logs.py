@@ -28,8 +28,8 @@ class Redactor(logging.Filter):
         self._secrets: set[str] = {s for s in secrets if len(s) >= 6}
 
     def add(self, secret: str) -> None:
-        if len(secret) >= 6:
-            self._secrets.add(secret)
+        if len(secret) >= 6 and secret not in self._secrets:
+            self._secrets = {*self._secrets, secret}  # copy: filter() may be iterating
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:

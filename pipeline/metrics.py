@@ -67,6 +67,12 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.key_rejected = Counter(
+            "claude_partner_key_rejected",
+            "Claude refused a partner's API key (401/403): revoked or without permission",
+            ["partner"],
+            registry=r,
+        )
         # Not in the contract's list: lets scripts wait until a worker consumes.
         self.ready = Gauge(
             "claude_worker_ready",

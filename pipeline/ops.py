@@ -17,10 +17,18 @@ from pipeline.errors import ConfigError, SchemaError
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, load_partners, partner_of_requests_topic
 from pipeline.schemas import Codec
-from pipeline.security import SecretResolver, replay_headers
+from pipeline.security import SecretResolver, open_payload, replay_headers
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `10m`, `2h`, `1d` as seconds; ConfigError otherwise."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ConfigError(f"expected a duration like 90s, 10m, 2h or 1d, got {text!r}")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def parse_since(text: str, now: float | None = None) -> int:
@@ -168,7 +176,8 @@ def plan_replay(
 
 
 def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> int:
-    """Re-produce each original value and headers, with a replay signature."""
+    """Re-produce each original value (unsealed) with its headers, signed afresh
+    with the partner's secret and carrying its signed replay count."""
     partners = load_partners(settings.partners_file)
     producer = SyncProducer(settings)
     now = time.time()
@@ -180,13 +189,21 @@ def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> in
         partner = partners.get(pid)
         if partner is None:
             raise ConfigError(f"cannot replay for {pid!r}: not in {settings.partners_file}")
-        secret = resolver.resolve(partner.signing_secret_ref)
+        secrets = [resolver.resolve(partner.signing_secret_ref)]
+        if partner.previous_signing_secret_ref:
+            secrets.append(resolver.resolve(partner.previous_signing_secret_ref))
+        aad = f"{topic}|{r['source_partition']}|{r['source_offset']}".encode()
+        value = open_payload(secrets, bytes(r["payload"]), aad)
+        if not value:
+            raise ConfigError(
+                f"dead letter {pid}/{r['request_id']} has no payload to replay ({r['detail']})"
+            )
         original = [(k, bytes(v)) for k, v in (r.get("headers") or {}).items()]
-        headers = replay_headers(original, secret, int(r["replay_count"]) + 1, now)
+        headers = replay_headers(original, pid, secrets[0], value, int(r["replay_count"]) + 1, now)
         key = r.get("source_key")
         if key is None and r.get("request_id"):
             key = str(r["request_id"]).encode()
-        producer.produce(topic, bytes(r["payload"]), key=key, headers=headers)
+        producer.produce(topic, value, key=key, headers=headers)
         count += 1
     producer.flush()
     return count

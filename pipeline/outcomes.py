@@ -18,6 +18,7 @@ from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, responses_topic
 from pipeline.pricing import PriceTable
 from pipeline.records import Job, OutMessage, SourceRecord
 from pipeline.schemas import Codec
+from pipeline.security import SIGNATURE_HEADERS
 
 _ZERO_USAGE = {
     "input_tokens": 0,
@@ -73,10 +74,28 @@ class Outcome:
         return out
 
 
+#: Seals a dead letter's payload: (partner_id, payload, aad) -> stored bytes.
+Sealer = Callable[[str | None, bytes, bytes], bytes]
+
+
+def source_aad(record: SourceRecord) -> bytes:
+    """What a sealed payload is bound to: the record it came from."""
+    return f"{record.topic}|{record.partition}|{record.offset}".encode()
+
+
 class OutcomeBuilder:
-    def __init__(self, prices: PriceTable, wall_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, prices: PriceTable, wall_ms: Callable[[], int], seal: Sealer | None = None
+    ) -> None:
         self._prices = prices
         self._wall_ms = wall_ms
+        self._seal = seal
+
+    def _sealed(self, partner_id: str | None, record: SourceRecord) -> bytes:
+        payload = record.value or b""
+        if self._seal is None or not payload:
+            return payload
+        return self._seal(partner_id, payload, source_aad(record))
 
     def _latency_ms(self, created_at_ms: int | None, now_ms: int) -> int:
         return max(0, now_ms - created_at_ms) if created_at_ms else 0
@@ -154,8 +173,8 @@ class OutcomeBuilder:
             "source_topic": record.topic,
             "source_partition": record.partition,
             "source_offset": record.offset,
-            "payload": record.value or b"",
-            "headers": record.header_map(),
+            "payload": self._sealed(partner_id, record),
+            "headers": {k: v for k, v in record.header_map().items() if k not in SIGNATURE_HEADERS},
             "attempts": attempts,
             "failed_at_ms": now_ms,
             "replay_count": job.replay_count if job is not None else replay_count,

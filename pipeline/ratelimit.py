@@ -220,6 +220,8 @@ class KeyState:
     resources: dict[str, _Resource]
     paused_until: float = 0.0
     probed: bool = False  # a response has told us this key's limits
+    #: Claude refused the key itself (401/403): (why, until when).
+    refused: tuple[str, float] | None = None
     #: Our requests on this key not answered yet, by dispatch number.
     pending: dict[int, Cost] = field(default_factory=dict)
     next_seq: int = 0
@@ -407,6 +409,21 @@ class Limiter:
         # limits; without (a gateway that sends none) there is nothing to learn.
         state.probed = True
         return seen
+
+    def refuse_key(self, kid: str, reason: str, seconds: float) -> None:
+        """Claude refused the key itself (401/403): fail its requests fast for a while."""
+        state = self.key(kid)
+        state.refused = (reason, self.clock() + seconds)
+
+    def key_refused(self, kid: str) -> str | None:
+        state = self._keys.get(kid)
+        if state is None or state.refused is None:
+            return None
+        reason, until = state.refused
+        if self.clock() >= until:
+            state.refused = None
+            return None
+        return reason
 
     def pause(self, kid: str, seconds: float) -> None:
         """Claude said 429: nobody sends on this key for `seconds`, and then one

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.partners import Partner
 from pipeline.ratelimit import Cost
+from pipeline.state import Reservation
 
 Headers = list[tuple[str, bytes]]
 AckFn = Callable[[], Awaitable[Any]]
@@ -54,6 +55,9 @@ class Job:
     key_id: str | None = None
     charged: bool = False  # the limiter holds this attempt's charge
     dispatch_seq: int = -1  # the limiter's number for this attempt
+    over_budget: str | None = None  # why a budget refuses it (quota_exceeded)
+    reservation: Reservation | None = None  # budget held while it runs
+    durable: list[Awaitable[Any] | None] = field(default_factory=list)  # writes to await
     deadline_timer: asyncio.TimerHandle | None = None
 
     @property

@@ -4,8 +4,8 @@ A partner signs each record: ``x-signature = hex(HMAC-SHA256(secret,
 timestamp + "." + value))`` with ``x-timestamp`` in unix seconds and
 ``x-partner-id``. The worker checks all three, in constant time, against the
 partner's current secret (and, during a rotation's grace window, the previous
-one). Ops replaying a dead letter add a replay signature over the original
-one, which vouches for the old timestamp without re-signing the value.
+one). Ops replaying a dead letter sign it afresh and add ``x-replay-count``
+with a signature binding it, so a copy of a replay cannot pass as a new one.
 
 Secrets are referenced, never stored: ``env:NAME`` or ``file:PATH`` (re-read
 when the file changes).
@@ -50,27 +50,32 @@ def signed_headers(
     ]
 
 
-def replay_signature(secret: bytes, replay_ts: int, replay_count: int, original: bytes) -> str:
-    message = f"{replay_ts}.{replay_count}.".encode() + original
+def replay_signature(secret: bytes, timestamp: int, replay_count: int, signature: str) -> str:
+    """Binds a replay count to a (fresh) signature, so it cannot be bumped."""
+    message = f"{timestamp}.{replay_count}.{signature}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def replay_headers(
-    headers: Iterable[tuple[str, bytes]], secret: bytes, replay_count: int, now: float
+    headers: Iterable[tuple[str, bytes]],
+    partner_id: str,
+    secret: bytes,
+    value: bytes,
+    replay_count: int,
+    now: float,
 ) -> list[tuple[str, bytes]]:
-    """The original headers plus a fresh replay signature, for `dlq replay`."""
-    kept = [
-        (k, v)
-        for k, v in headers
-        if k not in (H_REPLAY_COUNT, H_REPLAY_TIMESTAMP, H_REPLAY_SIGNATURE)
-    ]
-    original = dict(kept).get(H_SIGNATURE, b"")
-    ts = int(now)
+    """Headers for re-producing a dead letter: the partner's other headers, a
+    fresh signature, and the replay count signed with it (for `dlq replay`)."""
+    own = {H_PARTNER, H_TIMESTAMP, H_SIGNATURE, H_REPLAY_COUNT, H_REPLAY_SIGNATURE}
+    kept = [(k, v) for k, v in headers if k not in own]
+    signed = signed_headers(partner_id, secret, value, now)
+    ts = int(dict(signed)[H_TIMESTAMP])
+    signature = dict(signed)[H_SIGNATURE].decode()
     return [
         *kept,
+        *signed,
         (H_REPLAY_COUNT, str(replay_count).encode()),
-        (H_REPLAY_TIMESTAMP, str(ts).encode()),
-        (H_REPLAY_SIGNATURE, replay_signature(secret, ts, replay_count, original).encode()),
+        (H_REPLAY_SIGNATURE, replay_signature(secret, ts, replay_count, signature).encode()),
     ]
 
 
@@ -134,18 +139,15 @@ def verify(
         raise AuthFailed(f"missing header {H_TIMESTAMP}")
     if not _matches(secrets, ts_text.encode() + b"." + value, signature):
         raise AuthFailed("signature mismatch: not signed with the partner's secret")
-    replay_sig = _header_text(headers, H_REPLAY_SIGNATURE)
-    if replay_sig is None:
-        _check_age(ts_text, now, max_age_s, H_TIMESTAMP)
+    _check_age(ts_text, now, max_age_s, H_TIMESTAMP)
+    count_text = _header_text(headers, H_REPLAY_COUNT)
+    if count_text is None:
         return 0
-    # A replay by ops: the original signature proves the value; the replay
-    # signature, fresh and over the original, vouches for the old timestamp.
-    count_text = _header_text(headers, H_REPLAY_COUNT) or ""
-    replay_ts = _header_text(headers, H_REPLAY_TIMESTAMP)
-    _check_age(replay_ts, now, max_age_s, H_REPLAY_TIMESTAMP)
-    if not count_text.isdigit():
-        raise AuthFailed(f"malformed {H_REPLAY_COUNT}")
-    message = f"{replay_ts}.{count_text}.".encode() + signature.encode()
+    # A replay by ops: its count is signed, so a copy cannot claim a new one.
+    replay_sig = _header_text(headers, H_REPLAY_SIGNATURE)
+    if not count_text.isdigit() or replay_sig is None:
+        raise AuthFailed(f"malformed {H_REPLAY_COUNT} or missing {H_REPLAY_SIGNATURE}")
+    message = f"{ts_text}.{count_text}.{signature}".encode()
     if not _matches(secrets, message, replay_sig):
         raise AuthFailed("replay signature mismatch")
     return int(count_text)
@@ -177,11 +179,14 @@ class SecretResolver:
         env: Mapping[str, str],
         clock: Callable[[], float] = time.monotonic,
         recheck_s: float = 1.0,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self._env = env
         self._clock = clock
         self._recheck_s = recheck_s
         self._files: dict[str, _FileCache] = {}
+        #: Told every secret value read (the log redactor learns them this way).
+        self._on_secret = on_secret
 
     def resolve(self, ref: str) -> bytes:
         scheme, sep, target = ref.partition(":")
@@ -191,6 +196,7 @@ class SecretResolver:
             value = self._env.get(target)
             if not value:
                 raise SecretError(f"environment variable {target} (from {ref}) is not set")
+            self._learned(value)
             return value.encode()
         return self._read_file(target)
 
@@ -211,7 +217,12 @@ class SecretResolver:
         if not value:
             raise SecretError(f"secret file {path} is empty")
         self._files[path] = _FileCache(stamp, value, now)
+        self._learned(value.decode("utf-8", "replace"))
         return value
+
+    def _learned(self, secret: str) -> None:
+        if self._on_secret is not None:
+            self._on_secret(secret)
 
 
 def validate_ref(ref: str) -> str:
@@ -220,3 +231,55 @@ def validate_ref(ref: str) -> str:
     if scheme not in ("env", "file") or not sep or not target:
         raise SecretError(_BAD_REF)
     return ref
+
+
+# -- dead-letter payloads -------------------------------------------------------
+#
+# A dead letter keeps the original record so ops can replay it, but the record
+# holds the partner's prompt. It is stored sealed with AES-256-GCM under a key
+# derived (HKDF) from the partner's signing secret: whoever can replay (holds
+# the secret reference) can read it; a reader of the DLQ topic cannot.
+
+SEALED_MAGIC = b"CPS1"
+_HKDF_INFO = b"claude-pipeline dead-letter payload v1"
+
+
+def _payload_key(secret: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+
+
+def seal_payload(secret: bytes, payload: bytes, aad: bytes) -> bytes:
+    """Encrypt and authenticate `payload`, bound to `aad` (where it came from)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    return SEALED_MAGIC + nonce + AESGCM(_payload_key(secret)).encrypt(nonce, payload, aad)
+
+
+def is_sealed(blob: bytes) -> bool:
+    return blob.startswith(SEALED_MAGIC)
+
+
+def open_payload(secrets: Iterable[bytes], blob: bytes, aad: bytes) -> bytes:
+    """Decrypt a sealed payload with the first secret that fits; SecretError if none."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if not is_sealed(blob):
+        return blob
+    nonce, body = blob[len(SEALED_MAGIC) : len(SEALED_MAGIC) + 12], blob[len(SEALED_MAGIC) + 12 :]
+    for secret in secrets:
+        try:
+            return AESGCM(_payload_key(secret)).decrypt(nonce, body, aad)
+        except InvalidTag:
+            continue
+    raise SecretError("cannot open the dead letter's payload with the partner's secrets")
+
+
+#: Headers a dead letter never keeps: signatures are credentials for their record.
+SIGNATURE_HEADERS = frozenset({H_SIGNATURE, H_REPLAY_SIGNATURE})

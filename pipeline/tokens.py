@@ -83,3 +83,23 @@ def count_request(
         + count_tools(tools)
         + sum(count_message(m) for m in messages)
     )
+
+
+def upper_bound_request(
+    messages: Sequence[Mapping[str, Any]],
+    system: object = None,
+    tools: Iterable[object] | None = None,
+) -> int:
+    """A bound the real tokenizer cannot exceed: every token is at least one
+    UTF-8 byte. Budgets reserve with it, so no estimate error can overrun them."""
+
+    def size(content: object) -> int:
+        if isinstance(content, str):
+            return len(content.encode("utf-8", "surrogatepass"))
+        return len(json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode())
+
+    total = BASE_TOKENS + size(system) * (system is not None) + SYSTEM_OVERHEAD
+    total += sum(MESSAGE_OVERHEAD + size(m.get("content")) for m in messages)
+    if tools:
+        total += sum(size(t) for t in tools)
+    return total

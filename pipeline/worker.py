@@ -18,6 +18,7 @@ from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
+from pipeline.errors import SecretError
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
@@ -37,7 +38,8 @@ from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec, ConfluentRegistry
-from pipeline.security import SecretResolver
+from pipeline.security import SecretResolver, seal_payload
+from pipeline.state import BudgetLedger, FaustStore, ReplayGuard
 
 log = logging.getLogger("pipeline.worker")
 
@@ -45,14 +47,26 @@ log = logging.getLogger("pipeline.worker")
 class WorkerRuntime(Service):
     """Everything a worker runs besides Faust itself."""
 
-    def __init__(self, settings: Settings, registry: Registry, codec: Codec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        codec: Codec,
+        redactor: Redactor | None = None,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.registry = registry
         self.codec = codec
         self.metrics = Metrics()
         self.metrics_port: int | None = None
-        secrets = SecretResolver(settings.secret_env())
+        self.redactor = redactor or Redactor()
+        secrets = SecretResolver(settings.secret_env(), on_secret=self.redactor.add)
+        self.secrets = secrets
+        prices = (
+            PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable()
+        )
+        self._owned: dict[str, int] = {}
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
         self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
         self.wiring = create_app(
@@ -69,7 +83,7 @@ class WorkerRuntime(Service):
             claude=self.claude,
             keys=ApiKeys(secrets, settings.anthropic_api_key),
             codec=codec,
-            builder=OutcomeBuilder(PriceTable(), lambda: int(time.time() * 1000)),
+            builder=OutcomeBuilder(prices, lambda: int(time.time() * 1000), self._seal),
             publisher=FaustPublisher(self.app),
             metrics=self.metrics,
             policy=RetryPolicy(
@@ -81,6 +95,9 @@ class WorkerRuntime(Service):
             ),
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,
+            guard=ReplayGuard(FaustStore(self.wiring.seen), settings.signature_max_age_s),
+            ledger=BudgetLedger(FaustStore(self.wiring.spend), owned_fraction=self._owned_fraction),
+            prices=prices,
             on_fatal=self._fatal,
         )
         self.follower = PartnerFollower(settings, codec, registry, on_error=self._fatal)
@@ -93,9 +110,26 @@ class WorkerRuntime(Service):
         await self.dispatcher.handle(record, ack)
 
     def _on_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
+        self._owned = {}
         self.dispatcher.on_partitions_revoked(positions)
 
+    def _seal(self, partner_id: str | None, payload: bytes, aad: bytes) -> bytes:
+        """Seal a dead letter's payload with its partner's secret, or withhold it."""
+        partner = self.registry.get(partner_id) if partner_id else None
+        if partner is None:
+            return b""  # no secret to seal with: the prompt is not stored in clear
+        try:
+            secret = self.secrets.resolve(partner.signing_secret_ref)
+        except SecretError:
+            return b""
+        return seal_payload(secret, payload, aad)
+
+    def _owned_fraction(self, partner_id: str) -> float:
+        owned = self._owned.get(requests_topic(partner_id), 0)
+        return min(1.0, owned / max(1, self.settings.topic_partitions))
+
     def _on_assigned(self) -> None:
+        self._owned = self.wiring.owned_partitions()
         self.wiring.tune_fetch_wait(self.settings.timings.fetch_max_wait_ms)
         self.dispatcher.resume_all()
         workers = self.wiring.workers_consuming()
@@ -155,7 +189,7 @@ class WorkerRuntime(Service):
         self.metrics.close()
 
 
-def build_runtime(settings: Settings) -> WorkerRuntime:
+def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:
     """Read the registry, provision topics, and assemble the runtime (synchronous)."""
     registry_client = (
         ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
@@ -166,7 +200,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     partner_ids = [p.partner_id for p in registry]
     ensure_topics(settings, [s for pid in partner_ids for s in partner_topics(settings, pid)])
     codec.warm(output_schemas(partner_ids))
-    return WorkerRuntime(settings, registry, codec)
+    return WorkerRuntime(settings, registry, codec, redactor)
 
 
 def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:
@@ -181,7 +215,7 @@ def run_worker(settings: Settings) -> int:
     if settings.anthropic_api_key:
         redactor.add(settings.anthropic_api_key)
     setup_logging(settings.log_level, redactor)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, redactor)
     log.info(
         "worker starting",
         extra={

@@ -25,6 +25,7 @@ from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
 from pipeline.schemas import Codec
+from pipeline.security import open_payload
 from tests.procs import CLI, Proc, free_port, http_ok, wait_until
 
 DEFAULT_KEY = "sk-test-default-key"
@@ -122,6 +123,11 @@ class Stack:
 
     def update_partner(self, partner_id: str, **changes: Any) -> None:
         update_partner(self.settings, self.codec, partner_id, **changes)
+
+    def opened(self, dead: dict[str, Any]) -> bytes:
+        """A dead letter's payload, unsealed with its partner's secret."""
+        aad = f"{dead['source_topic']}|{dead['source_partition']}|{dead['source_offset']}".encode()
+        return open_payload(list(self.secrets.values()), bytes(dead["payload"]), aad)
 
     def client(self, partner_id: str) -> PartnerClient:
         if partner_id not in self._clients:

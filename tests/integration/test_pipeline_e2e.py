@@ -141,7 +141,8 @@ def test_every_dead_letter_reason_with_the_original_payload(stack: Stack) -> Non
         letters = got.dead.get(key, [])
         assert [d["reason"] for d in letters] == [reason], (key, letters)
         dead = letters[0]
-        assert dead["payload"] == value
+        assert dead["payload"] != value  # sealed: the prompt is not readable in the DLQ
+        assert stack.opened(dead) == value
         assert dead["source_topic"] == f"claude.requests.{key[0]}"
         assert dead["detail"]
         (response,) = got.responses[key]
@@ -204,7 +205,7 @@ def test_poison_records_do_not_stop_the_worker(stack: Stack) -> None:
     assert all(got.responses[k][0]["status"] == "ok" for k in keys)
     orphans = [d for d in got.dead_without_id if d["partner_id"] == "beta"]
     assert {d["reason"] for d in orphans} == {"auth_failed", "schema_error"}
-    assert all(d["payload"] in (b"\xff" * 64, b"\x00") for d in orphans)
+    assert all(stack.opened(d) in (b"\xff" * 64, b"\x00") for d in orphans)
     assert stack.workers["worker"][0].alive()
 
 
@@ -348,6 +349,11 @@ def test_cli_send_wait_responses_partners_topics_usage(stack: Stack) -> None:
 
     topics = _cli(stack, "topics", "create")
     assert topics.stdout.strip() == "all topics already exist"
+    acls = _cli(stack, "topics", "create", "--acls", "--partner-principal", "User:p-{partner}")
+    assert "ALLOW User:p-alpha WRITE TOPIC:LITERAL:claude.requests.alpha from *" in acls.stdout
+    assert "ALLOW User:claude-pipeline READ TOPIC:PREFIXED:claude.requests. from *" in acls.stdout
+    bad_apply = _cli(stack, "topics", "create", "--apply")
+    assert bad_apply.returncode == 2
 
     report = json.loads(_cli(stack, "usage", "report", "--format", "json").stdout)
     assert report["alpha"]["ok"] >= 1

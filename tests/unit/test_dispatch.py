@@ -22,10 +22,12 @@ from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
 from pipeline.partners import Partner, Registry
 from pipeline.pricing import PriceTable
+from pipeline.ratelimit import Limiter
 from pipeline.records import OutMessage, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver, signed_headers
+from pipeline.state import BudgetLedger, MemoryStore, ReplayGuard
 
 CODEC = Codec()
 
@@ -84,10 +86,17 @@ def _rejected() -> UpstreamError:
 
 class Harness:
     def __init__(
-        self, claude: FakeClaude, max_attempts: int = 3, flow: Any = None, **dispatch: Any
+        self,
+        claude: FakeClaude,
+        max_attempts: int = 3,
+        flow: Any = None,
+        partner: Partner | None = None,
+        store: MemoryStore | None = None,
+        **dispatch: Any,
     ) -> None:
         self.registry = Registry()
-        self.registry.apply("acme", Partner("acme", "env:S"))
+        self.registry.apply("acme", partner or Partner("acme", "env:S"))
+        self.store = store or MemoryStore()
         resolver = SecretResolver({"S": "secret-acme"})
         self.claude = claude
         self.publisher = FakePublisher()
@@ -105,15 +114,18 @@ class Harness:
             policy=RetryPolicy(max_attempts, 0.001, 0.01),
             config=DispatchConfig(publish_attempts=2, **dispatch),
             flow=flow,
+            # known (huge) limits: no probing one request at a time
+            limiter=Limiter(upstream={"requests": 10**6}),
+            guard=ReplayGuard(self.store, 300.0),
+            ledger=BudgetLedger(self.store),
             rng=lambda: 1.0,
         )
         self.offset = 0
 
-    def record(self, prompt: str, **kw: Any) -> SourceRecord:
+    def record(self, prompt: str, request_id: str | None = None, **kw: Any) -> SourceRecord:
         self.offset += 1
-        value = CODEC.encode(
-            "ClaudeRequest", build_request("acme", prompt, request_id=f"r{self.offset}", **kw)
-        )
+        rid = request_id or f"r{self.offset}"
+        value = CODEC.encode("ClaudeRequest", build_request("acme", prompt, request_id=rid, **kw))
         headers = signed_headers("acme", b"secret-acme", value)
         return SourceRecord("claude.requests.acme", 0, self.offset, f"r{self.offset}".encode(),
                             value, headers)  # fmt: skip
@@ -277,3 +289,63 @@ async def test_full_partner_queue_pauses_its_topic() -> None:
     await h.settle(6)
     await h.dispatcher.stop(0)
     assert resumed == ["acme"]
+
+
+async def test_a_replayed_request_id_is_refused_and_claude_called_once(harness: Harness) -> None:
+    await harness.send(harness.record("once", request_id="same"))
+    await harness.settle(1)
+    await harness.send(harness.record("once", request_id="same"))  # a new record, same id
+    await harness.settle(2)
+    (dead,) = harness.dead_letters()
+    assert dead["reason"] == "auth_failed"
+    assert "replayed request_id" in dead["detail"]
+    assert harness.claude.calls == ["once"]
+
+
+async def test_a_redelivery_after_a_restart_is_not_served_twice() -> None:
+    first = Harness(FakeClaude())
+    await first.dispatcher.start()
+    record = first.record("before the crash")
+    await first.send(record)
+    await first.settle(1)
+    await first.dispatcher.stop(0)
+    # a new worker recovers the same state; Kafka redelivers the uncommitted record
+    second = Harness(FakeClaude(), store=first.store)
+    await second.dispatcher.start()
+    await second.send(record)
+    await second.settle(1)
+    await second.dispatcher.stop(0)
+    assert second.claude.calls == []
+    assert second.responses() == []
+    assert second.dead_letters() == []
+
+
+async def test_a_budget_is_never_overrun_by_concurrent_requests() -> None:
+    # worst case of one request: (3 + 3 + 4 + 4 bytes of "b NN" ... ) at Haiku prices;
+    # the budget fits exactly 50 of them
+    probe = Harness(FakeClaude())
+    job_tokens, worst_usd = probe.dispatcher._worst_case(
+        probe.dispatcher._intake.admit(probe.record("b 00", max_tokens=100))
+    )
+    budget = worst_usd * 50
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    partner = Partner("acme", "env:S", monthly_budget_usd=budget)
+    h = Harness(claude, partner=partner, max_in_flight=256)
+    await h.dispatcher.start()
+    for i in range(200):
+        await h.send(h.record(f"b {i:02d}"[:4], max_tokens=100))
+    await asyncio.sleep(0.05)
+    assert len(claude.calls) == 50  # the worst case of 50 is all the budget holds
+    claude.gate.set()
+    await h.settle(200)
+    await h.dispatcher.stop(0)
+    usage = h.publisher.decoded("claude.usage", "UsageRecord")
+    spent = sum(u["cost_usd"] for u in usage)
+    assert spent <= budget
+    served = [u for u in usage if u["status"] == "ok"]
+    refused = [d for d in h.dead_letters() if d["reason"] == "quota_exceeded"]
+    # real usage is far below the worst case, so more than 50 fit in the end
+    assert len(served) > 50
+    assert len(served) + len(refused) == 200
+    assert job_tokens > 100

@@ -9,7 +9,9 @@ import pytest
 from pipeline.errors import AuthFailed, SecretError
 from pipeline.security import (
     SecretResolver,
+    open_payload,
     replay_headers,
+    seal_payload,
     sign,
     signed_headers,
     validate_ref,
@@ -78,22 +80,33 @@ def test_any_of_several_secrets_is_accepted() -> None:
     assert _verify(headers, secrets=[SECRET, b"old-secret"]) == 0
 
 
-def test_replay_signature_vouches_for_an_old_timestamp() -> None:
-    original = signed_headers("acme", SECRET, VALUE, NOW - 86_400)
+def test_an_ops_replay_is_signed_afresh_and_its_count_cannot_be_bumped() -> None:
+    original = [*signed_headers("acme", SECRET, VALUE, NOW - 86_400), ("trace", b"t1")]
     with pytest.raises(AuthFailed, match="stale"):
         _verify(original)
-    replayed = replay_headers(original, SECRET, 1, NOW - 5)
+    replayed = replay_headers(original, "acme", SECRET, VALUE, 1, NOW - 5)
     assert _verify(replayed) == 1
-    forged = replay_headers(original, b"not the partner's", 1, NOW - 5)
-    with pytest.raises(AuthFailed, match="replay signature mismatch"):
-        _verify(forged)
-    stale_replay = replay_headers(original, SECRET, 1, NOW - 1000)
-    with pytest.raises(AuthFailed, match="x-replay-timestamp"):
-        _verify(stale_replay)
-    # the replay count is signed: bumping it breaks the signature
+    assert ("trace", b"t1") in replayed  # the partner's own headers travel along
     bumped = [(k, b"3" if k == "x-replay-count" else v) for k, v in replayed]
-    with pytest.raises(AuthFailed):
+    with pytest.raises(AuthFailed, match="replay signature mismatch"):
         _verify(bumped)
+    forged = replay_headers(original, "acme", b"not the partner's", VALUE, 1, NOW - 5)
+    with pytest.raises(AuthFailed, match="signature mismatch"):
+        _verify(forged)
+    unsigned = [*signed_headers("acme", SECRET, VALUE, NOW), ("x-replay-count", b"2")]
+    with pytest.raises(AuthFailed, match="x-replay-signature"):
+        _verify(unsigned)
+
+
+def test_sealed_payloads_open_only_with_the_secret_and_their_source() -> None:
+    sealed = seal_payload(SECRET, b"the prompt", b"topic|0|7")
+    assert b"the prompt" not in sealed
+    assert open_payload([b"other", SECRET], sealed, b"topic|0|7") == b"the prompt"
+    with pytest.raises(SecretError):
+        open_payload([b"other"], sealed, b"topic|0|7")
+    with pytest.raises(SecretError):
+        open_payload([SECRET], sealed, b"topic|0|8")  # moved to another record
+    assert open_payload([SECRET], b"plain", b"x") == b"plain"
 
 
 def test_secret_references(tmp_path: Path, clock: FakeClock) -> None:

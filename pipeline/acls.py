@@ -1,0 +1,127 @@
+"""Kafka ACLs for a real cluster: each partner writes only its request topic and
+reads only its response topic; the workers read requests and write outcomes.
+
+Tansu cannot enforce ACLs or SASL, so these bindings are generated, printed,
+unit-tested and applied to real Kafka (`topics create --acls --apply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pipeline.config import Settings
+from pipeline.errors import BrokerError, ConfigError
+from pipeline.kafka import client_config
+from pipeline.partners import (
+    DLQ_TOPIC,
+    PARTNERS_TOPIC,
+    REQUESTS_PREFIX,
+    RESPONSES_PREFIX,
+    USAGE_TOPIC,
+    requests_topic,
+    responses_topic,
+)
+
+
+@dataclass(frozen=True)
+class Binding:
+    principal: str  # e.g. User:acme
+    resource: str  # TOPIC | GROUP
+    name: str
+    pattern: str  # LITERAL | PREFIXED
+    operation: str  # READ | WRITE | DESCRIBE | CREATE
+    permission: str = "ALLOW"
+    host: str = "*"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.permission} {self.principal} {self.operation} "
+            f"{self.resource}:{self.pattern}:{self.name} from {self.host}"
+        )
+
+
+def principal_for(template: str, partner_id: str) -> str:
+    if "{partner}" not in template or ":" not in template:
+        raise ConfigError("a principal template looks like User:{partner}")
+    return template.format(partner=partner_id)
+
+
+def partner_bindings(partner_id: str, principal: str) -> list[Binding]:
+    """Write its requests, read its responses (with consumer groups named `<id>-*`)."""
+    return [
+        Binding(principal, "TOPIC", requests_topic(partner_id), "LITERAL", "WRITE"),
+        Binding(principal, "TOPIC", requests_topic(partner_id), "LITERAL", "DESCRIBE"),
+        Binding(principal, "TOPIC", responses_topic(partner_id), "LITERAL", "READ"),
+        Binding(principal, "TOPIC", responses_topic(partner_id), "LITERAL", "DESCRIBE"),
+        Binding(principal, "GROUP", f"{partner_id}-", "PREFIXED", "READ"),
+    ]
+
+
+def worker_bindings(principal: str, group_id: str) -> list[Binding]:
+    """What `claude-pipeline worker` needs, and nothing more."""
+    out = [
+        Binding(principal, "TOPIC", REQUESTS_PREFIX, "PREFIXED", op)
+        for op in ("READ", "DESCRIBE", "CREATE")
+    ]
+    out += [
+        Binding(principal, "TOPIC", RESPONSES_PREFIX, "PREFIXED", op)
+        for op in ("WRITE", "DESCRIBE", "CREATE")
+    ]
+    out += [
+        Binding(principal, "TOPIC", USAGE_TOPIC, "LITERAL", "WRITE"),
+        Binding(principal, "TOPIC", DLQ_TOPIC, "LITERAL", "WRITE"),
+        Binding(principal, "TOPIC", PARTNERS_TOPIC, "LITERAL", "READ"),
+        Binding(principal, "TOPIC", PARTNERS_TOPIC, "LITERAL", "DESCRIBE"),
+        Binding(principal, "GROUP", group_id, "LITERAL", "READ"),
+    ]
+    # Faust's own topics (table changelogs) are named after the group id.
+    out += [
+        Binding(principal, "TOPIC", f"{group_id}-", "PREFIXED", op)
+        for op in ("READ", "WRITE", "DESCRIBE", "CREATE")
+    ]
+    return out
+
+
+def all_bindings(
+    partner_ids: Iterable[str], partner_template: str, worker_principal: str, group_id: str
+) -> list[Binding]:
+    bindings: list[Binding] = []
+    for pid in sorted(partner_ids):
+        bindings += partner_bindings(pid, principal_for(partner_template, pid))
+    return bindings + worker_bindings(worker_principal, group_id)
+
+
+def apply(settings: Settings, bindings: Sequence[Binding], timeout: float = 15.0) -> int:
+    """Create the bindings through the admin API (idempotent); returns how many."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    acls = [
+        AclBinding(
+            ResourceType[b.resource],
+            b.name,
+            ResourcePatternType[b.pattern],
+            b.principal,
+            b.host,
+            AclOperation[b.operation],
+            AclPermissionType[b.permission],
+        )
+        for b in bindings
+    ]
+    admin = AdminClient(client_config(settings))
+    try:
+        for fut in admin.create_acls(acls, request_timeout=timeout).values():
+            fut.result()
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot create ACLs (needs a cluster with an authorizer): {exc}"
+        ) from exc
+    return len(acls)

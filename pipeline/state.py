@@ -1,0 +1,333 @@
+"""State a worker must not lose: request_ids it has seen, and what partners spent.
+
+Both live in Faust tables, changelog-backed and partitioned like the request
+topics (an entry is written to the changelog partition of the record that
+caused it), so they move with their partitions on a rebalance and survive a
+restart. The logic here is plain Python over a small `Store` interface: unit
+tests drive it with a dict and a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Protocol
+
+from pipeline.partners import Partner
+from pipeline.security import MAX_CLOCK_SKEW_S
+
+Position = tuple[str, int, int]  # topic, partition, offset
+
+
+class Store(Protocol):
+    """A key-value table whose writes go to a chosen changelog partition."""
+
+    def get(self, key: str) -> Any: ...
+
+    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any] | None:
+        """Write; the awaitable (if any) completes when the write is durable."""
+
+    def delete(self, partition: int, key: str) -> None: ...
+
+    def items(self) -> Iterable[tuple[str, Any]]: ...
+
+
+class MemoryStore:
+    """A Store in a dict (tests, and a worker without tables)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.partitions: dict[str, int] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.partitions[key] = partition
+
+    def delete(self, partition: int, key: str) -> None:
+        self.data.pop(key, None)
+        self.partitions.pop(key, None)
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return list(self.data.items())
+
+
+class FaustStore:
+    """A Store over a Faust table: local data plus an explicit changelog partition.
+
+    (Faust's own `table[key] = value` must run inside the agent's stream, which
+    our requests leave long before they finish.)
+    """
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, key: str) -> Any:
+        return self._table.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any]:
+        self._table.data[key] = value
+        future: Awaitable[Any] = self._table.send_changelog(partition, key, value)
+        return future
+
+    def delete(self, partition: int, key: str) -> None:
+        if self._table.data.pop(key, None) is not None:
+            self._table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return list(self._table.data.items())
+
+
+# -- replay protection -------------------------------------------------------------
+
+
+class Seen(Enum):
+    NEW = "new"  # never seen (or long enough ago that its signature is stale)
+    REDELIVERED_DONE = "redelivered_done"  # Kafka gave us the same record again; served
+    REDELIVERED_OPEN = "redelivered_open"  # the same record, but its work never finished
+    REPLAY = "replay"  # the same request_id in another record: refused
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    seen: Seen
+    first: Position | None = None
+
+
+class ReplayGuard:
+    """Remembers each (partner, request_id) for as long as its signature is valid.
+
+    A record carrying a request_id already seen from that partner is a replay,
+    unless it is the very same record (same topic, partition, offset): then
+    Kafka redelivered it, after a crash or a rebalance, and it is neither
+    refused nor sent to Claude again if its outcome was already published.
+    An ops replay of a dead letter carries a higher (signed) replay count.
+    """
+
+    def __init__(
+        self, store: Store, signature_max_age_s: float, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self.window_s = signature_max_age_s + MAX_CLOCK_SKEW_S + 60.0
+        self._wall = wall
+
+    @staticmethod
+    def _key(partner_id: str, request_id: str) -> str:
+        return f"{partner_id}|{request_id}"
+
+    def check(
+        self, partner_id: str, request_id: str, position: Position, replay_count: int
+    ) -> GuardVerdict:
+        entry = self._store.get(self._key(partner_id, request_id))
+        if not isinstance(entry, dict):
+            return GuardVerdict(Seen.NEW)
+        first: Position = (str(entry["t"]), int(entry["p"]), int(entry["o"]))
+        if self._wall() * 1000 - int(entry["at"]) > self.window_s * 1000:
+            return GuardVerdict(Seen.NEW)
+        if first == position:
+            done = entry.get("s") == "done"
+            return GuardVerdict(Seen.REDELIVERED_DONE if done else Seen.REDELIVERED_OPEN, first)
+        if replay_count > int(entry.get("r", 0)):
+            return GuardVerdict(Seen.NEW, first)  # an ops replay
+        return GuardVerdict(Seen.REPLAY, first)
+
+    def _write(
+        self, partner_id: str, request_id: str, position: Position, replay_count: int, state: str
+    ) -> Awaitable[Any] | None:
+        topic, partition, offset = position
+        value = {
+            "t": topic,
+            "p": partition,
+            "o": offset,
+            "r": replay_count,
+            "s": state,
+            "at": int(self._wall() * 1000),
+        }
+        return self._store.put(partition, self._key(partner_id, request_id), value)
+
+    def begin(
+        self, partner_id: str, request_id: str, position: Position, replay_count: int
+    ) -> Awaitable[Any] | None:
+        return self._write(partner_id, request_id, position, replay_count, "open")
+
+    def end(
+        self, partner_id: str, request_id: str, position: Position, replay_count: int
+    ) -> Awaitable[Any] | None:
+        return self._write(partner_id, request_id, position, replay_count, "done")
+
+    def sweep(self) -> int:
+        """Forget entries whose signatures can no longer pass (their records would be stale)."""
+        horizon = (self._wall() - self.window_s) * 1000
+        expired = [
+            (k, v) for k, v in self._store.items() if isinstance(v, dict) and v["at"] < horizon
+        ]
+        for key, value in expired:
+            self._store.delete(int(value["p"]), key)
+        return len(expired)
+
+
+# -- budgets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "tokens" (per UTC day) or "usd" (per UTC month)
+    period: str
+    limit: float
+
+
+@dataclass
+class Reservation:
+    partner_id: str
+    partition: int
+    tokens: float
+    usd: float
+    day: str
+    month: str
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    state: str  # go | wait | exceeded
+    detail: str = ""
+
+
+BUDGET_GO = BudgetVerdict("go")
+
+
+def periods(now: float) -> tuple[str, str]:
+    dt = datetime.fromtimestamp(now, tz=UTC)
+    return dt.strftime("%Y-%m-%d"), dt.strftime("%Y-%m")
+
+
+class BudgetLedger:
+    """Daily token and monthly dollar budgets that cannot be overrun.
+
+    Admission reserves the worst case (every input token, all of max_tokens,
+    at the model's price) and settles to the real usage afterwards, so
+    hundreds of requests in flight can never spend past a budget. What was
+    spent is durable (a table entry per partner, period and partition); what
+    is reserved lives only as long as its request.
+
+    A worker owning k of a partner's P partitions may spend k/P of the
+    partner's budgets: workers never need to ask each other, and a partner's
+    records are spread evenly over its partitions by their request_id keys.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        wall: Callable[[], float] = time.time,
+        owned_fraction: Callable[[str], float] = lambda partner_id: 1.0,
+    ) -> None:
+        self._store = store
+        self._wall = wall
+        self._owned = owned_fraction
+        self._reserved: dict[tuple[str, str, str], float] = {}
+
+    @staticmethod
+    def _key(partner_id: str, kind: str, period: str, partition: int) -> str:
+        return f"{partner_id}|{kind}|{period}|{partition}"
+
+    def budgets(self, partner: Partner) -> list[Budget]:
+        day, month = periods(self._wall())
+        out = []
+        if partner.daily_token_budget is not None:
+            out.append(Budget("tokens", day, float(partner.daily_token_budget)))
+        if partner.monthly_budget_usd is not None:
+            out.append(Budget("usd", month, float(partner.monthly_budget_usd)))
+        return out
+
+    def spent(self, partner_id: str, kind: str, period: str) -> float:
+        prefix = f"{partner_id}|{kind}|{period}|"
+        return sum(float(v) for k, v in self._store.items() if k.startswith(prefix))
+
+    def check(self, partner: Partner, tokens: float, usd: float) -> BudgetVerdict:
+        share = self._owned(partner.partner_id)
+        for budget in self.budgets(partner):
+            need = tokens if budget.kind == "tokens" else usd
+            # a hair of tolerance: sums of float dollars must not refuse the last cent
+            limit = budget.limit * share * (1 + 1e-9)
+            spent = self.spent(partner.partner_id, budget.kind, budget.period)
+            reserved = self._reserved.get((partner.partner_id, budget.kind, budget.period), 0.0)
+            if spent + need > limit:
+                what = (
+                    f"daily token budget of {budget.limit:,.0f}"
+                    if budget.kind == "tokens"
+                    else f"monthly budget of ${budget.limit:,.2f}"
+                )
+                used = f"{spent:,.0f} tokens" if budget.kind == "tokens" else f"${spent:,.4f}"
+                return BudgetVerdict(
+                    "exceeded",
+                    f"{what} reached: {used} spent, this request may need "
+                    + (f"{need:,.0f} tokens" if budget.kind == "tokens" else f"${need:,.4f}"),
+                )
+            if spent + reserved + need > limit:
+                return BudgetVerdict("wait", "requests in flight may still fit it")
+        return BUDGET_GO
+
+    def reserve(self, partner: Partner, partition: int, tokens: float, usd: float) -> Reservation:
+        day, month = periods(self._wall())
+        for budget in self.budgets(partner):
+            key = (partner.partner_id, budget.kind, budget.period)
+            self._reserved[key] = self._reserved.get(key, 0.0) + (
+                tokens if budget.kind == "tokens" else usd
+            )
+        return Reservation(partner.partner_id, partition, tokens, usd, day, month)
+
+    def _unreserve(self, res: Reservation) -> None:
+        for kind, period, amount in (
+            ("tokens", res.day, res.tokens),
+            ("usd", res.month, res.usd),
+        ):
+            key = (res.partner_id, kind, period)
+            if key in self._reserved:
+                left = self._reserved[key] - amount
+                if left > 1e-9:
+                    self._reserved[key] = left
+                else:
+                    del self._reserved[key]
+
+    def release(self, res: Reservation) -> None:
+        """The request never spent anything (refused before or by Claude)."""
+        self._unreserve(res)
+
+    def settle(self, res: Reservation, tokens: float, usd: float) -> list[Awaitable[Any]]:
+        """Record what the request really spent; returns the durable writes."""
+        self._unreserve(res)
+        writes: list[Awaitable[Any]] = []
+        for kind, period, amount in (("tokens", res.day, tokens), ("usd", res.month, usd)):
+            if amount <= 0:
+                continue
+            key = self._key(res.partner_id, kind, period, res.partition)
+            current = float(self._store.get(key) or 0.0)
+            write = self._store.put(res.partition, key, current + amount)
+            if write is not None:
+                writes.append(write)
+        return writes
+
+    def prune(self, keep_days: int = 2) -> int:
+        """Drop entries of periods that are over (a day after, to be safe)."""
+        _, month = periods(self._wall())
+        oldest_day, _ = periods(self._wall() - 86_400 * (keep_days - 1))
+        stale: list[tuple[int, str]] = []
+        for key, _value in self._store.items():
+            _partner, kind, period, partition = key.rsplit("|", 3)
+            if (kind == "tokens" and period < oldest_day) or (kind == "usd" and period < month):
+                stale.append((int(partition), key))
+        for partition_no, key in stale:
+            self._store.delete(partition_no, key)
+        return len(stale)
+
+
+async def wait_all(writes: Iterable[Awaitable[Any] | None]) -> None:
+    """Wait for durable writes (None entries are writes that need no waiting)."""
+    pending = [w for w in writes if w is not None]
+    if pending:
+        await asyncio.gather(*pending)

@@ -1,0 +1,295 @@
+"""Partner security and spend control, against a real broker, simulator and worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline import tokens
+from pipeline.client import build_request
+from pipeline.kafka import read_topics
+from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, responses_topic
+from pipeline.pricing import PriceTable
+from pipeline.security import signed_headers
+from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
+from tests.procs import CLI
+
+pytestmark = pytest.mark.integration
+
+ALT_KEYS = ("sk-test-alternate-one", "sk-test-alternate-two")
+MAX_TOKENS = 64
+
+
+def _worst_usd(prompt: str) -> float:
+    messages = [{"role": "user", "content": prompt}]
+    return PriceTable().worst_case(MODEL, tokens.upper_bound_request(messages), MAX_TOKENS)
+
+
+BUDGET_PROMPT = "budgeted 000"
+BUDGET_USD = 50 * _worst_usd(BUDGET_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("security"),
+        sim_args=[
+            *("--keys", ",".join((DEFAULT_KEY, *ALT_KEYS))),
+            *("--latency-ms", "5", "--output-tokens", "20"),
+        ],
+    )
+    try:
+        for pid in ("sec", "other", "rot", "healthy", "tokenized"):
+            s.add_partner(pid, daily_token_budget=2_000 if pid == "tokenized" else None)
+        s.add_partner("filekey", api_key_ref=s.secret_file("filekey.key", ALT_KEYS[0]))
+        s.add_partner("revoked", api_key_ref=s.secret_file("revoked.key", "sk-test-revoked"))
+        s.add_partner("budget", monthly_budget_usd=BUDGET_USD)
+        s.start_worker()
+        yield s
+    finally:
+        s.close()
+
+
+def _wait(stack: Stack, keys: list[Key], timeout: float = 60) -> Outcomes:
+    got = stack.outcomes({k[0] for k in keys}, lambda o: o.complete(keys), timeout)
+    assert all(k in got.responses for k in keys), "missing outcomes"
+    return got
+
+
+def _signed(
+    stack: Stack,
+    pid: str,
+    prompt: str,
+    *,
+    secret: bytes | None = None,
+    ts: float | None = None,
+    partner_in_value: str | None = None,
+) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+    rid = str(uuid.uuid4())
+    value = stack.codec.encode(
+        "ClaudeRequest",
+        build_request(
+            partner_in_value or pid, prompt, model=MODEL, max_tokens=MAX_TOKENS, request_id=rid
+        ),
+    )
+    headers = signed_headers(pid, secret or stack.secrets[pid], value, ts)
+    return rid, value, headers
+
+
+def _produce(
+    stack: Stack, pid: str, rid: str, value: bytes, headers: list[tuple[str, bytes]]
+) -> Key:
+    client = stack.client(pid)
+    client.send_raw(rid.encode(), value, headers)
+    client.flush()
+    return (pid, rid)
+
+
+def test_forged_stale_replayed_and_cross_partner_records_are_refused(stack: Stack) -> None:
+    def honest() -> Key:
+        return _produce(stack, "sec", *_signed(stack, "sec", "honest"))
+
+    attacks: list[tuple[Key, str]] = []
+    honest_keys: list[Key] = []
+    # forged: signed with a secret that is not the partner's
+    attacks.append(
+        (_produce(stack, "sec", *_signed(stack, "sec", "x", secret=b"guess")), "signature mismatch")
+    )
+    honest_keys.append(honest())
+    # stale: a genuine signature, twenty minutes old
+    attacks.append(
+        (
+            _produce(stack, "sec", *_signed(stack, "sec", "x", ts=time.time() - 1200)),
+            "stale signature",
+        )
+    )
+    honest_keys.append(honest())
+    # replayed: a record already served, produced again byte for byte
+    rid, value, headers = _signed(stack, "sec", "pay me twice")
+    first = _produce(stack, "sec", rid, value, headers)
+    _wait(stack, [first])
+    _produce(stack, "sec", rid, value, headers)
+    honest_keys.append(honest())
+    # cross-partner: "other" signs its own record but sends it to sec's topic
+    attacks.append(
+        (_produce(stack, "sec", *_signed(stack, "other", "x")), "does not match the topic")
+    )
+    honest_keys.append(honest())
+    got = _wait(stack, [k for k, _ in attacks] + honest_keys + [first])
+    for key, fragment in attacks:
+        (dead,) = got.dead[key]
+        assert dead["reason"] == "auth_failed"
+        assert fragment in dead["detail"], dead["detail"]
+    replays = [d for d in got.dead.get(first, [])]
+    assert [d["reason"] for d in replays] == ["auth_failed"]
+    assert "replayed request_id" in replays[0]["detail"]
+    assert [r["status"] for r in got.responses[first]] == ["ok", "error"]
+    for key in honest_keys:
+        assert got.responses[key][0]["status"] == "ok"
+
+
+def test_rotation_accepts_both_secrets_during_the_grace_window_only(stack: Stack) -> None:
+    old = stack.secrets["rot"]
+    new_ref = stack.secret_file("rot.new", "the-new-rot-secret")
+    out = subprocess.run(
+        [*CLI, "partners", "rotate-secret", "rot", "--new-ref", new_ref, "--grace", "5s"],
+        capture_output=True, text=True, env={**os.environ, **stack.env},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rotated_at = time.monotonic()
+    time.sleep(1.5)  # the worker follows claude.partners
+    during = [
+        _produce(stack, "rot", *_signed(stack, "rot", "old during", secret=old)),
+        _produce(stack, "rot", *_signed(stack, "rot", "new during", secret=b"the-new-rot-secret")),
+    ]
+    got = _wait(stack, during)
+    assert [got.responses[k][0]["status"] for k in during] == ["ok", "ok"]
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - rotated_at)))
+    after = [
+        _produce(stack, "rot", *_signed(stack, "rot", "old after", secret=old)),
+        _produce(stack, "rot", *_signed(stack, "rot", "new after", secret=b"the-new-rot-secret")),
+    ]
+    got = _wait(stack, after)
+    assert got.reason(after[0]) == "auth_failed"
+    assert got.responses[after[1]][0]["status"] == "ok"
+
+
+def test_changed_secret_and_key_files_take_effect_without_a_restart(stack: Stack) -> None:
+    first = stack.send("filekey", "with the first key")
+    _wait(stack, [first])
+    stack.secret_file("filekey.key", ALT_KEYS[1])  # the partner's Anthropic key changes
+    signing = stack.secret_file("filekey.signing", "a-fresh-signing-secret")  # and its secret
+    assert signing
+    time.sleep(1.5)  # files are re-checked every second
+    rid, value, headers = _signed(
+        stack, "filekey", "after the change", secret=b"a-fresh-signing-secret"
+    )
+    second = _produce(stack, "filekey", rid, value, headers)
+    got = _wait(stack, [second])
+    assert got.responses[second][0]["status"] == "ok"
+    per_key = stack.sim_stats()["keys"]
+    assert per_key[ALT_KEYS[0]]["requests"]["200"] >= 1
+    assert per_key[ALT_KEYS[1]]["requests"]["200"] == 1
+
+
+def test_a_revoked_partner_key_does_not_affect_other_partners(stack: Stack) -> None:
+    revoked = [stack.send("revoked", f"revoked {i}") for i in range(3)]
+    healthy = [stack.send("healthy", f"healthy {i}") for i in range(3)]
+    got = _wait(stack, revoked + healthy)
+    assert all(got.reason(k) == "upstream_rejected" for k in revoked)
+    assert all(got.responses[k][0]["status"] == "ok" for k in healthy)
+    metrics = stack.metrics_text().decode()
+    assert re.search(r'claude_partner_key_rejected_total\{partner="revoked"\} [1-9]', metrics)
+    # only the first request reached Claude: the others failed fast on the refused key
+    assert stack.sim_stats()["keys"]["sk-test-revoked"]["requests"] == {"401": 1}
+
+
+def test_budgets_are_never_overrun_and_survive_a_restart(stack: Stack) -> None:
+    client = stack.client("budget")
+    keys: list[Key] = []
+    for i in range(200):
+        request = build_request("budget", f"budgeted {i:03d}", model=MODEL, max_tokens=MAX_TOKENS)
+        client.send(request)
+        keys.append(("budget", request["request_id"]))
+    client.flush()
+    got = _wait(stack, keys, timeout=90)
+    spent = sum(got.usage[k][0]["cost_usd"] for k in keys)
+    served = [k for k in keys if got.responses[k][0]["status"] == "ok"]
+    refused = [k for k in keys if got.reason(k) == "quota_exceeded"]
+    assert spent <= BUDGET_USD
+    assert len(served) >= 50  # reservations settle to the real, lower cost
+    assert len(served) + len(refused) == 200
+    assert "monthly budget" in got.dead[refused[0]][0]["detail"]
+
+    tokenized = [stack.send("tokenized", f"t {i}") for i in range(100)]
+    got = _wait(stack, tokenized)
+    used = sum(u["input_tokens"] + u["output_tokens"] for k in tokenized for u in got.usage[k])
+    assert used <= 2_000
+    assert any(got.reason(k) == "quota_exceeded" for k in tokenized)
+
+    # a new worker process recovers what was spent
+    worker, _ = stack.workers.pop("worker")
+    worker.stop()
+    stack.start_worker("after-restart")
+    later = stack.send("budget", BUDGET_PROMPT)
+    got = _wait(stack, [later])
+    assert got.reason(later) == "quota_exceeded"
+
+
+def test_a_redelivery_after_a_crash_is_neither_a_replay_nor_a_second_call(
+    stack: Stack,
+) -> None:
+    # a worker that will not commit offsets before we kill it
+    for name in list(stack.workers):
+        stack.workers.pop(name)[0].stop()
+    crashing = stack.start_worker("crashing", env={"PIPELINE_COMMIT_INTERVAL_S": "60"})
+    before = stack.sim_stats()["totals"]["requests"].get("200", 0)
+    keys = [stack.send("healthy", f"crash {i}") for i in range(20)]
+    _wait(stack, keys)
+    os.killpg(crashing.popen.pid, signal.SIGKILL)
+    crashing.popen.wait(10)
+    survivor = stack.start_worker("survivor")
+    time.sleep(3)  # the uncommitted records are redelivered to the survivor
+    got = stack.outcomes(["healthy"], lambda o: False, 1)
+    for key in keys:
+        assert len(got.responses[key]) == 1, got.responses[key]
+        assert key not in got.dead
+    assert stack.sim_stats()["totals"]["requests"]["200"] - before == 20
+    redelivered = [
+        e
+        for e in stack.worker_log("survivor")
+        if e.get("msg") == "redelivered record already served"
+    ]
+    assert len(redelivered) >= 1
+    assert survivor.alive()
+
+
+def test_nothing_secret_leaks_anywhere(stack: Stack) -> None:
+    marker = "a prompt no dead letter may show in clear"
+    keys = [
+        stack.send("sec", marker),
+        _produce(stack, "sec", *_signed(stack, "sec", marker, secret=b"forged-secret")),
+        stack.send("revoked", marker),
+    ]
+    _wait(stack, keys)
+    secrets = [s.decode() for s in stack.secrets.values()]
+    secrets += [
+        DEFAULT_KEY,
+        *ALT_KEYS,
+        "sk-test-revoked",
+        "the-new-rot-secret",
+        "a-fresh-signing-secret",
+    ]
+    haystacks: dict[str, bytes] = {}
+    for name, (proc, _) in stack.workers.items():
+        haystacks[f"log:{name}"] = proc.log_text().encode()
+        if proc.alive():
+            haystacks[f"metrics:{name}"] = stack.metrics_text(name)
+    pids = list(stack.secrets)
+    for msg in read_topics(
+        stack.settings, [DLQ_TOPIC, USAGE_TOPIC] + [responses_topic(p) for p in pids]
+    ):
+        haystacks[f"{msg.topic()}@{msg.offset()}"] = (msg.value() or b"") + repr(
+            msg.headers()
+        ).encode()
+    dead = [
+        stack.codec.decode("DeadLetter", v) for k, v in haystacks.items() if k.startswith(DLQ_TOPIC)
+    ]
+    decoded = json.dumps(dead, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+    haystacks["dead letters decoded"] = decoded.encode()
+    for secret in secrets:
+        hits = [name for name, data in haystacks.items() if secret.encode() in data]
+        assert not hits, f"{secret[:4]}... found in {hits[:3]}"
+    assert all("x-signature" not in d["headers"] for d in dead)
+    assert not any(marker.encode() in d["payload"] for d in dead)
+    assert not any(
+        marker.encode() in data for name, data in haystacks.items() if name.startswith("log:")
+    )
