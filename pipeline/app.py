@@ -18,6 +18,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
+from pipeline import faustconsumer
 from pipeline.config import Settings
 from pipeline.partners import REQUESTS_PREFIX
 from pipeline.records import AckFn, OutMessage, SourceRecord
@@ -148,6 +149,8 @@ def create_app(
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
     )
+    # Before anything creates Faust's consumer (see faustconsumer.py for why).
+    faustconsumer.install(app, settings.aiokafka_config())
     # Faust waits 45 s to coalesce subscription changes; a new partner should
     # not wait that long. (A private knob: the conductor has no public one.)
     cast(Any, app.topics)._resubscribe_sleep_lock_seconds = t.resubscribe_delay_s

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pipeline import __version__
@@ -795,6 +796,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(env, use_sim=use_sim, per_partner=args.requests, keep=args.keep)
 
 
+# -- bench -------------------------------------------------------------------------
+
+BENCH_SCENARIOS = (
+    "throughput",
+    "latency",
+    "ratelimit",
+    "fairness",
+    "inflight",
+    "scaleout",
+    "seed-baseline",
+)
+
+
+def _add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure the pipeline against its ceiling and the seed's Celery design",
+        description=(
+            "Start broker, simulator and workers as separate processes on free ports, run a "
+            "scenario, print its table and write bench-results/SCENARIO.json. 'all' runs "
+            "every scenario in order. seed-baseline needs the bench extra and redis-server."
+        ),
+    )
+    p.add_argument("scenario", choices=[*BENCH_SCENARIOS, "all"], metavar="SCENARIO")
+    p.add_argument("--quick", action="store_true", help="a small version (CI runs it)")
+    p.add_argument(
+        "--results", type=Path, default=Path("bench-results"), help="where the JSON goes"
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run
+
+    names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
+    return run(names, quick=args.quick, results_dir=args.results)
+
+
 # -- the tree ----------------------------------------------------------------
 
 
@@ -820,6 +859,7 @@ def build_parser() -> Parser:
     _add_responses(sub)
     _add_dlq(sub)
     _add_usage(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,10 +26,10 @@ from pipeline.admin import add_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker, free_port
-from pipeline.errors import PipelineError
 from pipeline.kafka import read_topics
 from pipeline.ops import percentile, render_table
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
+from pipeline.procs import child, wait_http
 from pipeline.schemas import Codec
 from pipeline.security import signed_headers
 
@@ -58,53 +55,6 @@ class Tally:
     cost: float = 0.0
     latencies: list[int] = field(default_factory=list)
     attempts: int = 0
-
-
-class _Child:
-    """A child process of the demo, its output in a log file of the demo's work dir."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-@contextmanager
-def _child(name: str, args: list[str], env: dict[str, str], workdir: Path) -> Iterator[_Child]:
-    child = _Child(name, args, env, workdir)
-    try:
-        yield child
-    finally:
-        child.stop()
-
-
-def _wait_http(url: str, timeout: float, child: _Child, needle: bytes = b"") -> None:
-    """Poll `url` until it answers (and its body contains `needle`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise PipelineError(f"{child.name} exited early; see {child.log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL)
-                if needle in resp.read():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise PipelineError(f"{child.name} not ready after {timeout:.0f} s; see {child.log_path}")
 
 
 class Demo:
@@ -154,9 +104,9 @@ class Demo:
                     *("--log-level", "WARNING"),
                 ]
                 sim = stack.enter_context(
-                    _child("sim", [python, "-m", "pipeline", "sim", *sim_args], env, workdir)
+                    child("sim", [python, "-m", "pipeline", "sim", *sim_args], env, workdir)
                 )
-                _wait_http(f"http://127.0.0.1:{port}/_sim/health", 20, sim)
+                wait_http(f"http://127.0.0.1:{port}/_sim/health", 20, sim)
                 env.update(
                     ANTHROPIC_BASE_URL=f"http://127.0.0.1:{port}", ANTHROPIC_API_KEY=DEMO_KEY
                 )
@@ -178,10 +128,10 @@ class Demo:
                 )
             self.say("partners    " + ", ".join(f"{p} (weight {w})" for p, w in PARTNERS))
             worker = stack.enter_context(
-                _child("worker", [python, "-m", "pipeline", "worker"], env, workdir)
+                child("worker", [python, "-m", "pipeline", "worker"], env, workdir)
             )
             metrics_url = f"http://127.0.0.1:{env['PIPELINE_METRICS_PORT']}/metrics"
-            _wait_http(metrics_url, 30, worker, b"claude_worker_ready 1.0")
+            wait_http(metrics_url, 30, worker, b"claude_worker_ready 1.0")
             self.say(f"worker      running; metrics on {metrics_url}")
             self._send(settings)
             self.say(f"sent        {len(self.expected)} requests; waiting for every outcome...")

@@ -675,6 +675,12 @@ class Dispatcher:
     async def _finish(self, outcome: Outcome, job: Job | None = None) -> None:
         record = outcome.record
         messages = outcome.messages(self._codec)
+        if job is not None and self._guard is not None:
+            # The done marker travels with the outcome (not after it): a crash
+            # between the two is the only way a redelivery repeats the work.
+            job.durable.append(
+                self._guard.end(job.partner_id, job.request_id, record.position, job.replay_count)
+            )
         for attempt in range(1, self._config.publish_attempts + 1):
             try:
                 await self._publisher.publish(messages)
@@ -692,12 +698,6 @@ class Dispatcher:
         if job is not None:
             # Durable before the offset may be committed: the request is done
             # (a redelivery must not call Claude again) and what it spent.
-            if self._guard is not None:
-                job.durable.append(
-                    self._guard.end(
-                        job.partner_id, job.request_id, record.position, job.replay_count
-                    )
-                )
             await wait_all(job.durable)
             job.durable.clear()
         self._account(outcome, job)

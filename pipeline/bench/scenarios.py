@@ -1,0 +1,449 @@
+"""The benchmark scenarios. Each returns metrics measured in one run, side by
+side with its reference (the ceiling, the limit, the baseline) on this machine.
+
+A scenario gets `quick` (a small version for CI: it keeps the suite from
+rotting; CI does not judge its numbers) and a `say` function for progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.bench.rig import BENCH_KEY, MAX_TOKENS, MODEL, Outcome, Rig, cpu_seconds, peak_rss_mb
+from pipeline.ops import percentile
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+NO_LIMITS = ["--rpm", "0", "--itpm", "0", "--otpm", "0"]
+#: 1,200 RPM enforced as a 1-second burst (the way the real API may enforce a
+#: per-minute limit), ITPM/OTPM high enough to leave requests the binding one.
+LIMITED = ["--rpm", "1200", "--itpm", "200000", "--otpm", "200000", "--burst", "20"]
+LIMIT_RPS = 20.0
+
+
+@dataclass
+class Result:
+    scenario: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: metric -> ">= x" or "<= x"
+    targets: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return all(_meets(self.metrics.get(name), rule) for name, rule in self.targets.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "params": self.params,
+            "metrics": self.metrics,
+            "targets": self.targets,
+            "met": self.met,
+            "notes": self.notes,
+        }
+
+
+def _meets(value: float | None, rule: str) -> bool:
+    if value is None:
+        return False
+    op, bound = rule.split()
+    return value >= float(bound) if op == ">=" else value <= float(bound)
+
+
+def _p(values: Sequence[float], q: float) -> float:
+    got = percentile(list(values), q)
+    return round(float(got), 1) if got is not None else float("nan")
+
+
+def _ok(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.status == "ok"]
+
+
+def _between(outcomes: list[Outcome], start_ms: float, end_ms: float) -> list[Outcome]:
+    return [o for o in outcomes if start_ms <= o.completed_at_ms < end_ms]
+
+
+def _now_ms() -> float:
+    return time.time() * 1000
+
+
+# -- throughput ---------------------------------------------------------------------
+
+
+async def direct_rps(base_url: str, n: int, concurrency: int) -> float:
+    """The ceiling: the official SDK, our HTTP transport and concurrency, no Kafka."""
+    from pipeline.claude import ClaudeClient
+
+    client = ClaudeClient(base_url, 60.0)
+    params = {
+        "model": MODEL,
+        "max_tokens": MAX_TOKENS,
+        "messages": [{"role": "user", "content": "direct: say hello"}],
+    }
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await client.create(BENCH_KEY, params)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return n / elapsed
+
+
+def throughput(quick: bool, say: Say, progress: Progress) -> Result:
+    n = 1_500 if quick else 20_000
+    concurrency = 256
+    partners = {"p1": 1, "p2": 1, "p3": 1}
+    result = Result(
+        "throughput",
+        {"requests": n, "partners": len(partners), "concurrency": concurrency, "sim": NO_LIMITS},
+        targets={
+            "ratio": ">= 0.8",
+            "pipeline_rps": ">= 700",
+            "worker_cpu_ms_per_request": "<= 1.0",
+        },
+    )
+    with Rig() as rig:
+        rig.start(NO_LIMITS, {"PIPELINE_MAX_IN_FLIGHT": str(concurrency)})
+        rig.add_partners(partners)
+        say(f"producing {n} requests before the worker starts")
+        ids = [i for pid in partners for i in rig.send(pid, n // len(partners))]
+        rig.start_worker()
+        pid = rig.pid_of()
+        cpu0 = cpu_seconds(pid)
+        assert rig.collector is not None  # noqa: S101
+        rig.collector.wait(ids, 600, progress)
+        cpu = cpu_seconds(pid) - cpu0
+        done = _ok(rig.collector.get(ids))
+        first = min(o.completed_at_ms for o in done)
+        last = max(o.completed_at_ms for o in done)
+        pipeline = (len(done) - 1) / max(0.001, (last - first) / 1000)
+        say("the ceiling: the SDK calling the simulator directly")
+        direct = asyncio.run(direct_rps(rig.sim_url, n, concurrency))
+    result.metrics = {
+        "pipeline_rps": round(pipeline, 1),
+        "direct_rps": round(direct, 1),
+        "ratio": round(pipeline / direct, 3),
+        "worker_cpu_ms_per_request": round(cpu * 1000 / max(1, len(done)), 3),
+        "completed": len(done),
+    }
+    return result
+
+
+# -- latency ------------------------------------------------------------------------
+
+
+def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Result:
+    sim_ms = 200
+    measured = _previous(results_dir, "throughput", "pipeline_rps")
+    max_rps = measured or 400.0
+    rate = max(10.0, 0.5 * max_rps)
+    seconds = 5.0 if quick else 30.0
+    partners = {"p1": 1, "p2": 1, "p3": 1}
+    result = Result(
+        "latency",
+        {
+            "offered_rps": round(rate, 1),
+            "max_rps": max_rps,
+            "max_rps_from": "bench-results/throughput.json" if measured else "default",
+            "seconds": seconds,
+            "sim_latency_ms": sim_ms,
+        },
+        targets={"added_p99_ms": "<= 20"},
+    )
+    with Rig() as rig:
+        rig.start(
+            [*NO_LIMITS, "--latency-ms", str(sim_ms), "--ms-per-output-token", "0"],
+            {"PIPELINE_MAX_IN_FLIGHT": "2048"},
+        )
+        rig.add_partners(partners)
+        rig.start_worker()
+        say(f"offering {rate:.0f} req/s for {seconds:.0f} s")
+        sent: list[list[str]] = [[] for _ in partners]
+        threads = [
+            rig.paced(pid, rate / len(partners), seconds, out)
+            for pid, out in zip(partners, sent, strict=True)
+        ]
+        for t in threads:
+            t.join()
+        ids = [i for out in sent for i in out]
+        assert rig.collector is not None  # noqa: S101
+        rig.collector.wait(ids, 120, progress)
+        added = [o.latency_ms - sim_ms for o in _ok(rig.collector.get(ids))]
+    result.metrics = {
+        "added_p50_ms": _p(added, 50),
+        "added_p99_ms": _p(added, 99),
+        "completed": len(added),
+        "sent": len(ids),
+    }
+    return result
+
+
+def _previous(results_dir: Path, scenario: str, metric: str) -> float | None:
+    path = results_dir / f"{scenario}.json"
+    try:
+        value = json.loads(path.read_text())["metrics"][metric]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(value)
+
+
+# -- rate limits --------------------------------------------------------------------
+
+
+def _offer_over_limit(
+    rig: Rig, partners: dict[str, int], seconds: float, say: Say, progress: Progress
+) -> dict[str, float]:
+    """Offer 3x the limit for `seconds`; utilization is measured after a 5 s ramp."""
+    rate = 3 * LIMIT_RPS
+    say(f"offering {rate:.0f} req/s (3x the limit) for {seconds:.0f} s")
+    sent: list[list[str]] = [[] for _ in partners]
+    threads = [
+        rig.paced(pid, rate / len(partners), seconds, out)
+        for pid, out in zip(partners, sent, strict=True)
+    ]
+    ramp = min(5.0, seconds / 4)
+    time.sleep(ramp)
+    before = rig.sim_requests().get("200", 0)
+    t0 = time.monotonic()
+    while any(t.is_alive() for t in threads):
+        total = int(rate * seconds)
+        progress(sum(len(s) for s in sent), total)
+        time.sleep(0.5)
+    after = rig.sim_requests().get("200", 0)
+    window = time.monotonic() - t0
+    statuses = rig.sim_requests()
+    calls = sum(statuses.values())
+    return {
+        "utilization": round((after - before) / (LIMIT_RPS * window), 4),
+        "rate_429": round(statuses.get("429", 0) / max(1, calls), 5),
+        "upstream_calls": calls,
+        "window_s": round(window, 1),
+    }
+
+
+def ratelimit(quick: bool, say: Say, progress: Progress) -> Result:
+    seconds = 15.0 if quick else 60.0
+    result = Result(
+        "ratelimit",
+        {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": 1},
+        targets={"utilization": ">= 0.95", "rate_429": "<= 0.01"},
+    )
+    with Rig() as rig:
+        rig.start([*LIMITED, "--latency-ms", "200"])
+        partners = {"p1": 1, "p2": 1, "p3": 1}
+        rig.add_partners(partners)
+        rig.start_worker()
+        result.metrics = _offer_over_limit(rig, partners, seconds, say, progress)
+    return result
+
+
+def scaleout(quick: bool, say: Say, progress: Progress) -> Result:
+    seconds = 15.0 if quick else 60.0
+    result = Result(
+        "scaleout",
+        {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": 2},
+        targets={"utilization": ">= 0.90", "rate_429": "<= 0.02"},
+    )
+    with Rig() as rig:
+        rig.start([*LIMITED, "--latency-ms", "200"])
+        partners = {"p1": 1, "p2": 1, "p3": 1}
+        rig.add_partners(partners)
+        rig.start_worker("worker-1")
+        rig.start_worker("worker-2")
+        time.sleep(3)  # both in the group, partitions split
+        result.metrics = _offer_over_limit(rig, partners, seconds, say, progress)
+    return result
+
+
+# -- fairness -----------------------------------------------------------------------
+
+
+def fairness(quick: bool, say: Say, progress: Progress) -> Result:
+    per_partner = 120 if quick else 400
+    light_n, light_s = (20, 10.0) if quick else (60, 30.0)
+    result = Result(
+        "fairness",
+        {
+            "sim": LIMITED,
+            "weights": {"w1": 1, "w2": 2, "w3": 3},
+            "backlog_per_partner": per_partner,
+            "flood": f"{10 * light_n} at once vs {light_n} over {light_s:.0f} s per light partner",
+        },
+        targets={"share_error_max": "<= 0.05", "jain": ">= 0.99", "victim_p99_ratio": "<= 1.5"},
+    )
+    metrics: dict[str, float] = {}
+    with Rig() as rig:
+        rig.start([*LIMITED, "--latency-ms", "200"])
+        weights = {"w1": 1, "w2": 2, "w3": 3}
+        rig.add_partners(weights)
+        rig.start_worker()
+        assert rig.collector is not None  # noqa: S101
+        say(f"weights 1:2:3, {per_partner} requests each, all backlogged")
+        start = _now_ms()
+        ids = {pid: rig.send(pid, per_partner) for pid in weights}
+        # all three stay backlogged until the heaviest is done: 1/2 of the limit
+        busy_s = per_partner / (LIMIT_RPS * 3 / 6)
+        window = (start + 3000, start + busy_s * 1000 * 0.9)
+        rig.collector.wait([i for v in ids.values() for i in v], busy_s * 3 + 60, progress)
+        achieved = {
+            pid: len(_between(_ok(rig.collector.get(v)), *window)) for pid, v in ids.items()
+        }
+        total = sum(achieved.values())
+        ratios = [achieved[p] / total / (w / 6) for p, w in weights.items()]
+        metrics["share_error_max"] = round(max(abs(r - 1) for r in ratios), 4)
+        metrics["jain"] = round(sum(ratios) ** 2 / (len(ratios) * sum(r * r for r in ratios)), 5)
+        metrics.update({f"share_{p}": round(achieved[p] / total, 4) for p in weights})
+    with Rig() as rig:
+        rig.start([*LIMITED, "--latency-ms", "200"])
+        rig.add_partners({"flood": 1, "b": 1, "c": 1})
+        rig.start_worker()
+        assert rig.collector is not None  # noqa: S101
+        say(f"victim alone: {light_n} requests over {light_s:.0f} s")
+        alone: list[str] = []
+        rig.paced("b", light_n / light_s, light_s, alone, tag=" alone").join()
+        rig.collector.wait(alone, 60, progress)
+        p99_alone = _p([o.latency_ms for o in rig.collector.get(alone)], 99)
+        say(f"the same under a flood of {10 * light_n} requests")
+        flood = rig.send("flood", 10 * light_n)
+        victims: dict[str, list[str]] = {"b": [], "c": []}
+        threads = [rig.paced(p, light_n / light_s, light_s, out) for p, out in victims.items()]
+        for t in threads:
+            t.join()
+        rig.collector.wait(victims["b"] + victims["c"], 120, progress)
+        p99s = [_p([o.latency_ms for o in rig.collector.get(v)], 99) for v in victims.values()]
+        metrics["victim_p99_alone_ms"] = p99_alone
+        metrics["victim_p99_flood_ms"] = max(p99s)
+        metrics["victim_p99_ratio"] = round(max(p99s) / p99_alone, 3)
+        metrics["flood_served_during"] = float(len(_ok(rig.collector.get(flood))))
+    result.metrics = metrics
+    return result
+
+
+# -- in flight ----------------------------------------------------------------------
+
+
+def inflight(quick: bool, say: Say, progress: Progress) -> Result:
+    n = 500 if quick else 5_000
+    result = Result(
+        "inflight",
+        {"concurrent": n, "sim_latency_ms": 5000},
+        targets={"rss_mb": "<= 300", "completed_fraction": ">= 1.0"},
+    )
+    with Rig() as rig:
+        rig.start([*NO_LIMITS, "--latency-ms", "5000"])
+        partners = {"p1": 1, "p2": 1, "p3": 1}
+        rig.add_partners(partners)
+        rig.start_worker(
+            env={
+                "PIPELINE_MAX_IN_FLIGHT": str(n),
+                "PIPELINE_MAX_QUEUED_PER_PARTNER": str(n),
+            }
+        )
+        say(f"{n} requests in flight at once, 5 s each upstream")
+        ids = [i for pid in partners for i in rig.send(pid, n // len(partners))]
+        assert rig.collector is not None  # noqa: S101
+        start = time.monotonic()
+        rig.collector.wait(ids, 300, progress)
+        elapsed = time.monotonic() - start
+        done = len(_ok(rig.collector.get(ids)))
+        rss = peak_rss_mb(rig.pid_of())
+    result.metrics = {
+        "rss_mb": round(rss, 1),
+        "completed": done,
+        "completed_fraction": round(done / len(ids), 4),
+        "seconds": round(elapsed, 1),
+    }
+    return result
+
+
+# -- the seed's Celery design -------------------------------------------------------
+
+#: The seed-baseline simulator: 1 s per call and a rate limit both sides share.
+SEED_SIM = [
+    *("--rpm", "3000", "--itpm", "2000000", "--otpm", "2000000", "--burst", "50"),
+    *("--latency-ms", "1000", "--ms-per-output-token", "0"),
+]
+SEED_LIMIT_RPS = 50.0
+
+
+def seed_baseline(quick: bool, say: Say, progress: Progress) -> Result:
+    from pipeline.bench import celery_rig
+
+    window = 10.0 if quick else 30.0
+    light_n, light_s = (10, 10.0) if quick else (30, 30.0)
+    result = Result(
+        "seed-baseline",
+        {
+            "sim": SEED_SIM,
+            "window_s": window,
+            "celery_default": "prefork, concurrency = cores (as the seed runs it)",
+            "celery_tuned": "threads pool, concurrency 256",
+            "flood": f"{10 * light_n} at once, victims {light_n} over {light_s:.0f} s",
+        },
+        targets={"ratio_vs_celery_default": ">= 20", "ratio_vs_celery_tuned": ">= 1.5"},
+    )
+    with Rig() as rig:
+        rig.start(SEED_SIM, {"PIPELINE_MAX_IN_FLIGHT": "256"})
+        partners = {"p1": 1, "p2": 1, "p3": 1}
+        rig.add_partners(partners)
+        rig.start_worker()
+        assert rig.collector is not None  # noqa: S101
+        backlog = int(SEED_LIMIT_RPS * window * 1.5)
+        say(f"ours: {backlog} requests, completions counted for {window:.0f} s")
+        t0 = _now_ms()
+        ids = [i for pid in partners for i in rig.send(pid, backlog // len(partners))]
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            progress(rig.collector.count(ids), len(ids))
+            time.sleep(0.5)
+        ours = len(_between(_ok(rig.collector.get(ids)), t0, t0 + window * 1000)) / window
+        ours_429 = rig.sim_requests().get("429", 0)
+        sim_url = rig.sim_url
+        with celery_rig.Celery(rig.workdir, sim_url) as celery:
+            rig.sim_reset()
+            cores = celery_rig.cores()
+            say(f"celery as the seed runs it: prefork, concurrency {cores}")
+            default = celery.throughput("prefork", cores, window, int(cores * window * 2), progress)
+            rig.sim_reset()
+            say("celery tuned: threads, concurrency 256")
+            tuned = celery.throughput("threads", 256, window, backlog, progress)
+            tuned_429 = rig.sim_requests().get("429", 0)
+            say("celery's FIFO under the fairness flood")
+            victim = celery.victim_ratio(light_n, light_s, progress)
+    result.metrics = {
+        "ours_rps": round(ours, 2),
+        "ours_429s": float(ours_429),
+        "celery_default_rps": round(default, 2),
+        "celery_tuned_rps": round(tuned, 2),
+        "celery_tuned_429s": float(tuned_429),
+        "ratio_vs_celery_default": round(ours / max(default, 1e-9), 2),
+        "ratio_vs_celery_tuned": round(ours / max(tuned, 1e-9), 2),
+        "celery_victim_p99_ratio": round(victim, 2),
+    }
+    return result
+
+
+SCENARIOS: dict[str, Callable[..., Result]] = {
+    "throughput": throughput,
+    "latency": latency,
+    "ratelimit": ratelimit,
+    "fairness": fairness,
+    "inflight": inflight,
+    "scaleout": scaleout,
+    "seed-baseline": seed_baseline,
+}

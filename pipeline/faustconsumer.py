@@ -1,0 +1,187 @@
+"""Our Faust consumer: Faust's aiokafka consumer with two corrections, both measured here.
+
+1. End offsets that a changelog recovery can trust. Tansu 0.6, our embedded
+   broker, answers ListOffsets(latest) with the base offset of a partition's
+   last record batch plus one, not the offset after its last record: five
+   records produced in one batch at offsets 0-4, ListOffsets says 1, a Fetch
+   says 5. Faust's table recovery reads each changelog partition up to that
+   end, so a worker restarted after a crash lost the last entries of a
+   changelog partition, among them "this request is done" markers, and called
+   Claude a second time for requests served just before the crash.
+   `verified_end_offsets` asks a Fetch instead: for every partition with
+   records it reads from the listed end minus one (the last batch's base) and
+   takes the fetch's high watermark, never lower than the listed end. On
+   brokers that answer correctly this changes nothing and costs one short
+   fetch per changelog partition per rebalance.
+
+2. No record lost at a rebalance (any broker). During table recovery the
+   consumer may already fetch request records; Faust abandons those it
+   cannot hand to the stream while its flow is stopped, and relies on seeking
+   back to the committed offset afterwards. aiokafka seeks only where an
+   offset above zero is committed, so on a partition with nothing committed
+   (a new partner's topic, say) the abandoned records were skipped for good
+   and their offsets committed past them. `seek_to_committed` here rewinds
+   such partitions to their log start, which is what
+   `auto_offset_reset=earliest` means.
+
+3. No refetched record dropped. Faust drops a fetched record whose offset is
+   below the highest it has delivered for that partition, to hide refetches.
+   But records fetched before the seek keep being delivered after it, so the
+   highest delivered offset climbs back above the refetched records, and a
+   record whose first delivery was abandoned was dropped on its second (seen
+   here: offsets 2-9 refetched, all dropped, 9 never served). `ReadOffsets`
+   keeps Faust's bookkeeping of gaps in a partition (compaction, transaction
+   markers), but no record is dropped.
+
+Records delivered twice are deduplicated by the dispatcher (by position) and
+by the replay guard (by request_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol, TypeVar, cast
+
+log = logging.getLogger("pipeline.consumer")
+
+TPKey = TypeVar("TPKey", bound=tuple[str, int])
+
+
+class FetchingConsumer(Protocol):
+    """The part of aiokafka's AIOKafkaConsumer used here."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assign(self, partitions: list[Any]) -> None: ...
+
+    def seek(self, partition: Any, offset: int) -> None: ...
+
+    def pause(self, *partitions: Any) -> None: ...
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> Mapping[Any, Any]: ...
+
+    def highwater(self, partition: Any) -> int | None: ...
+
+
+async def verified_end_offsets(
+    listed: Mapping[TPKey, int | None],
+    new_consumer: Callable[[], FetchingConsumer],
+    *,
+    timeout_s: float = 5.0,
+) -> dict[TPKey, int | None]:
+    """The end offset of each partition: the larger of `listed` and a fetch's high watermark."""
+    ends = dict(listed)
+    pending = {tp: end for tp, end in listed.items() if isinstance(end, int) and end > 0}
+    if not pending:
+        return ends
+    from aiokafka import TopicPartition
+
+    wanted = {TopicPartition(tp[0], tp[1]): tp for tp in pending}
+    consumer = new_consumer()
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for atp, tp in wanted.items():
+            consumer.seek(atp, pending[tp] - 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while wanted and loop.time() < deadline:
+            await consumer.getmany(*wanted, timeout_ms=100)
+            for atp in [atp for atp in wanted if consumer.highwater(atp) is not None]:
+                tp = wanted.pop(atp)
+                ends[tp] = max(pending[tp], int(consumer.highwater(atp) or 0))
+                consumer.pause(atp)
+    finally:
+        await consumer.stop()
+    corrected = {tp: (listed[tp], ends[tp]) for tp in listed if ends[tp] != listed[tp]}
+    if corrected:
+        log.info(
+            "end offsets corrected by fetch",
+            extra={"corrected": {f"{tp[0]}[{tp[1]}]": v for tp, v in corrected.items()}},
+        )
+    if wanted:
+        log.warning(
+            "no fetch answered for some partitions: using their listed end offsets",
+            extra={"partitions": [f"{tp[0]}[{tp[1]}]" for tp in wanted.values()]},
+        )
+    return ends
+
+
+class _Floor(int):
+    """The last offset delivered, which every offset compares as at or above.
+
+    `offset >= floor` calls `floor.__le__(offset)` first (Python tries the
+    reflected method of a right operand whose type subclasses the left's),
+    while arithmetic on it stays plain int arithmetic.
+    """
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+
+class ReadOffsets(dict[Any, Any]):
+    """Faust consumer's `_read_offset`: remembers the last offset delivered per
+    partition (so Faust still records gaps) but never makes Faust drop a record."""
+
+    def __getitem__(self, tp: Any) -> _Floor | None:
+        offset = self.get(tp)
+        return None if offset is None else _Floor(offset)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Faust's reset to committed offsets after a seek: the next record starts afresh."""
+        for tp in dict(*args, **kwargs):
+            self.pop(tp, None)
+
+
+def never_committed(
+    committed: Mapping[TPKey, int | None], changelogs: Collection[str]
+) -> list[TPKey]:
+    """Stream partitions that aiokafka did not seek: nothing (or zero) committed."""
+    return [tp for tp, offset in committed.items() if not offset and tp[0] not in changelogs]
+
+
+def install(app: Any, aiokafka_config: Mapping[str, Any]) -> None:
+    """Give the Faust app our consumer (call before anything creates Faust's)."""
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    def new_consumer() -> FetchingConsumer:
+        consumer: FetchingConsumer = aiokafka.AIOKafkaConsumer(
+            enable_auto_commit=False, fetch_max_wait_ms=50, **aiokafka_config
+        )
+        return consumer
+
+    class Consumer(driver.Consumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._read_offset = ReadOffsets()
+
+        async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
+            listed = await super().highwaters(*partitions)
+            try:
+                return cast(Mapping[Any, int], await verified_end_offsets(listed, new_consumer))
+            except Exception:  # never worse than Faust alone
+                log.warning("cannot verify end offsets", exc_info=True)
+                return listed
+
+        async def seek_to_committed(self) -> Mapping[Any, int]:
+            committed = dict(await super().seek_to_committed())
+            unset = never_committed(committed, self.app.tables.changelog_topics)
+            if unset:
+                starts = await self.earliest_offsets(*unset)
+                for tp in unset:
+                    start = int(starts.get(tp) or 0)
+                    await self._seek(tp, start)
+                    committed[tp] = start
+            return committed
+
+    class Transport(driver.Transport):
+        pass
+
+    Consumer.logger = driver.Consumer.logger  # Faust's own lines keep Faust's logger name
+    Transport.Consumer = Consumer
+    app._transport = Transport(app.conf.broker_consumer, app)
