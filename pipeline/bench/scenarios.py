@@ -236,38 +236,36 @@ def _offer_over_limit(
     }
 
 
-def ratelimit(quick: bool, say: Say, progress: Progress) -> Result:
+def _over_limit(
+    name: str, workers: int, targets: dict[str, str], quick: bool, say: Say, progress: Progress
+) -> Result:
+    """3x the limit offered to `workers` workers sharing one key."""
     seconds = 15.0 if quick else 60.0
     result = Result(
-        "ratelimit",
-        {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": 1},
-        targets={"utilization": ">= 0.95", "rate_429": "<= 0.01"},
+        name,
+        {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": workers},
+        targets=targets,
     )
     with Rig() as rig:
         rig.start([*LIMITED, "--latency-ms", "200"])
         partners = {"p1": 1, "p2": 1, "p3": 1}
         rig.add_partners(partners)
-        rig.start_worker()
+        for n in range(1, workers + 1):
+            rig.start_worker(f"worker-{n}")
+        if workers > 1:
+            time.sleep(3)  # all in the group, partitions split
         result.metrics = _offer_over_limit(rig, partners, seconds, say, progress)
     return result
+
+
+def ratelimit(quick: bool, say: Say, progress: Progress) -> Result:
+    targets = {"utilization": ">= 0.95", "rate_429": "<= 0.01"}
+    return _over_limit("ratelimit", 1, targets, quick, say, progress)
 
 
 def scaleout(quick: bool, say: Say, progress: Progress) -> Result:
-    seconds = 15.0 if quick else 60.0
-    result = Result(
-        "scaleout",
-        {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": 2},
-        targets={"utilization": ">= 0.90", "rate_429": "<= 0.02"},
-    )
-    with Rig() as rig:
-        rig.start([*LIMITED, "--latency-ms", "200"])
-        partners = {"p1": 1, "p2": 1, "p3": 1}
-        rig.add_partners(partners)
-        rig.start_worker("worker-1")
-        rig.start_worker("worker-2")
-        time.sleep(3)  # both in the group, partitions split
-        result.metrics = _offer_over_limit(rig, partners, seconds, say, progress)
-    return result
+    targets = {"utilization": ">= 0.90", "rate_429": "<= 0.02"}
+    return _over_limit("scaleout", 2, targets, quick, say, progress)
 
 
 # -- fairness -----------------------------------------------------------------------
