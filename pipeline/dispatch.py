@@ -243,6 +243,11 @@ class Dispatcher:
         if self._stopping:
             return  # not acked: whoever consumes the partition next serves it
         position = record.position
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "record received",
+                extra={**_record_fields(record), "request_id": key_request_id(record)},
+            )
         waiting = self._inflight.get(position)
         if waiting is not None:
             waiting.append(ack)  # a redelivery of a record we are still handling

@@ -147,12 +147,16 @@ class Stack:
 
     # -- workers -------------------------------------------------------------------
 
-    def start_worker(self, name: str = "worker", env: dict[str, str] | None = None) -> Proc:
+    def start_worker(
+        self, name: str = "worker", env: dict[str, str] | None = None, *, wait: bool = True
+    ) -> Proc:
         port = free_port()
         proc = self._spawn(
             name, [*CLI, "worker"], {**self.env, "PIPELINE_METRICS_PORT": str(port), **(env or {})}
         )
         self.workers[name] = (proc, port)
+        if not wait:
+            return proc
         wait_until(
             lambda: b"claude_worker_ready 1.0" in self.metrics_text(name) or not proc.alive(),
             45,

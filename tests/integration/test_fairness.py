@@ -42,13 +42,20 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeStack]:
 
 
 def _burst(stack: Stack, pid: str, n: int) -> list[Key]:
-    client = stack.client(pid)
-    keys = []
+    return _bursts(stack, [pid], n)[pid]
+
+
+def _bursts(stack: Stack, pids: list[str], n: int) -> dict[str, list[Key]]:
+    """`n` requests from each partner, interleaved (no partner's backlog first)."""
+    clients = {pid: stack.client(pid) for pid in pids}
+    keys: dict[str, list[Key]] = {pid: [] for pid in pids}
     for i in range(n):
-        request = build_request(pid, f"{pid} {i}", model=MODEL, max_tokens=64)
-        client.send(request)
-        keys.append((pid, request["request_id"]))
-    client.flush()
+        for pid, client in clients.items():
+            request = build_request(pid, f"{pid} {i}", model=MODEL, max_tokens=64)
+            client.send(request)
+            keys[pid].append((pid, request["request_id"]))
+    for client in clients.values():
+        client.flush()
     return keys
 
 
@@ -134,9 +141,10 @@ def test_shares_follow_weights_1_2_3(make_stack: MakeStack) -> None:
     weights = {"w1": 1, "w2": 2, "w3": 3}
     for pid, w in weights.items():
         stack.add_partner(pid, weight=w)
+    # Backlogged before the worker starts: a worker that met one partner's
+    # records alone would rightly serve that partner alone for a while.
+    _bursts(stack, list(weights), 300)
     stack.start_worker()
-    for pid in weights:
-        _burst(stack, pid, 300)
     got = stack.outcomes(list(weights), lambda o: len(o.responses) >= 260, 60)
     # the first 240 served, while all three are still backlogged
     served = sorted(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -37,11 +38,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.close()
 
 
-def _send_many(stack: Stack, n: int, prefix: str) -> list[Key]:
+def _send_many(stack: Stack, n: int, prefix: str, every_s: float = 0.0) -> list[Key]:
     from pipeline.client import build_request
 
     keys = []
     for i in range(n):
+        time.sleep(every_s)
         pid = "north" if i % 2 else "south"
         request = build_request(pid, f"{prefix} {i}", model="claude-haiku-4-5", max_tokens=64)
         stack.client(pid).send(request)
@@ -87,3 +89,21 @@ def test_a_crashed_worker_loses_nothing(stack: Stack) -> None:
     # a kill between an outcome's records may leave a response without its usage
     # record; the redelivery then publishes both again: none is ever missing
     assert all(len(got.usage[k]) >= 1 for k in keys)
+
+
+def test_requests_sent_while_workers_restart_are_each_served_once(stack: Stack) -> None:
+    # Each new worker joins, recovers its tables and seeks its partitions while
+    # requests keep arriving: the moments a record could fall between Faust's
+    # seek and its resumed stream (see pipeline/faustconsumer.py).
+    stack.start_worker("w0")
+    keys: list[Key] = []
+    for n in range(1, 4):
+        for name in list(stack.workers):
+            stack.workers.pop(name)[0].stop()
+        keys += _send_many(stack, 100, f"backlog {n}")
+        stack.start_worker(f"w{n}", wait=False)
+        keys += _send_many(stack, 60, f"restart {n}", every_s=0.05)
+    got = stack.outcomes(["north", "south"], lambda o: o.complete(keys), timeout=90)
+    missing = [k for k in keys if k not in got.responses]
+    assert not missing, f"{len(missing)} of {len(keys)} requests lost"
+    assert all(len(got.responses[k]) == 1 for k in keys), "a request served twice"

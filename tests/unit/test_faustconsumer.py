@@ -107,3 +107,35 @@ def test_read_offsets_keep_gaps_but_never_make_faust_drop_a_record() -> None:
     assert last + 1 == 11
     offsets.update({tp: 2})  # Faust's reset after seeking to committed offsets
     assert offsets[tp] is None
+
+
+async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
+    monkeypatch: Any,
+) -> None:
+    # Faust: perform_seek, then flow_control.resume() (empties the stream
+    # queues), then consumer.resume_flow(). Records handed over between the
+    # seek and the emptying were lost, so our seek stops the flow first.
+    import faust
+    from faust.transport.drivers import aiokafka as driver
+
+    from pipeline.faustconsumer import install
+
+    app = faust.App("seek-order-test", broker="kafka://127.0.0.1:1")
+    install(app, {"bootstrap_servers": "127.0.0.1:1"})
+    consumer: Any = app.consumer
+    flow_at_seek: list[bool] = []
+
+    async def seek_to_committed(self: Any) -> Mapping[Any, int]:
+        flow_at_seek.append(self.flow_active)
+        return {}
+
+    monkeypatch.setattr(driver.Consumer, "seek_to_committed", seek_to_committed)
+    try:
+        consumer.resume_flow()
+        await consumer.perform_seek()
+        assert flow_at_seek == [False]
+        assert not consumer.flow_active  # until Faust resumes it, after the queues are emptied
+        consumer.resume_flow()
+        assert consumer.flow_active
+    finally:
+        consumer._thread.thread_loop.close()  # never started: only its loop to close
