@@ -5,16 +5,25 @@ One `AsyncAnthropic` per API key, on the SDK's aiohttp transport (measured here
 pipeline has exactly one retry policy, its own. Every failure becomes an
 `UpstreamError` that says whether trying again can help and how long Claude
 asked us to wait.
+
+A call goes through the SDK's documented way to make a request by hand
+(`client.post(path, cast_to=httpx.Response, body=...)`): the SDK's
+authentication, headers, base URL, transport and error classes, without its
+typed request transform and response models, which the pipeline would only
+turn back into plain values for Avro. Measured against the simulator (3,000
+calls, 64 concurrent): 0.66-0.69 CPU ms per call instead of 0.87-0.88.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import httpx2
 from anthropic import AsyncAnthropic, DefaultAioHttpClient
 
 from pipeline.errors import UpstreamError
@@ -107,6 +116,31 @@ def to_params(request: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def to_result(message: Mapping[str, Any], headers: Mapping[str, str]) -> UpstreamResult:
+    """Our result from a Messages API response body (a JSON object)."""
+    if not isinstance(message, Mapping) or not isinstance(message.get("usage"), Mapping):
+        raise UpstreamError(
+            "Claude's answer is not a message", error_class="5xx", status=502, retriable=True
+        )
+    usage = message["usage"]
+    blocks = message.get("content") or []
+    text = "".join(
+        str(b.get("text", "")) for b in blocks if isinstance(b, Mapping) and b.get("type") == "text"
+    )
+    return UpstreamResult(
+        model=str(message.get("model", "")),
+        content=text,
+        stop_reason=message.get("stop_reason"),
+        stop_sequence=message.get("stop_sequence"),
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        request_id=headers.get("request-id"),
+        headers=headers,
+    )
+
+
 class ClaudeClient:
     """Calls Claude; one SDK client per API key, created on first use."""
 
@@ -132,25 +166,14 @@ class ClaudeClient:
 
     async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
         try:
-            raw = await self._client(api_key).messages.with_raw_response.create(**params)
-            message = await raw.parse()
+            response = await self._client(api_key).post(
+                "/v1/messages", cast_to=httpx2.Response, body=dict(params)
+            )
+            message = json.loads(response.content)
         except Exception as exc:  # every SDK failure is classified, none escapes raw
             raise classify(exc) from exc
-        usage = message.usage
-        text = "".join(b.text for b in message.content if b.type == "text")
-        headers = {k.lower(): v for k, v in raw.headers.items()}
-        return UpstreamResult(
-            model=message.model,
-            content=text,
-            stop_reason=message.stop_reason,
-            stop_sequence=message.stop_sequence,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens or 0,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
-            request_id=headers.get("request-id"),
-            headers=headers,
-        )
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return to_result(message, headers)
 
     async def close(self) -> None:
         clients, self._clients = self._clients, {}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline import __version__
+from pipeline import __version__, eventloop
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, PipelineError, SecretError
 
@@ -185,6 +185,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         async with SimServer(config, args.host, args.port):
             await _until_signalled()
 
+    try:
+        eventloop.install(eventloop.from_env())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     asyncio.run(serve())
     return 0
 

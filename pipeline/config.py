@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline import eventloop
 from pipeline.errors import ConfigError
 
 PROFILES = ("production", "dev")
@@ -66,6 +67,8 @@ class Settings:
     topic_partitions: int = 4
     replication_factor: int = 1
     log_level: str = "INFO"
+    #: "uvloop" (faster, the default) or "asyncio"; see pipeline/eventloop.py.
+    event_loop: str = "uvloop"
     #: On SIGTERM, how long in-flight requests may take to finish and publish.
     shutdown_grace_s: float = 10.0
     #: The upstream key's limits; None learns them from Claude's headers.
@@ -160,6 +163,12 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
+        def loop_choice() -> str:
+            try:
+                return eventloop.parse(text("PIPELINE_EVENT_LOOP"))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
         d = cls()
         return cls(
             bootstrap_servers=text("KAFKA_BOOTSTRAP_SERVERS") or d.bootstrap_servers,
@@ -190,6 +199,7 @@ class Settings:
             topic_partitions=number("PIPELINE_TOPIC_PARTITIONS", int, d.topic_partitions),
             replication_factor=number("PIPELINE_REPLICATION_FACTOR", int, d.replication_factor),
             log_level=(text("PIPELINE_LOG_LEVEL") or d.log_level).upper(),
+            event_loop=loop_choice(),
             shutdown_grace_s=number("PIPELINE_SHUTDOWN_GRACE_S", float, d.shutdown_grace_s),
             upstream_rpm=number("PIPELINE_UPSTREAM_RPM", int, None) or None,
             upstream_itpm=number("PIPELINE_UPSTREAM_ITPM", int, None) or None,

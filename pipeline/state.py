@@ -31,6 +31,9 @@ class Store(Protocol):
     def put(self, partition: int, key: str, value: Any) -> Awaitable[Any] | None:
         """Write; the awaitable (if any) completes when the write is durable."""
 
+    def put_local(self, key: str, value: Any) -> None:
+        """Write this worker's copy only (lost with the process, not recovered)."""
+
     def delete(self, partition: int, key: str) -> None: ...
 
     def items(self) -> Iterable[tuple[str, Any]]: ...
@@ -49,6 +52,10 @@ class MemoryStore:
     def put(self, partition: int, key: str, value: Any) -> None:
         self.data[key] = value
         self.partitions[key] = partition
+
+    def put_local(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.partitions.pop(key, None)  # in no changelog partition
 
     def delete(self, partition: int, key: str) -> None:
         self.data.pop(key, None)
@@ -75,6 +82,9 @@ class FaustStore:
         self._table.data[key] = value
         future: Awaitable[Any] = self._table.send_changelog(partition, key, value)
         return future
+
+    def put_local(self, key: str, value: Any) -> None:
+        self._table.data[key] = value
 
     def delete(self, partition: int, key: str) -> None:
         if self._table.data.pop(key, None) is not None:
@@ -137,11 +147,9 @@ class ReplayGuard:
             return GuardVerdict(Seen.NEW, first)  # an ops replay
         return GuardVerdict(Seen.REPLAY, first)
 
-    def _write(
-        self, partner_id: str, request_id: str, position: Position, replay_count: int, state: str
-    ) -> Awaitable[Any] | None:
+    def _entry(self, position: Position, replay_count: int, state: str) -> dict[str, Any]:
         topic, partition, offset = position
-        value = {
+        return {
             "t": topic,
             "p": partition,
             "o": offset,
@@ -149,17 +157,25 @@ class ReplayGuard:
             "s": state,
             "at": int(self._wall() * 1000),
         }
-        return self._store.put(partition, self._key(partner_id, request_id), value)
 
     def begin(
         self, partner_id: str, request_id: str, position: Position, replay_count: int
-    ) -> Awaitable[Any] | None:
-        return self._write(partner_id, request_id, position, replay_count, "open")
+    ) -> None:
+        """Mark a request in flight, in this worker only.
+
+        Nothing else needs it: after a crash its record is redelivered and served
+        again, which is what a recovered "open" entry would have asked for too.
+        (One changelog write per request instead of two.)
+        """
+        entry = self._entry(position, replay_count, "open")
+        self._store.put_local(self._key(partner_id, request_id), entry)
 
     def end(
         self, partner_id: str, request_id: str, position: Position, replay_count: int
     ) -> Awaitable[Any] | None:
-        return self._write(partner_id, request_id, position, replay_count, "done")
+        """Mark a request done, durably: a redelivery after a crash is not served again."""
+        entry = self._entry(position, replay_count, "done")
+        return self._store.put(position[1], self._key(partner_id, request_id), entry)
 
     def sweep(self) -> int:
         """Forget entries whose signatures can no longer pass (their records would be stale)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import faust
 from mode import Service
 
+from pipeline import eventloop
 from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
@@ -211,6 +212,7 @@ def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def run_worker(settings: Settings) -> int:
+    loop = eventloop.install(settings.event_loop)  # before Faust makes any loop
     redactor = Redactor()
     if settings.anthropic_api_key:
         redactor.add(settings.anthropic_api_key)
@@ -221,6 +223,7 @@ def run_worker(settings: Settings) -> int:
         extra={
             "bootstrap": settings.bootstrap_servers,
             "profile": settings.profile,
+            "event_loop": loop,
             "partners": sorted(p.partner_id for p in runtime.registry),
         },
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import eventloop
 from pipeline.bench.rig import BENCH_KEY, MAX_TOKENS, MODEL, Outcome, Rig, cpu_seconds, peak_rss_mb
 from pipeline.ops import percentile
 
@@ -133,6 +134,7 @@ def throughput(quick: bool, say: Say, progress: Progress) -> Result:
         last = max(o.completed_at_ms for o in done)
         pipeline = (len(done) - 1) / max(0.001, (last - first) / 1000)
         say("the ceiling: the SDK calling the simulator directly")
+        eventloop.install(eventloop.from_env())  # the worker's loop, for a fair ceiling
         direct = asyncio.run(direct_rps(rig.sim_url, n, concurrency))
     result.metrics = {
         "pipeline_rps": round(pipeline, 1),

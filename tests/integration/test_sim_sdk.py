@@ -320,3 +320,54 @@ async def test_stats_count_what_reached_claude_and_reset_clears(
             assert resp.status == 200
         async with session.get(f"{sim.url}/_sim/stats") as resp:
             assert (await resp.json())["keys"] == {}
+
+
+async def test_our_client_reads_the_same_answer_the_sdk_types_do(
+    sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    from pipeline.claude import ClaudeClient
+
+    sim = await sim_factory(output_tokens=12)
+    messages = _user("request 5: compare")
+    typed = await client_factory(sim.url).messages.create(
+        model=MODEL, max_tokens=50, messages=messages
+    )
+    params = {"model": MODEL, "max_tokens": 50, "messages": messages}
+    ours = ClaudeClient(sim.url, 10.0)
+    try:
+        got = await ours.create("sk-test", params)
+    finally:
+        await ours.close()
+    assert typed.content[0].type == "text"
+    assert got.content == typed.content[0].text
+    assert (got.model, got.stop_reason, got.stop_sequence) == (MODEL, "end_turn", None)
+    assert (got.input_tokens, got.output_tokens) == (
+        typed.usage.input_tokens,
+        typed.usage.output_tokens,
+    )
+    assert got.request_id is not None
+    assert got.request_id.startswith("req_")
+    assert "anthropic-ratelimit-requests-remaining" in got.headers
+
+
+async def test_our_client_classifies_status_errors_with_retry_after(
+    sim_factory: SimFactory,
+) -> None:
+    from pipeline.claude import ClaudeClient
+    from pipeline.errors import UpstreamError
+
+    sim = await sim_factory(rpm=1)
+    ours = ClaudeClient(sim.url, 10.0)
+    params = {"model": MODEL, "max_tokens": 10, "messages": _user("x")}
+    try:
+        await ours.create("sk-test", params)
+        with pytest.raises(UpstreamError) as info:
+            await ours.create("sk-test", params)
+        with pytest.raises(UpstreamError) as unknown:
+            await ours.create("sk-test", {**params, "model": "claude-imaginary-9"})
+    finally:
+        await ours.close()
+    assert (info.value.status, info.value.error_type) == (429, "rate_limit_error")
+    assert info.value.is_retriable
+    assert info.value.retry_after == 60
+    assert (unknown.value.status, unknown.value.is_retriable) == (404, False)

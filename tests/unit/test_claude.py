@@ -4,8 +4,9 @@ import anthropic
 import httpx2
 import pytest
 
-from pipeline.claude import classify, parse_retry_after, to_params
+from pipeline.claude import classify, parse_retry_after, to_params, to_result
 from pipeline.client import build_request
+from pipeline.errors import UpstreamError
 
 REQ = httpx2.Request("POST", "http://sim/v1/messages")
 
@@ -54,3 +55,32 @@ def test_params_forward_only_what_the_api_takes() -> None:
     assert params["metadata"] == {"user_id": "u"}
     assert "stop_sequences" not in params
     assert "top_p" not in params
+
+
+def test_a_response_body_becomes_our_result() -> None:
+
+    body = {
+        "model": "claude-haiku-4-5",
+        "content": [
+            {"type": "text", "text": "one "},
+            {"type": "tool_use", "id": "t", "name": "n", "input": {}},
+            {"type": "text", "text": "two"},
+        ],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+        "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": None},
+    }
+    got = to_result(body, {"request-id": "req_1"})
+    assert (got.content, got.stop_reason, got.stop_sequence) == ("one two", "stop_sequence", "END")
+    assert (got.input_tokens, got.output_tokens) == (7, 3)
+    assert (got.cache_read_input_tokens, got.cache_creation_input_tokens) == (0, 0)
+    assert got.request_id == "req_1"
+
+
+@pytest.mark.parametrize("body", [[], {"content": []}, {"usage": "none"}, "text"])
+def test_a_body_that_is_no_message_is_a_retriable_upstream_error(body: object) -> None:
+
+    with pytest.raises(UpstreamError) as info:
+        to_result(body, {})  # type: ignore[arg-type]
+    assert info.value.is_retriable
+    assert info.value.status == 502

@@ -14,6 +14,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.anthropic_api_key is None
     assert s.schema_registry_url is None
     assert s.profile == "production"
+    assert s.event_loop == "uvloop"
     # production stays valid on real Kafka (group.min.session.timeout.ms = 6 s)
     assert s.timings.session_timeout_s >= 6.0
 
@@ -47,8 +48,30 @@ def test_environment_overrides() -> None:
         ({"PIPELINE_METRICS_PORT": "lots"}, "PIPELINE_METRICS_PORT must be a number"),
         ({"PIPELINE_PROFILE": "turbo"}, "PIPELINE_PROFILE"),
         ({"PIPELINE_MAX_IN_FLIGHT": "0"}, "max_in_flight"),
+        ({"PIPELINE_EVENT_LOOP": "trio"}, "PIPELINE_EVENT_LOOP must be one of uvloop, asyncio"),
     ],
 )
 def test_bad_values_are_config_errors(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
+
+
+def test_the_event_loop_choice_is_installed_for_every_new_loop() -> None:
+    import asyncio
+
+    import uvloop
+
+    from pipeline import eventloop
+
+    assert Settings.from_env({"PIPELINE_EVENT_LOOP": " AsyncIO "}).event_loop == "asyncio"
+    try:
+        assert eventloop.install("uvloop") == "uvloop"
+        loop = asyncio.new_event_loop()  # as Faust's consumer thread makes its own
+        assert isinstance(loop, uvloop.Loop)
+        loop.close()
+        assert eventloop.install("asyncio") == "asyncio"
+        loop = asyncio.new_event_loop()
+        assert not isinstance(loop, uvloop.Loop)
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(None)

@@ -28,6 +28,16 @@ def test_first_sight_then_redelivery_then_replay(wall: FakeClock) -> None:
     assert guard.check("globex", "r1", other, 0).seen is Seen.NEW
 
 
+def test_only_the_done_marker_is_written_to_a_changelog(wall: FakeClock) -> None:
+    store = MemoryStore()
+    guard = ReplayGuard(store, signature_max_age_s=300, wall=wall)
+    guard.begin("acme", "r1", POS, 0)
+    assert "acme|r1" not in store.partitions  # this worker's copy only
+    assert guard.check("acme", "r1", ("t", 0, 1), 0).seen is Seen.REPLAY  # still guards
+    guard.end("acme", "r1", POS, 0)
+    assert store.partitions["acme|r1"] == 2
+
+
 def test_entries_live_as_long_as_a_signature_can(wall: FakeClock) -> None:
     store = MemoryStore()
     guard = ReplayGuard(store, signature_max_age_s=300, wall=wall)
