@@ -745,6 +745,14 @@ class Dispatcher:
         if outcome.response is not None:
             fields["latency_ms"] = outcome.response["latency_ms"]
             fields["attempt"] = outcome.response["attempts"]
+        if job is not None:
+            # Where the time went: record timestamp to intake (produce, broker,
+            # fetch), intake to first dispatch, and calls to Claude.
+            received_ms = (self._wall() - (self._mono() - job.received_mono)) * 1000
+            if job.record.timestamp_ms:
+                fields["intake_lag_ms"] = int(received_ms - job.record.timestamp_ms)
+            fields["queued_ms"] = job.queued_ms
+            fields["upstream_ms"] = int(job.upstream_s * 1000)
         if outcome.dead_letter is not None:
             reason = outcome.reason or "unknown"
             m.dlq.labels(partner, reason).inc()

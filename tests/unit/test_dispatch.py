@@ -349,3 +349,21 @@ async def test_a_budget_is_never_overrun_by_concurrent_requests() -> None:
     assert len(served) > 50
     assert len(served) + len(refused) == 200
     assert job_tokens > 100
+
+
+async def test_the_served_line_says_where_the_time_went(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+    import time
+
+    produced_ms = int(time.time() * 1000) - 250  # the record waited 250 ms before intake
+    record = dataclasses.replace(harness.record("hello"), timestamp_ms=produced_ms)
+    with caplog.at_level("INFO", logger="pipeline.dispatch"):
+        await harness.send(record)
+        await harness.settle(1)
+    (served,) = [r for r in caplog.records if r.getMessage() == "served"]
+    fields = served.__dict__
+    assert 250 <= fields["intake_lag_ms"] < 5_000
+    assert 0 <= fields["queued_ms"] < 5_000
+    assert 0 <= fields["upstream_ms"] < 5_000
