@@ -170,10 +170,11 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
     with Rig() as rig:
         rig.start(
             [*NO_LIMITS, "--latency-ms", str(sim_ms), "--ms-per-output-token", "0"],
-            {"PIPELINE_MAX_IN_FLIGHT": "2048"},
+            # INFO: the worker's "served" lines say where each request's time went
+            {"PIPELINE_MAX_IN_FLIGHT": "2048", "PIPELINE_LOG_LEVEL": "INFO"},
         )
         rig.add_partners(partners)
-        rig.start_worker()
+        worker = rig.start_worker()
         say(f"offering {rate:.0f} req/s for {seconds:.0f} s")
         sent: list[list[str]] = [[] for _ in partners]
         threads = [
@@ -186,13 +187,37 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
         assert rig.collector is not None  # noqa: S101
         rig.collector.wait(ids, 120, progress)
         added = [o.latency_ms - sim_ms for o in _ok(rig.collector.get(ids))]
+        stages = _stages(worker.log_path, sim_ms)
     result.metrics = {
         "added_p50_ms": _p(added, 50),
         "added_p99_ms": _p(added, 99),
         "completed": len(added),
         "sent": len(ids),
+        **stages,
     }
     return result
+
+
+def _stages(worker_log: Path, sim_ms: int) -> dict[str, float]:
+    """p50 and p99 of each stage, from the worker's "served" lines: record to
+    intake, intake to dispatch, and the call to Claude beyond the simulator's time."""
+    served = []
+    for line in worker_log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"served"' in line:
+            entry = json.loads(line)
+            if entry.get("msg") == "served":
+                served.append(entry)
+    stages = {
+        "intake": [e["intake_lag_ms"] for e in served if "intake_lag_ms" in e],
+        "queued": [e["queued_ms"] for e in served if "queued_ms" in e],
+        "upstream_added": [e["upstream_ms"] - sim_ms for e in served if "upstream_ms" in e],
+    }
+    return {
+        f"{name}_p{q}_ms": _p(values, q)
+        for name, values in stages.items()
+        for q in (50, 99)
+        if values
+    }
 
 
 def _previous(results_dir: Path, scenario: str, metric: str) -> float | None:

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.bench.scenarios import _stages
+
+
+def test_stages_come_from_the_workers_served_lines(tmp_path: Path) -> None:
+    lines = [
+        {"msg": "served", "intake_lag_ms": lag, "queued_ms": 0, "upstream_ms": 200 + extra}
+        for lag, extra in [(10, 1), (20, 2), (30, 3), (400, 90)]
+    ]
+    lines.append({"msg": "dead-lettered", "intake_lag_ms": 9_999})  # not a served request
+    log = tmp_path / "worker.log"
+    log.write_text("worker starting (not JSON)\n" + "".join(json.dumps(x) + "\n" for x in lines))
+    got = _stages(log, sim_ms=200)
+    assert got["intake_p50_ms"] == 25.0  # interpolated, as every bench percentile
+    assert 380 < got["intake_p99_ms"] <= 400
+    assert got["queued_p99_ms"] == 0.0
+    assert got["upstream_added_p50_ms"] == 2.5
+    assert 80 < got["upstream_added_p99_ms"] <= 90
