@@ -135,6 +135,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=2,
+        # Images and PDFs make large requests, dead letters and responses.
+        producer_max_request_size=settings.max_message_bytes,
         # Small fetches and buffers: a flooding partner's records must not queue
         # up by the thousand ahead of everyone else's before our fair queues see them.
         stream_buffer_maxsize=256,

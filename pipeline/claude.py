@@ -36,17 +36,21 @@ RETRIABLE_STATUSES = frozenset({408, 409, 429})
 
 @dataclass(frozen=True)
 class UpstreamResult:
+    """Claude's answer: the whole message (for the response record) and the numbers
+    the pipeline accounts with (limits, budgets, cost)."""
+
     model: str
-    content: str
     stop_reason: str | None
-    stop_sequence: str | None
     input_tokens: int
     output_tokens: int
     cache_read_input_tokens: int
     cache_creation_input_tokens: int
     request_id: str | None
+    message: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     status: int = 200
+    cache_creation_1h_input_tokens: int = 0
+    web_search_requests: int = 0
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -96,26 +100,6 @@ def classify(exc: Exception) -> UpstreamError:
     )
 
 
-def to_params(request: Mapping[str, Any]) -> dict[str, Any]:
-    """Messages API parameters from a ClaudeRequest record."""
-    params: dict[str, Any] = {
-        "model": request["model"],
-        "max_tokens": request["max_tokens"],
-        "messages": [{"role": m["role"], "content": m["content"]} for m in request["messages"]],
-    }
-    if request.get("system"):
-        params["system"] = request["system"]
-    for name in ("temperature", "top_p", "top_k"):
-        if request.get(name) is not None:
-            params[name] = request[name]
-    if request.get("stop_sequences"):
-        params["stop_sequences"] = list(request["stop_sequences"])
-    user_id = (request.get("metadata") or {}).get("user_id")
-    if user_id:
-        params["metadata"] = {"user_id": user_id}
-    return params
-
-
 def to_result(message: Mapping[str, Any], headers: Mapping[str, str]) -> UpstreamResult:
     """Our result from a Messages API response body (a JSON object)."""
     if not isinstance(message, Mapping) or not isinstance(message.get("usage"), Mapping):
@@ -123,20 +107,25 @@ def to_result(message: Mapping[str, Any], headers: Mapping[str, str]) -> Upstrea
             "Claude's answer is not a message", error_class="5xx", status=502, retriable=True
         )
     usage = message["usage"]
-    blocks = message.get("content") or []
-    text = "".join(
-        str(b.get("text", "")) for b in blocks if isinstance(b, Mapping) and b.get("type") == "text"
+    cache_creation = usage.get("cache_creation")
+    one_hour = (
+        cache_creation.get("ephemeral_1h_input_tokens")
+        if isinstance(cache_creation, Mapping)
+        else 0
     )
+    server = usage.get("server_tool_use")
+    searches = server.get("web_search_requests") if isinstance(server, Mapping) else 0
     return UpstreamResult(
         model=str(message.get("model", "")),
-        content=text,
         stop_reason=message.get("stop_reason"),
-        stop_sequence=message.get("stop_sequence"),
         input_tokens=int(usage.get("input_tokens") or 0),
         output_tokens=int(usage.get("output_tokens") or 0),
         cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
         cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        cache_creation_1h_input_tokens=int(one_hour or 0),
+        web_search_requests=int(searches or 0),
         request_id=headers.get("request-id"),
+        message=message,
         headers=headers,
     )
 

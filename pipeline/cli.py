@@ -140,13 +140,29 @@ def _add_sim(sub: argparse._SubParsersAction[Parser]) -> None:
         help="seconds until a message batch ends (default 2)",
     )
     p.add_argument(
-        "--cache-ttl-s", type=_non_negative_float, default=300.0, help="prompt cache TTL"
+        "--cache-ttl-s",
+        type=_non_negative_float,
+        default=300.0,
+        help="TTL of 5-minute cache breakpoints (default 300)",
+    )
+    p.add_argument(
+        "--cache-ttl-1h-s",
+        type=_non_negative_float,
+        default=3600.0,
+        help="TTL of 1-hour cache breakpoints (default 3600)",
     )
     p.add_argument(
         "--cache-min-tokens",
         type=_positive_int,
         default=1024,
         help="shortest cacheable prefix in tokens (default 1024)",
+    )
+    p.add_argument(
+        "--record",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="keep the last N request/response bodies for GET /_sim/exchanges (tests)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_sim)
@@ -176,6 +192,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             batch_delay_s=args.batch_delay_s,
             cache_ttl_s=args.cache_ttl_s,
             cache_min_tokens=args.cache_min_tokens,
+            cache_ttl_1h_s=args.cache_ttl_1h_s,
+            record_exchanges=args.record,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -540,25 +558,56 @@ def _add_send(sub: argparse._SubParsersAction[Parser]) -> None:
         help="produce one signed request as a partner",
         description=(
             "Produce one signed ClaudeRequest to claude.requests.<ID>, signed with the "
-            "partner's secret (resolved from its reference in the registry file)."
+            "partner's secret (resolved from its reference in the registry file): either "
+            "one prompt (--prompt), or a Messages API params file (--request-file), exactly "
+            "what you would pass to client.messages.create. With --wait, print the response "
+            "as Messages API JSON."
         ),
     )
     p.add_argument("--partner", required=True, metavar="ID")
-    p.add_argument("--prompt", required=True, metavar="TEXT")
-    p.add_argument("--model", default="claude-haiku-4-5", metavar="M")
-    p.add_argument("--max-tokens", type=_positive_int, default=256)
-    p.add_argument("--system", help="system prompt")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", metavar="TEXT", help="one user message")
+    what.add_argument(
+        "--request-file",
+        type=Path,
+        metavar="PARAMS.json",
+        help="Messages API params as JSON ('-' reads standard input)",
+    )
+    p.add_argument("--model", default="claude-haiku-4-5", metavar="M", help="with --prompt")
+    p.add_argument("--max-tokens", type=_positive_int, default=256, help="with --prompt")
+    p.add_argument("--system", help="system prompt (with --prompt)")
     p.add_argument("--request-id", help="default: a new UUID")
+    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
     p.add_argument("--deadline-s", type=_non_negative_float, help="give up after this many seconds")
     p.add_argument("--wait", action="store_true", help="wait for the response and print it")
     p.add_argument("--timeout", type=_non_negative_float, default=120.0, help="--wait timeout")
     p.set_defaults(func=cmd_send)
 
 
+def _read_params(path: Path) -> dict[str, object]:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        params = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"{path} must hold a JSON object (Messages API params)")
+    return params
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.client import PartnerClient, ResponseWaiter, build_request
+    from pipeline.client import (
+        PartnerClient,
+        ResponseWaiter,
+        build_request,
+        message_from_response,
+        request_record,
+    )
     from pipeline.partners import load_partners
     from pipeline.schemas import Codec
     from pipeline.security import SecretResolver
@@ -569,15 +618,29 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise UsageError(f"no partner {args.partner!r} in {settings.partners_file}")
     secret = SecretResolver(settings.secret_env()).resolve(partner.signing_secret_ref)
     codec = Codec()
-    request = build_request(
-        args.partner,
-        args.prompt,
-        model=args.model,
-        max_tokens=args.max_tokens,
-        system=args.system,
-        request_id=args.request_id,
-        deadline_ms=int((time.time() + args.deadline_s) * 1000) if args.deadline_s else None,
-    )
+    deadline_ms = int((time.time() + args.deadline_s) * 1000) if args.deadline_s else None
+    if args.request_file is not None:
+        try:
+            request = request_record(
+                _read_params(args.request_file),
+                partner_id=args.partner,
+                request_id=args.request_id,
+                priority=args.priority,
+                deadline_ms=deadline_ms,
+            )
+        except ValueError as exc:
+            raise UsageError(f"{args.request_file}: {exc}") from None
+    else:
+        request = build_request(
+            args.partner,
+            args.prompt,
+            model=args.model,
+            max_tokens=args.max_tokens,
+            system=args.system,
+            request_id=args.request_id,
+            priority=args.priority,
+            deadline_ms=deadline_ms,
+        )
     waiter = ResponseWaiter(settings, args.partner, codec) if args.wait else None
     client = PartnerClient(settings, args.partner, secret, codec)
     request_id = client.send(request)
@@ -592,7 +655,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps(response, indent=2, default=str))
+    print(json.dumps(message_from_response(response), indent=2, ensure_ascii=False))
     return 0 if response["status"] == "ok" else 1
 
 

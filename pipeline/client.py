@@ -1,16 +1,20 @@
-"""The partner side: build, encode, sign and produce requests; read responses.
+"""The partner library: Messages API params in, Messages API responses out, over Kafka.
 
-This is what a partner would write themselves (see the README's 20-line
-example); the CLI's `send` and the demo use it too.
+`request_record` turns what a partner would pass to ``client.messages.create``
+into a ClaudeRequest record; `PartnerClient` encodes, signs and produces it;
+`message_from_response` turns a ClaudeResponse record back into the Messages API
+response. The README's 20-line example shows the same by hand; the CLI's `send`,
+the demo and the examples use this module.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from pipeline import messages
 from pipeline.config import Settings
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import requests_topic, responses_topic
@@ -18,6 +22,54 @@ from pipeline.schemas import Codec
 from pipeline.security import signed_headers
 
 DEFAULT_MODEL = "claude-haiku-4-5"
+
+#: A Messages API params dict, as passed to ``client.messages.create(**params)``.
+Params = Mapping[str, Any]
+PRIORITIES = ("interactive", "batch")
+
+
+def request_record(
+    params: Params,
+    *,
+    partner_id: str,
+    request_id: str | None = None,
+    priority: str = "interactive",
+    deadline_ms: int | None = None,
+) -> dict[str, Any]:
+    """A ClaudeRequest record from Messages API params.
+
+    ``params`` is exactly what a partner would pass to ``client.messages.create``:
+    model, max_tokens, messages (string or content blocks: text, image, document,
+    tool_use, tool_result, thinking, redacted_thinking, search_result, and any other
+    kind as JSON), system, tools, tool_choice, thinking, temperature, top_p, top_k,
+    stop_sequences, metadata, service_tier, cache_control, and parameters the
+    schema does not know yet. Raises ValueError naming the key for anything the
+    wire cannot carry; nothing is dropped silently (see the README, "What a
+    request can carry").
+    """
+    if priority not in PRIORITIES:
+        raise messages.WireError("priority", f"must be one of {', '.join(PRIORITIES)}")
+    if deadline_ms is not None and (not isinstance(deadline_ms, int) or deadline_ms < 0):
+        raise messages.WireError("deadline_ms", "must be unix epoch milliseconds")
+    fields = messages.params_to_fields(params)
+    return {
+        "request_id": request_id or str(uuid.uuid4()),
+        "partner_id": partner_id,
+        **fields,
+        "priority": priority,
+        "deadline_ms": deadline_ms,
+        "created_at_ms": int(time.time() * 1000),
+    }
+
+
+def message_from_response(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The Messages API response for a ClaudeResponse record.
+
+    For an ``ok`` record, ``anthropic.types.Message.model_validate`` accepts it and it
+    equals what Claude returned. For an ``error`` record it is Anthropic's error
+    envelope, ``{"type": "error", "error": {"type": reason, "message": detail}}``.
+    """
+    return messages.message_from_record(record)
 
 
 def build_request(
@@ -35,22 +87,33 @@ def build_request(
     deadline_ms: int | None = None,
     now_ms: int | None = None,
 ) -> dict[str, Any]:
-    return {
-        "request_id": request_id or str(uuid.uuid4()),
-        "partner_id": partner_id,
+    """A one-prompt request (what `send --prompt` and the demo send).
+
+    `metadata` here is the partner's own tags on the record (never sent to Claude,
+    except `user_id`, which becomes the API's metadata.user_id).
+    """
+    params: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": prompt}],
-        "system": system,
-        "temperature": temperature,
-        "top_p": None,
-        "top_k": None,
-        "stop_sequences": list(stop_sequences),
-        "metadata": metadata or {},
-        "priority": priority,
-        "deadline_ms": deadline_ms,
-        "created_at_ms": now_ms if now_ms is not None else int(time.time() * 1000),
     }
+    if system is not None:
+        params["system"] = system
+    if temperature is not None:
+        params["temperature"] = temperature
+    if stop_sequences:
+        params["stop_sequences"] = list(stop_sequences)
+    record = request_record(
+        params,
+        partner_id=partner_id,
+        request_id=request_id,
+        priority=priority,
+        deadline_ms=deadline_ms,
+    )
+    record["metadata"].update(metadata or {})
+    if now_ms is not None:
+        record["created_at_ms"] = now_ms
+    return record
 
 
 class PartnerClient:

@@ -82,10 +82,16 @@ class Settings:
     prices_file: Path | None = None
     #: Override the profile's offset commit interval (tests use a long one).
     commit_interval_s: float | None = None
+    #: The largest record value the pipeline reads or writes. The Messages API
+    #: takes requests up to 32 MB (images and PDFs make them large); topics the
+    #: pipeline creates, its producers and its consumers are configured to match.
+    max_record_bytes: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"PIPELINE_PROFILE must be one of {', '.join(PROFILES)}")
+        if self.max_record_bytes < 1024:
+            raise ConfigError("PIPELINE_MAX_RECORD_BYTES must be at least 1024")
         for name in ("max_in_flight", "max_queued_per_partner", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
@@ -99,6 +105,12 @@ class Settings:
             "input_tokens": self.upstream_itpm,
             "output_tokens": self.upstream_otpm,
         }
+
+    @property
+    def max_message_bytes(self) -> int:
+        """What a topic and a producer request must allow for one record of
+        `max_record_bytes`: its key, headers and the record batch around it too."""
+        return self.max_record_bytes + 64 * 1024
 
     @property
     def timings(self) -> Timings:
@@ -207,6 +219,7 @@ class Settings:
             limit_slack=number("PIPELINE_LIMIT_SLACK", float, d.limit_slack),
             prices_file=Path(p) if (p := text("PIPELINE_PRICES_FILE")) else None,
             commit_interval_s=number("PIPELINE_COMMIT_INTERVAL_S", float, None),
+            max_record_bytes=number("PIPELINE_MAX_RECORD_BYTES", int, d.max_record_bytes),
         )
 
     def secret_env(self) -> Mapping[str, str]:

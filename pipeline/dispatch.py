@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline import tokens
-from pipeline.claude import UpstreamResult, to_params
+from pipeline.claude import UpstreamResult
 from pipeline.errors import (
     AuthFailed,
     DeadlineExpired,
@@ -38,7 +38,7 @@ from pipeline.errors import (
 )
 from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
-from pipeline.outcomes import Outcome, OutcomeBuilder
+from pipeline.outcomes import Outcome, OutcomeBuilder, fit
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Cost, Limiter, Verdict, key_id
@@ -94,6 +94,7 @@ class DispatchConfig:
     max_in_flight: int = 256
     max_queued_per_partner: int = 256
     publish_attempts: int = 5
+    max_record_bytes: int = 32 * 1024 * 1024
 
 
 class ApiKeys:
@@ -372,12 +373,21 @@ class Dispatcher:
         return verdict.go
 
     def _worst_case(self, job: Job) -> tuple[float, float]:
-        """The most a request can spend: (tokens, dollars), for budget reservations."""
-        upper = tokens.upper_bound_request(job.request["messages"], job.request.get("system"))
-        max_tokens = int(job.request["max_tokens"])
-        return float(upper + max_tokens), self._prices.worst_case(
-            str(job.request["model"]), upper, max_tokens
-        )
+        """The most a request can spend: (tokens, dollars), for budget reservations.
+
+        Computed once per request: bounding a PDF reads all of it.
+        """
+        if job.worst_case is None:
+            upper = tokens.upper_bound_params(job.params)
+            max_tokens = int(job.request["max_tokens"])
+            usd = self._prices.worst_case(
+                str(job.request["model"]),
+                upper,
+                max_tokens,
+                cache_ttls=tokens.cache_write_ttls(job.params),
+            )
+            job.worst_case = (float(upper + max_tokens), usd)
+        return job.worst_case
 
     def _key_ok(self, kid: str, job: Job, new: bool) -> bool:
         if kid.startswith(UNRESOLVED):
@@ -585,7 +595,7 @@ class Dispatcher:
         job.attempts += 1
         started = self._mono()
         try:
-            result = await self._claude.create(api_key, to_params(job.request))
+            result = await self._claude.create(api_key, job.params)
         except UpstreamError as err:
             self._account_attempt(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()
@@ -630,6 +640,8 @@ class Dispatcher:
                 result.output_tokens,
                 result.cache_read_input_tokens,
                 result.cache_creation_input_tokens,
+                cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
+                web_search_requests=result.web_search_requests,
             )
             spent_tokens = (
                 result.input_tokens
@@ -679,7 +691,9 @@ class Dispatcher:
 
     async def _finish(self, outcome: Outcome, job: Job | None = None) -> None:
         record = outcome.record
-        messages = outcome.messages(self._codec)
+        outcome, messages = fit(
+            self._builder, outcome, job, self._codec, self._config.max_record_bytes
+        )
         if job is not None and self._guard is not None:
             # The done marker travels with the outcome (not after it): a crash
             # between the two is the only way a redelivery repeats the work.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import tokens
+from pipeline import messages, tokens
 from pipeline.errors import (
     AuthFailed,
     DeadlineExpired,
@@ -77,10 +77,41 @@ def check_identity(request: dict[str, Any], topic_partner: str) -> None:
         )
 
 
-def validate(request: dict[str, Any], partner: Partner) -> None:
+#: The longest request_id the pipeline accepts (it is the record key and
+#: travels in every output record).
+MAX_REQUEST_ID_BYTES = 256
+
+#: Cache breakpoint TTLs and their prices are known; others cannot be budgeted.
+CACHE_TTLS = ("5m", "1h")
+
+
+def params_of(request: dict[str, Any]) -> dict[str, Any]:
+    """The Messages API params of a decoded record, or InvalidRequest naming the field."""
+    try:
+        return messages.fields_to_params(request)
+    except messages.WireError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _check_cache_controls(params: dict[str, Any]) -> None:
+    def check(item: object, path: str) -> None:
+        cc = item.get("cache_control") if isinstance(item, dict) else None
+        if isinstance(cc, dict) and cc.get("ttl") is not None and cc["ttl"] not in CACHE_TTLS:
+            raise InvalidRequest(f"{path}.cache_control.ttl: must be 5m or 1h")
+
+    check(params, "")
+    for i, tool in enumerate(params.get("tools") or ()):
+        check(tool, f"tools[{i}]")
+    messages.walk_blocks(params, lambda block, path: check(dict(block), path))
+
+
+def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) -> None:
     """Contract checks the worker owns (Claude validates the rest)."""
-    if not str(request["request_id"]).strip():
+    request_id = str(request["request_id"])
+    if not request_id.strip():
         raise InvalidRequest("request_id is empty")
+    if len(request_id.encode("utf-8", "surrogatepass")) > MAX_REQUEST_ID_BYTES:
+        raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")
     if not partner.allows_model(request["model"]):
         raise InvalidRequest(f"model {request['model']!r} is not allowed for this partner")
     max_tokens = request["max_tokens"]
@@ -90,17 +121,26 @@ def validate(request: dict[str, Any], partner: Partner) -> None:
         raise InvalidRequest(
             f"max_tokens {max_tokens} exceeds this partner's cap of {partner.max_tokens_cap}"
         )
-    messages = request["messages"]
-    if not messages:
+    turns = params["messages"]
+    if not turns:
         raise InvalidRequest("messages is empty")
-    if messages[0]["role"] != "user":
-        raise InvalidRequest("the first message must have role user")
-    for i, message in enumerate(messages):
+    if turns[0]["role"] != "user":
+        raise InvalidRequest("messages[0].role: the first message must have role user")
+    for i, message in enumerate(turns):
         if not message["content"]:
             raise InvalidRequest(f"messages[{i}].content is empty")
-    temperature = request.get("temperature")
+    temperature = params.get("temperature")
     if temperature is not None and not 0.0 <= temperature <= 1.0:
         raise InvalidRequest("temperature must be within [0, 1]")
+    _check_cache_controls(params)
+    if partner.daily_token_budget is not None or partner.monthly_budget_usd is not None:
+        for i, tool in enumerate(params.get("tools") or ()):
+            kind = tool.get("type")
+            if kind not in (None, "custom"):
+                raise InvalidRequest(
+                    f"tools[{i}]: a server tool ({kind}) adds tokens and fees that cannot be "
+                    "bounded before the call, so a partner with a budget cannot use it"
+                )
 
 
 class Intake:
@@ -163,7 +203,8 @@ class Intake:
             check_identity(request, topic_partner)
             if not partner.enabled:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
-            validate(request, partner)
+            params = params_of(request)
+            validate(request, params, partner)
             deadline = request.get("deadline_ms")
             if deadline is not None and now * 1000 >= deadline:
                 raise DeadlineExpired(
@@ -175,7 +216,8 @@ class Intake:
             record=record,
             partner=partner,
             request=request,
+            params=params,
             replay_count=replay_count,
             received_mono=self._mono(),
-            est_input_tokens=tokens.count_request(request["messages"], request.get("system")),
+            est_input_tokens=tokens.count_params(params),
         )

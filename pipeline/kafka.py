@@ -52,11 +52,16 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def large(settings: Settings) -> dict[str, str]:
+    """Topic config for records up to `max_record_bytes` (Kafka's default stops near 1 MB)."""
+    return {"max.message.bytes": str(settings.max_message_bytes)}
+
+
 def core_topics(settings: Settings) -> list[TopicSpec]:
     n = settings.topic_partitions
     return [
         TopicSpec(USAGE_TOPIC, n),
-        TopicSpec(DLQ_TOPIC, n),
+        TopicSpec(DLQ_TOPIC, n, large(settings)),
         # Compacted: the latest config per partner_id is all a worker needs.
         TopicSpec(PARTNERS_TOPIC, 1, {"cleanup.policy": "compact"}),
     ]
@@ -64,7 +69,10 @@ def core_topics(settings: Settings) -> list[TopicSpec]:
 
 def partner_topics(settings: Settings, partner_id: str) -> list[TopicSpec]:
     n = settings.topic_partitions
-    return [TopicSpec(requests_topic(partner_id), n), TopicSpec(responses_topic(partner_id), n)]
+    return [
+        TopicSpec(requests_topic(partner_id), n, large(settings)),
+        TopicSpec(responses_topic(partner_id), n, large(settings)),
+    ]
 
 
 def ensure_topics(
@@ -123,6 +131,7 @@ class SyncProducer:
             **client_config(settings),
             "acks": "all",
             "linger.ms": 5,
+            "message.max.bytes": settings.max_message_bytes,
             "enable.idempotence": "false",  # Tansu does not implement InitProducerId
         }
         conf.update(overrides)

@@ -8,13 +8,16 @@ gets only the dead letter.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import messages
 from pipeline.claude import UpstreamResult
-from pipeline.errors import RequestError
-from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, responses_topic
+from pipeline.errors import InvalidRequest, RequestError
+from pipeline.partners import DLQ_TOPIC, RESPONSES_PREFIX, USAGE_TOPIC, responses_topic
 from pipeline.pricing import PriceTable
 from pipeline.records import Job, OutMessage, SourceRecord
 from pipeline.schemas import Codec
@@ -26,6 +29,39 @@ _ZERO_USAGE = {
     "cache_read_input_tokens": 0,
     "cache_creation_input_tokens": 0,
 }
+_ZERO_RESPONSE_USAGE = {
+    **_ZERO_USAGE,
+    "cache_creation": None,
+    "server_tool_use": None,
+    "service_tier": None,
+}
+_ZERO_USAGE_RECORD = {
+    **_ZERO_USAGE,
+    "cache_creation_5m_input_tokens": 0,
+    "cache_creation_1h_input_tokens": 0,
+    "web_search_requests": 0,
+    "web_fetch_requests": 0,
+    "service_tier": None,
+}
+
+
+def _flat_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A UsageRecord's token fields from a response's TokenUsage."""
+    split = usage.get("cache_creation") or {}
+    server = usage.get("server_tool_use") or {}
+    one_hour = int(split.get("ephemeral_1h_input_tokens", 0))
+    return {
+        "input_tokens": usage["input_tokens"],
+        "output_tokens": usage["output_tokens"],
+        "cache_read_input_tokens": usage["cache_read_input_tokens"],
+        "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
+        # without a split, every write is billed as a 5-minute one
+        "cache_creation_5m_input_tokens": usage["cache_creation_input_tokens"] - one_hour,
+        "cache_creation_1h_input_tokens": one_hour,
+        "web_search_requests": int(server.get("web_search_requests", 0)),
+        "web_fetch_requests": int(server.get("web_fetch_requests", 0)),
+        "service_tier": usage.get("service_tier"),
+    }
 
 
 @dataclass(frozen=True)
@@ -102,28 +138,22 @@ class OutcomeBuilder:
 
     def success(self, job: Job, result: UpstreamResult, queued_ms: int) -> Outcome:
         now_ms = self._wall_ms()
-        usage = {
-            "input_tokens": result.input_tokens,
-            "output_tokens": result.output_tokens,
-            "cache_read_input_tokens": result.cache_read_input_tokens,
-            "cache_creation_input_tokens": result.cache_creation_input_tokens,
-        }
+        fields = messages.response_fields(result.message)
+        usage = fields["usage"]
         cost = self._prices.cost(
             result.model,
             result.input_tokens,
             result.output_tokens,
             result.cache_read_input_tokens,
             result.cache_creation_input_tokens,
+            cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
+            web_search_requests=result.web_search_requests,
         )
         response = {
             "request_id": job.request_id,
             "partner_id": job.partner_id,
             "status": "ok",
-            "model": result.model,
-            "content": result.content,
-            "stop_reason": result.stop_reason,
-            "stop_sequence": result.stop_sequence,
-            "usage": usage,
+            **fields,
             "error_type": None,
             "error_message": None,
             "attempts": job.attempts,
@@ -137,7 +167,7 @@ class OutcomeBuilder:
             "model": result.model,
             "status": "ok",
             "http_status": result.status,
-            **usage,
+            **_flat_usage(usage),
             "cost_usd": cost,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000),
@@ -192,13 +222,16 @@ class OutcomeBuilder:
             "content": None,
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": dict(_ZERO_USAGE),
+            "usage": dict(_ZERO_RESPONSE_USAGE),
             "error_type": error.reason,
             "error_message": error.detail,
             "attempts": attempts,
             "latency_ms": self._latency_ms(created, now_ms),
             "completed_at_ms": now_ms,
             "upstream_request_id": None,
+            "message_id": None,
+            "blocks": None,
+            "extra_json": None,
         }
         usage = {
             "request_id": request_id,
@@ -206,7 +239,7 @@ class OutcomeBuilder:
             "model": model,
             "status": "error",
             "http_status": job.last_status if job is not None else None,
-            **_ZERO_USAGE,
+            **_ZERO_USAGE_RECORD,
             "cost_usd": 0.0,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000) if job is not None else 0,
@@ -216,3 +249,83 @@ class OutcomeBuilder:
             "upstream_request_id": None,
         }
         return Outcome(record, partner_id, request_id, "error", response, usage, dead_letter)
+
+
+#: What a served request's usage record keeps when its response cannot be published.
+_BILLED = (
+    "model",
+    "http_status",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "web_search_requests",
+    "web_fetch_requests",
+    "service_tier",
+    "cost_usd",
+    "upstream_request_id",
+)
+
+
+def record_size(message: OutMessage) -> int:
+    """Bytes a record takes against a size limit: value, key and headers."""
+    return (
+        len(message.value)
+        + len(message.key or b"")
+        + sum(len(k) + len(v) for k, v in message.headers)
+    )
+
+
+def withhold_payload(dead_letter: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A dead letter without its payload, saying what was withheld and how to recognise it."""
+    payload = bytes(dead_letter["payload"])
+    digest = hashlib.sha256(payload).hexdigest()
+    note = (
+        f" [payload of {len(payload)} bytes withheld: the dead letter would exceed the "
+        f"{limit}-byte record limit; sha256 {digest}]"
+    )
+    return {**dead_letter, "payload": b"", "detail": dead_letter["detail"] + note}
+
+
+def fit(
+    builder: OutcomeBuilder, outcome: Outcome, job: Job | None, codec: Codec, limit: int
+) -> tuple[Outcome, list[OutMessage]]:
+    """The outcome's records, each within `limit` bytes, so one request can never
+    stop the worker with a record the broker refuses.
+
+    A response too large to publish fails its request (`invalid_request`: lower
+    max_tokens) while its usage record keeps what Claude billed; a dead letter too
+    large withholds its payload (its size and SHA-256 stay in `detail`).
+    """
+    messages = outcome.messages(codec)
+    too_big = [m for m in messages if record_size(m) > limit]
+    if not too_big:
+        return outcome, messages
+    response = next((m for m in too_big if m.topic.startswith(RESPONSES_PREFIX)), None)
+    if response is not None and outcome.status == "ok" and outcome.usage is not None:
+        failed = builder.failure(
+            outcome.record,
+            InvalidRequest(
+                f"the response ({record_size(response)} bytes) exceeds the "
+                f"{limit}-byte record limit: lower max_tokens"
+            ),
+            partner_id=outcome.partner_id,
+            request_id=outcome.request_id,
+            request=job.request if job is not None else None,
+            job=job,
+            queued_ms=int(outcome.usage["queued_ms"]),
+        )
+        assert failed.usage is not None  # noqa: S101 (a failure with an id has usage)
+        # Claude answered and billed it: the usage record says so.
+        billed = {k: outcome.usage[k] for k in _BILLED}
+        outcome = dataclasses.replace(failed, usage={**failed.usage, **billed})
+        messages = outcome.messages(codec)
+    dead = next((m for m in messages if m.topic == DLQ_TOPIC), None)
+    if dead is not None and record_size(dead) > limit and outcome.dead_letter is not None:
+        outcome = dataclasses.replace(
+            outcome, dead_letter=withhold_payload(outcome.dead_letter, limit)
+        )
+        messages = outcome.messages(codec)
+    return outcome, messages

@@ -42,7 +42,8 @@ class Job:
 
     record: SourceRecord
     partner: Partner
-    request: dict[str, Any]
+    request: dict[str, Any]  # the ClaudeRequest record
+    params: dict[str, Any]  # the Messages API params it stands for (what Claude receives)
     replay_count: int
     received_mono: float
     est_input_tokens: int
@@ -59,6 +60,7 @@ class Job:
     reservation: Reservation | None = None  # budget held while it runs
     durable: list[Awaitable[Any] | None] = field(default_factory=list)  # writes to await
     deadline_timer: asyncio.TimerHandle | None = None
+    worst_case: tuple[float, float] | None = None  # (tokens, usd) it may spend at most
 
     @property
     def request_id(self) -> str:

@@ -170,7 +170,15 @@ class Codec:
         else:
             raise SchemaError("not Avro: no single-object or Confluent framing")
         try:
-            result = fastavro.schemaless_reader(io.BytesIO(body), writer_schema, reader.parsed)
+            # Unions of several records (content blocks) decode as (full name, fields),
+            # the tuple notation `encode` accepts: see pipeline/messages.py.
+            result = fastavro.schemaless_reader(
+                io.BytesIO(body),
+                writer_schema,
+                reader.parsed,
+                return_record_name=True,
+                return_record_name_override=True,
+            )
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise SchemaError(f"corrupt {name}: {type(exc).__name__}") from exc
         if not isinstance(result, dict):

@@ -93,6 +93,7 @@ class WorkerRuntime(Service):
             config=DispatchConfig(
                 max_in_flight=settings.max_in_flight,
                 max_queued_per_partner=settings.max_queued_per_partner,
+                max_record_bytes=settings.max_record_bytes,
             ),
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,

@@ -1,7 +1,11 @@
-"""Prompt caching: a prefix marked with `cache_control` is written once, then read.
+"""Prompt caching as the API bills it: per breakpoint, with 5-minute and 1-hour TTLs.
 
-The first request carrying a prefix is billed as a cache write; the same prefix
-within the TTL (refreshed on every hit, as on the real API) is billed as a read.
+Every block marked with `cache_control` (at most four; a top-level `cache_control`
+marks the last block) is a breakpoint: the request prefix up to it can be cached.
+A request reads the longest cached prefix and writes each longer breakpoint's new
+tokens, billed by that breakpoint's TTL (a 1-hour write costs 2x input, a
+5-minute one 1.25x). A hit refreshes the entry's TTL, as on the real API.
+Prefixes shorter than the model's minimum are not cached.
 """
 
 from __future__ import annotations
@@ -15,64 +19,62 @@ from typing import Any
 from pipeline import tokens
 from pipeline.sim.limits import Clock
 
+ONE_HOUR_S = 3_600.0
+
 
 @dataclass(frozen=True)
 class CacheUsage:
     input_tokens: int
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    #: The part of the cache writes made with the 1-hour TTL.
+    cache_creation_1h_input_tokens: int = 0
+
+    @property
+    def cache_creation_5m_input_tokens(self) -> int:
+        return self.cache_creation_input_tokens - self.cache_creation_1h_input_tokens
 
 
-def _has_cache_control(block: object) -> bool:
-    return isinstance(block, Mapping) and block.get("cache_control") is not None
+@dataclass(frozen=True)
+class Breakpoint:
+    digest: str
+    tokens: int  # the prefix's tokens, up to and including the marked block
+    ttl: str  # "5m" or "1h"
 
 
-def cached_prefix(
-    system: object, messages: Sequence[Mapping[str, Any]], tools: Sequence[object] | None
-) -> tuple[list[object], int] | None:
-    """The request prefix up to the last `cache_control` marker and its token count."""
-    parts: list[object] = []
-    marked: tuple[int, int] | None = None  # (len(parts), tokens so far)
-    count = tokens.BASE_TOKENS
-    for tool in tools or ():
-        parts.append(tool)
-        count += tokens.count_tools([tool])
-        if _has_cache_control(tool):
-            marked = (len(parts), count)
-    if isinstance(system, list):
-        count += tokens.SYSTEM_OVERHEAD
-        for block in system:
-            parts.append(block)
-            count += tokens.count_block(block)
-            if _has_cache_control(block):
-                marked = (len(parts), count)
-    elif isinstance(system, str) and system:
-        parts.append(system)
-        count += tokens.count_system(system)
-    for message in messages:
-        content = message.get("content")
-        count += tokens.MESSAGE_OVERHEAD
-        parts.append(message.get("role"))
-        if isinstance(content, list):
-            for block in content:
-                parts.append(block)
-                count += tokens.count_block(block)
-                if _has_cache_control(block):
-                    marked = (len(parts), count)
-        else:
-            parts.append(content)
-            count += tokens.count_content(content)
-    if marked is None:
-        return None
-    return parts[: marked[0]], marked[1]
+def breakpoints(
+    namespace: str,
+    model: str,
+    system: object,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[object] | None,
+    top_level: Mapping[str, Any] | None = None,
+) -> list[Breakpoint]:
+    """Each cacheable prefix of the request, shortest first."""
+    parts = tokens.segments(messages, system, tools)
+    marks = [cc for _, cc, _ in parts]
+    if top_level is not None and marks and marks[-1] is None:
+        marks[-1] = top_level  # automatic caching marks the last block
+    out: list[Breakpoint] = []
+    hasher = hashlib.sha256(json.dumps([namespace, model]).encode())
+    total = 0
+    for (count, _, part), mark in zip(parts, marks, strict=True):
+        total += count
+        hasher.update(json.dumps(part, sort_keys=True, separators=(",", ":")).encode())
+        if mark is not None:
+            ttl = mark.get("ttl", "5m")
+            out.append(Breakpoint(hasher.copy().hexdigest(), total, "1h" if ttl == "1h" else "5m"))
+    return out
 
 
 class PromptCache:
-    def __init__(self, ttl_s: float, min_tokens: int, clock: Clock) -> None:
-        self._ttl = ttl_s
+    def __init__(
+        self, ttl_s: float, min_tokens: int, clock: Clock, ttl_1h_s: float = ONE_HOUR_S
+    ) -> None:
+        self._ttl = {"5m": ttl_s, "1h": ttl_1h_s}
         self._min_tokens = min_tokens
         self._clock = clock
-        self._expiry: dict[str, float] = {}
+        self._expiry: dict[str, tuple[float, str]] = {}
 
     def usage(
         self,
@@ -82,25 +84,45 @@ class PromptCache:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[object] | None,
         total_input: int,
+        top_level: Mapping[str, Any] | None = None,
     ) -> CacheUsage:
-        prefix = cached_prefix(system, messages, tools)
-        if prefix is None or prefix[1] < self._min_tokens:
+        marks = [
+            b
+            for b in breakpoints(namespace, model, system, messages, tools, top_level)
+            if b.tokens >= self._min_tokens
+        ]
+        if not marks:
             return CacheUsage(input_tokens=total_input)
-        parts, prefix_tokens = prefix
-        canonical = json.dumps([namespace, model, parts], sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
         now = self._clock()
-        expiry = self._expiry.get(digest)
-        self._expiry[digest] = now + self._ttl
+        hit = -1
+        for i, mark in enumerate(marks):
+            entry = self._expiry.get(mark.digest)
+            if entry is not None and entry[0] > now:
+                hit = i
+        read = marks[hit].tokens if hit >= 0 else 0
+        if hit >= 0:
+            ttl = self._expiry[marks[hit].digest][1]
+            self._expiry[marks[hit].digest] = (now + self._ttl[ttl], ttl)
+        written = written_1h = 0
+        covered = read
+        for mark in marks[hit + 1 :]:
+            new = mark.tokens - covered
+            written += new
+            if mark.ttl == "1h":
+                written_1h += new
+            covered = mark.tokens
+            self._expiry[mark.digest] = (now + self._ttl[mark.ttl], mark.ttl)
         if len(self._expiry) > 100_000:
             self._prune(now)
-        rest = max(0, total_input - prefix_tokens)
-        if expiry is not None and expiry > now:
-            return CacheUsage(input_tokens=rest, cache_read_input_tokens=prefix_tokens)
-        return CacheUsage(input_tokens=rest, cache_creation_input_tokens=prefix_tokens)
+        return CacheUsage(
+            input_tokens=max(0, total_input - covered),
+            cache_creation_input_tokens=written,
+            cache_read_input_tokens=read,
+            cache_creation_1h_input_tokens=written_1h,
+        )
 
     def _prune(self, now: float) -> None:
-        self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+        self._expiry = {k: v for k, v in self._expiry.items() if v[0] > now}
 
     def clear(self) -> None:
         self._expiry.clear()

@@ -12,6 +12,7 @@ class ModelInfo:
     created_at: str  # RFC 3339
     max_output_tokens: int
     aliases: tuple[str, ...] = ()
+    context_window: int = 200_000
 
 
 MODELS: tuple[ModelInfo, ...] = (

@@ -76,6 +76,12 @@ class SimConfig:
     #: Shortest prefix that can be cached, as on the real API.
     cache_min_tokens: int = 1_024
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Keep the last this many (request body, response body) exchanges of
+    #: /v1/messages for `GET /_sim/exchanges` (tests compare them with what
+    #: partners sent); 0 keeps none.
+    record_exchanges: int = 0
+    #: TTL of 1-hour cache breakpoints.
+    cache_ttl_1h_s: float = 3_600.0
 
     def __post_init__(self) -> None:
         for name in ("rpm", "itpm", "otpm"):

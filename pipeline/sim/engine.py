@@ -7,6 +7,7 @@ testable exactly.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import random
@@ -97,7 +98,12 @@ class Simulator:
         self._key_faults = {
             key: FaultInjector(rates, cfg.seed) for key, rates in cfg.key_fail_rates.items()
         }
-        self.cache = PromptCache(cfg.cache_ttl_s, cfg.cache_min_tokens, self._clock)
+        self.cache = PromptCache(
+            cfg.cache_ttl_s, cfg.cache_min_tokens, self._clock, cfg.cache_ttl_1h_s
+        )
+        self.exchanges: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=max(1, cfg.record_exchanges)
+        )
         self.stats: dict[str, KeyStats] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -184,10 +190,7 @@ class Simulator:
         if fault in ("500", "529", "429"):
             self.record(key, fault)
             raise _injected(fault, limits.headers())
-        total_input = tokens.count_request(req.messages, req.system, req.tools)
-        usage = self.cache.usage(
-            key, req.model.id, req.system, req.messages, req.tools, total_input
-        )
+        usage = self._input_usage(key, req)
         # Cache reads do not count towards the input-token limit.
         rejection = limits.admit(usage.input_tokens + usage.cache_creation_input_tokens)
         if rejection is not None:
@@ -195,11 +198,30 @@ class Simulator:
             headers = limits.headers()
             headers["retry-after"] = str(rejection.retry_after)
             raise ApiError(429, "rate_limit_error", rejection.message, headers)
-        reply = generate(
-            req.messages, req.max_tokens, req.stop_sequences, self.config.output_tokens
-        )
+        reply = self._generate(req)
         delay = self._delay(reply.output_tokens)
         return Prepared(key, req, usage, reply, fault, delay)
+
+    def _input_usage(self, key: str, req: MessagesRequest) -> CacheUsage:
+        total_input = tokens.count_request(req.messages, req.system, req.tools)
+        window = req.model.context_window
+        if total_input > window:
+            self.record(key, 400)
+            raise invalid(f"prompt is too long: {total_input} tokens > {window} maximum")
+        return self.cache.usage(
+            key, req.model.id, req.system, req.messages, req.tools, total_input, req.cache_control
+        )
+
+    def _generate(self, req: MessagesRequest) -> Generated:
+        return generate(
+            req.messages,
+            req.max_tokens,
+            req.stop_sequences,
+            self.config.output_tokens,
+            tools=req.tools,
+            tool_choice=req.tool_choice,
+            thinking_budget=req.thinking_budget,
+        )
 
     def _delay(self, output_tokens: int) -> float:
         cfg = self.config
@@ -215,6 +237,11 @@ class Simulator:
         self.record(prepared.key, 200, usage)
         return self.message_object(prepared, message_id, usage)
 
+    def remember(self, request_id: str, body: object, response: object) -> None:
+        """Keep an exchange for `GET /_sim/exchanges` (when `record_exchanges` is on)."""
+        if self.config.record_exchanges > 0:
+            self.exchanges.append({"request_id": request_id, "request": body, "response": response})
+
     @staticmethod
     def usage_dict(prepared: Prepared) -> dict[str, int]:
         return {
@@ -222,6 +249,18 @@ class Simulator:
             "output_tokens": prepared.reply.output_tokens,
             "cache_creation_input_tokens": prepared.usage.cache_creation_input_tokens,
             "cache_read_input_tokens": prepared.usage.cache_read_input_tokens,
+        }
+
+    @staticmethod
+    def usage_object(prepared: Prepared, usage: Mapping[str, int]) -> dict[str, Any]:
+        """The Messages API `usage` object: token counts, the cache-write split, the tier."""
+        return {
+            **usage,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": prepared.usage.cache_creation_5m_input_tokens,
+                "ephemeral_1h_input_tokens": prepared.usage.cache_creation_1h_input_tokens,
+            },
+            "service_tier": "standard",
         }
 
     @staticmethod
@@ -234,17 +273,10 @@ class Simulator:
             "type": "message",
             "role": "assistant",
             "model": prepared.request.model.id,
-            "content": [{"type": "text", "text": reply.text}] if reply.text else [],
+            "content": [dict(b) for b in reply.blocks],
             "stop_reason": reply.stop_reason,
             "stop_sequence": reply.stop_sequence,
-            "usage": {
-                **usage,
-                "cache_creation": {
-                    "ephemeral_5m_input_tokens": usage["cache_creation_input_tokens"],
-                    "ephemeral_1h_input_tokens": 0,
-                },
-                "service_tier": "standard",
-            },
+            "usage": Simulator.usage_object(prepared, usage),
         }
 
     def batch_result(self, key: str, params: object) -> dict[str, Any]:
@@ -255,14 +287,11 @@ class Simulator:
             return self._batch_error(exc)
         if req.stream:
             return self._batch_error(invalid("stream: not supported in batches"))
-        total_input = tokens.count_request(req.messages, req.system, req.tools)
-        usage = self.cache.usage(
-            key, req.model.id, req.system, req.messages, req.tools, total_input
-        )
-        reply = generate(
-            req.messages, req.max_tokens, req.stop_sequences, self.config.output_tokens
-        )
-        prepared = Prepared(key, req, usage, reply, None, 0.0)
+        try:
+            usage = self._input_usage(key, req)
+        except ApiError as exc:
+            return self._batch_error(exc)
+        prepared = Prepared(key, req, usage, self._generate(req), None, 0.0)
         usage_dict = self.usage_dict(prepared)
         self.stats.setdefault(key, KeyStats()).add(usage_dict)
         message = self.message_object(prepared, self.new_id("msg"), usage_dict)

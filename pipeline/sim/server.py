@@ -8,7 +8,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -114,6 +114,7 @@ async def messages(sim: Simulator, request: web.Request, request_id: str) -> web
     if prepared.delay_s > 0:
         await asyncio.sleep(prepared.delay_s)
     message = sim.complete(prepared, sim.new_id("msg"))
+    sim.remember(request_id, body, message)
     headers = sim.ratelimit_headers(key)
     headers["request-id"] = request_id
     return _json(message, headers)
@@ -126,7 +127,9 @@ def _sse(event: str, data: object) -> bytes:
 async def _stream(
     sim: Simulator, request: web.Request, request_id: str, prepared: Prepared
 ) -> web.StreamResponse:
-    """The real event sequence: message_start, content_block_*, message_delta, message_stop."""
+    """The real event sequence: message_start, then per block content_block_start,
+    its deltas (text_delta; thinking_delta then signature_delta; input_json_delta)
+    and content_block_stop, then message_delta and message_stop."""
     cfg = sim.config
     headers = sim.ratelimit_headers(prepared.key)
     headers["request-id"] = request_id
@@ -142,37 +145,19 @@ async def _stream(
     await response.write(_sse("message_start", {"type": "message_start", "message": start}))
     reply = prepared.reply
     limits = sim.limits_for(prepared.key)
-    if reply.text:
-        await response.write(
-            _sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
-        )
-        await response.write(_sse("ping", {"type": "ping"}))
-        words = reply.text.split(" ")
-        chunk = 4
-        for i in range(0, len(words), chunk):
-            piece = " ".join(words[i : i + chunk])
-            if i + chunk < len(words):
-                piece += " "
-            if cfg.ms_per_output_token > 0:
-                await asyncio.sleep(cfg.ms_per_output_token * chunk / 1000.0)
-            limits.charge_output(min(chunk, len(words) - i))
-            delta = {"type": "text_delta", "text": piece}
-            await response.write(
-                _sse(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": 0, "delta": delta},
-                )
-            )
-        await response.write(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    # charge what the word count did not cover (the withheld stop sequence)
-    limits.charge_output(max(0, reply.output_tokens - len(reply.text.split())))
+    charged = 0
+    for index, block in enumerate(reply.blocks):
+        tokens = reply.block_tokens[index] if index < len(reply.block_tokens) else 0
+        for event in _block_events(index, block):
+            if event[0] == "content_block_delta" and cfg.ms_per_output_token > 0:
+                await asyncio.sleep(cfg.ms_per_output_token * _DELTA_TOKENS / 1000.0)
+            await response.write(_sse(*event))
+            if index == 0 and event[0] == "content_block_start":
+                await response.write(_sse("ping", {"type": "ping"}))
+        limits.charge_output(tokens)
+        charged += tokens
+    # what the blocks did not cover (a withheld stop sequence)
+    limits.charge_output(max(0, reply.output_tokens - charged))
     sim.record(prepared.key, 200, usage)
     await response.write(
         _sse(
@@ -187,6 +172,54 @@ async def _stream(
     await response.write(_sse("message_stop", {"type": "message_stop"}))
     await response.write_eof()
     return response
+
+
+#: Output tokens per streamed delta (pacing of `--ms-per-output-token`).
+_DELTA_TOKENS = 4
+
+
+def _chunks(text: str, words: int = _DELTA_TOKENS) -> list[str]:
+    parts = text.split(" ")
+    return [
+        " ".join(parts[i : i + words]) + (" " if i + words < len(parts) else "")
+        for i in range(0, len(parts), words)
+    ]
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def delta(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": body}
+
+    def begin(shell: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "content_block_start", {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": shell,
+        }
+
+    kind = block["type"]
+    events: list[tuple[str, dict[str, Any]]] = []
+    if kind == "text":
+        events.append(begin({"type": "text", "text": ""}))
+        events.extend(delta({"type": "text_delta", "text": c}) for c in _chunks(block["text"]))
+    elif kind == "thinking":
+        events.append(begin({"type": "thinking", "thinking": "", "signature": ""}))
+        events.extend(
+            delta({"type": "thinking_delta", "thinking": c}) for c in _chunks(block["thinking"])
+        )
+        events.append(delta({"type": "signature_delta", "signature": block["signature"]}))
+    elif kind == "tool_use":
+        events.append(begin({**block, "input": {}}))
+        text = _dumps(block["input"])
+        step = 16
+        events.extend(
+            delta({"type": "input_json_delta", "partial_json": text[i : i + step]})
+            for i in range(0, len(text), step)
+        )
+    else:  # redacted_thinking and anything else arrives whole
+        events.append(begin(dict(block)))
+    events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    return events
 
 
 @api
@@ -274,6 +307,10 @@ async def sim_stats(request: web.Request) -> web.Response:
     return _json(request.app[SIM_KEY].stats_snapshot(), {})
 
 
+async def sim_exchanges(request: web.Request) -> web.Response:
+    return _json(list(request.app[SIM_KEY].exchanges), {})
+
+
 async def sim_reset(request: web.Request) -> web.Response:
     request.app[SIM_KEY].reset()
     return _json({"reset": True}, {})
@@ -305,6 +342,7 @@ def create_sim_app(config: SimConfig, simulator: Simulator | None = None) -> web
     r.add_get("/v1/models/{model_id}", get_model)
     r.add_get("/_sim/stats", sim_stats)
     r.add_post("/_sim/reset", sim_reset)
+    r.add_get("/_sim/exchanges", sim_exchanges)
     r.add_get("/_sim/health", sim_health)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

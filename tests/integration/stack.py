@@ -249,6 +249,12 @@ class Stack:
             result: dict[str, Any] = json.loads(r.read())
             return result
 
+    def sim_exchanges(self) -> list[dict[str, Any]]:
+        """What reached the simulator and what it answered (needs `--record N`)."""
+        with urllib.request.urlopen(f"{self.sim_url}/_sim/exchanges", timeout=10) as r:  # noqa: S310
+            result: list[dict[str, Any]] = json.loads(r.read())
+            return result
+
     def close(self) -> None:
         for client in self._clients.values():
             client.flush(5)

@@ -11,12 +11,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anthropic
 import pytest
 
 from pipeline.admin import remove_partner
 from pipeline.client import build_request
 from pipeline.partners import load_partners
 from pipeline.security import signed_headers
+from tests import corpus
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
 from tests.procs import CLI
 
@@ -325,17 +327,30 @@ def test_dlq_replay_serves_what_failed_once_the_cause_is_fixed(stack: Stack) -> 
 
 
 def test_cli_send_wait_responses_partners_topics_usage(stack: Stack) -> None:
-    out = _cli(stack, "send", "--partner", "alpha", "--prompt", "cli says hello", "--wait")
+    request_id = f"cli-{uuid.uuid4()}"
+    out = _cli(
+        stack, "send", "--partner", "alpha", "--prompt", "cli says hello", "--wait",
+        "--request-id", request_id,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    response = json.loads(out.stdout)
-    assert response["status"] == "ok"
-    assert response["content"].startswith("Re: cli says hello")
+    message = anthropic.types.Message.model_validate(json.loads(out.stdout))
+    assert message.content[0].type == "text"
+    assert message.content[0].text.startswith("Re: cli says hello")
+
+    params = stack.tmp / "params.json"
+    params.write_text(json.dumps(corpus.corpus()["tools_any"]))
+    out = _cli(stack, "send", "--partner", "alpha", "--request-file", str(params), "--wait")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stop_reason"] == "tool_use"
+    params.write_text(json.dumps({**corpus.corpus()["tools_any"], "stream": True}))
+    bad = _cli(stack, "send", "--partner", "alpha", "--request-file", str(params))
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith(
+        "stream: streaming does not travel over Kafka (the gateway streams)"
+    )
 
     tail = _cli(stack, "responses", "--partner", "alpha", "--from-beginning", "--no-follow")
-    assert any(
-        json.loads(line)["request_id"] == response["request_id"]
-        for line in tail.stdout.splitlines()
-    )
+    assert any(json.loads(line)["request_id"] == request_id for line in tail.stdout.splitlines())
 
     listed = _cli(stack, "partners", "list", "--source", "topic", "--format", "json")
     partners = {p["partner_id"]: p for p in json.loads(listed.stdout)}
@@ -357,7 +372,14 @@ def test_cli_send_wait_responses_partners_topics_usage(stack: Stack) -> None:
 
     report = json.loads(_cli(stack, "usage", "report", "--format", "json").stdout)
     assert report["alpha"]["ok"] >= 1
-    usage = stack.outcomes(list(report), lambda o: True).usage
+
+    def caught_up(o: Outcomes) -> bool:
+        return all(
+            sum(len(r) for (p, _), r in o.usage.items() if p == pid) >= row["requests"]
+            for pid, row in report.items()
+        )
+
+    usage = stack.outcomes(list(report), caught_up, timeout=20).usage
     for pid, row in report.items():
         mine = [u for (p, _), records in usage.items() if p == pid for u in records]
         assert row["requests"] == len(mine)

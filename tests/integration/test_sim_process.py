@@ -30,6 +30,8 @@ FLAG_FOR = {
     "batch_delay_s": "--batch-delay-s",
     "cache_ttl_s": "--cache-ttl-s",
     "cache_min_tokens": "--cache-min-tokens",
+    "cache_ttl_1h_s": "--cache-ttl-1h-s",
+    "record_exchanges": "--record",
 }
 
 

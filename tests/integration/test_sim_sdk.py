@@ -11,6 +11,7 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic, DefaultAioHttpClient
 
+from tests import corpus
 from tests.integration.conftest import SimFactory
 
 MODEL = "claude-sonnet-4-6"
@@ -339,8 +340,10 @@ async def test_our_client_reads_the_same_answer_the_sdk_types_do(
     finally:
         await ours.close()
     assert typed.content[0].type == "text"
-    assert got.content == typed.content[0].text
-    assert (got.model, got.stop_reason, got.stop_sequence) == (MODEL, "end_turn", None)
+    # the same message, but for its id: the SDK's typed parse and our raw one agree
+    ours_typed = anthropic.types.Message.model_validate(got.message)
+    assert ours_typed.model_dump(exclude={"id"}) == typed.model_dump(exclude={"id"})
+    assert (got.model, got.stop_reason) == (MODEL, "end_turn")
     assert (got.input_tokens, got.output_tokens) == (
         typed.usage.input_tokens,
         typed.usage.output_tokens,
@@ -371,3 +374,56 @@ async def test_our_client_classifies_status_errors_with_retry_after(
     assert info.value.is_retriable
     assert info.value.retry_after == 60
     assert (unknown.value.status, unknown.value.is_retriable) == (404, False)
+
+
+@pytest.mark.parametrize("name", ["tools_auto", "parallel_tool_calls", "thinking", "tools_tool"])
+async def test_streamed_tool_use_and_thinking_assemble_into_the_same_message(
+    name: str, sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    params = corpus.corpus()[name]
+    client = client_factory((await sim_factory()).url)
+    plain = await client.messages.create(**params)
+    deltas: set[str] = set()
+    async with client.messages.stream(**params) as stream:
+        async for event in stream:
+            if event.type == "content_block_delta":
+                deltas.add(event.delta.type)
+        final = await stream.get_final_message()
+    assert final.model_dump(exclude={"id"}) == plain.model_dump(exclude={"id"})
+    kinds = {b.type for b in plain.content}
+    if "tool_use" in kinds:
+        assert "input_json_delta" in deltas
+    if "thinking" in kinds:
+        assert {"thinking_delta", "signature_delta"} <= deltas
+
+
+async def test_images_documents_and_tools_count_as_they_are_billed(
+    sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    client = client_factory((await sim_factory(cache_min_tokens=64)).url)
+    for name in ("base64_jpeg", "pdf_document", "tools_any", "search_result", "url_image"):
+        params = corpus.corpus()[name]
+        counted = await client.messages.count_tokens(
+            **{k: v for k, v in params.items() if k in ("model", "messages", "system", "tools")}
+        )
+        billed = (await client.messages.create(**params)).usage
+        total = billed.input_tokens + (billed.cache_read_input_tokens or 0)
+        assert counted.input_tokens == total + (billed.cache_creation_input_tokens or 0), name
+
+
+async def test_a_thinking_block_passed_back_unmodified_is_accepted_and_a_modified_one_not(
+    sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    client = client_factory((await sim_factory()).url)
+    params = corpus.corpus()["thinking"]
+    first = await client.messages.create(**params)
+    thinking = first.content[0].model_dump()
+    turn = [*params["messages"], {"role": "assistant", "content": [thinking]},
+            {"role": "user", "content": "and 1003?"}]  # fmt: skip
+    again = await client.messages.create(**{**params, "messages": turn})
+    assert again.content[0].type == "thinking"
+    forged = {**thinking, "thinking": thinking["thinking"] + " (edited)"}
+    with pytest.raises(anthropic.BadRequestError, match="Invalid `signature`"):
+        await client.messages.create(
+            **{**params, "messages": [turn[0], {"role": "assistant", "content": [forged]}, turn[2]]}
+        )

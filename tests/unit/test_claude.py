@@ -4,9 +4,10 @@ import anthropic
 import httpx2
 import pytest
 
-from pipeline.claude import classify, parse_retry_after, to_params, to_result
+from pipeline.claude import classify, parse_retry_after, to_result
 from pipeline.client import build_request
 from pipeline.errors import UpstreamError
+from pipeline.messages import fields_to_params
 
 REQ = httpx2.Request("POST", "http://sim/v1/messages")
 
@@ -49,7 +50,7 @@ def test_params_forward_only_what_the_api_takes() -> None:
     req = build_request(
         "acme", "hi", system="s", temperature=0.2, metadata={"user_id": "u", "x": "y"}
     )
-    params = to_params(req)
+    params = fields_to_params(req)
     assert params["system"] == "s"
     assert params["temperature"] == 0.2
     assert params["metadata"] == {"user_id": "u"}
@@ -71,7 +72,8 @@ def test_a_response_body_becomes_our_result() -> None:
         "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": None},
     }
     got = to_result(body, {"request-id": "req_1"})
-    assert (got.content, got.stop_reason, got.stop_sequence) == ("one two", "stop_sequence", "END")
+    assert got.message is body  # the whole message travels on, for the response record
+    assert got.stop_reason == "stop_sequence"
     assert (got.input_tokens, got.output_tokens) == (7, 3)
     assert (got.cache_read_input_tokens, got.cache_creation_input_tokens) == (0, 0)
     assert got.request_id == "req_1"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.claude import UpstreamResult
+from pipeline.claude import UpstreamResult, to_result
 from pipeline.client import build_request
 from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
 from pipeline.errors import UpstreamError
@@ -48,11 +48,12 @@ class FakeClaude:
         errors = self.script.get(prompt)
         if errors:
             raise errors.pop(0)
-        return UpstreamResult(
-            model=params["model"], content=f"Re: {prompt}", stop_reason="end_turn",
-            stop_sequence=None, input_tokens=10, output_tokens=5, cache_read_input_tokens=0,
-            cache_creation_input_tokens=0, request_id="req_x",
-        )  # fmt: skip
+        message = {
+            "id": "msg_x", "type": "message", "role": "assistant", "model": params["model"],
+            "content": [{"type": "text", "text": f"Re: {prompt}"}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5},
+        }  # fmt: skip
+        return to_result(message, {"request-id": "req_x"})
 
 
 class FakePublisher:

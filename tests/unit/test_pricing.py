@@ -38,3 +38,14 @@ def test_overrides_from_a_file(tmp_path: Path) -> None:
     path.write_text('[models."x"]\ninput = "lots"\n')
     with pytest.raises(ConfigError):
         PriceTable.from_file(path)
+
+
+def test_one_hour_cache_writes_cost_twice_input_and_searches_cost_a_cent() -> None:
+    prices = PriceTable()
+    # 1M cache writes, 400k of them with the 1-hour TTL: 600k x 1.25 + 400k x 2.0 = $1.55
+    assert prices.cost(
+        "claude-haiku-4-5", 0, 0, 0, 1_000_000, cache_creation_1h_input_tokens=400_000
+    ) == pytest.approx(1.55)
+    assert prices.cost("claude-haiku-4-5", 0, 0, web_search_requests=3) == pytest.approx(0.03)
+    # thinking is billed as output: it is part of output_tokens
+    assert prices.cost("claude-sonnet-4-6", 0, 1_000_000) == pytest.approx(15.0)

@@ -67,3 +67,37 @@ def test_marker_on_a_message_block_caches_up_to_it(clock: FakeClock) -> None:
     messages[0]["content"][1]["text"] = "varying tail 2"
     hit = cache.usage("k", "m", None, messages, None, total)
     assert hit.cache_read_input_tokens == tokens.BASE_TOKENS + tokens.MESSAGE_OVERHEAD + 125
+
+
+def test_breakpoints_write_by_their_ttl_then_read_the_longest_prefix(clock: FakeClock) -> None:
+    cache = PromptCache(ttl_s=300, min_tokens=10, clock=clock, ttl_1h_s=3600)
+    system: list[dict[str, Any]] = [
+        {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+        {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}},
+    ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "question"}]
+    total = tokens.count_request(messages, system)
+    first_prefix = tokens.BASE_TOKENS + tokens.SYSTEM_OVERHEAD + 125
+    first = cache.usage("k", "m", system, messages, None, total)
+    assert first.cache_creation_1h_input_tokens == first_prefix
+    assert first.cache_creation_5m_input_tokens == 125
+    assert first.input_tokens == total - first_prefix - 125
+    clock.advance(600)  # the 5-minute entry is gone, the 1-hour one is not
+    second = cache.usage("k", "m", system, messages, None, total)
+    assert second.cache_read_input_tokens == first_prefix
+    assert (second.cache_creation_5m_input_tokens, second.cache_creation_1h_input_tokens) == (
+        125,
+        0,
+    )
+
+
+def test_top_level_cache_control_marks_the_last_block(clock: FakeClock) -> None:
+    cache = PromptCache(ttl_s=300, min_tokens=10, clock=clock)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": LONG}]
+    total = tokens.count_request(messages)
+    auto = {"type": "ephemeral"}
+    assert (
+        cache.usage("k", "m", None, messages, None, total, auto).cache_creation_input_tokens
+        == total
+    )
+    assert cache.usage("k", "m", None, messages, None, total, auto).cache_read_input_tokens == total

@@ -1,6 +1,17 @@
 from typing import Any
 
-from pipeline.sim.generate import generate, last_user_text
+import jsonschema
+import pytest
+
+from pipeline.sim.generate import (
+    REDACTED_THINKING_TRIGGER,
+    chosen_tools,
+    generate,
+    last_user_text,
+    schema_instance,
+)
+from pipeline.sim.validate import thinking_signature
+from tests import corpus
 
 
 def _msgs(text: str) -> list[dict[str, object]]:
@@ -51,3 +62,70 @@ def test_last_user_text_reads_blocks_and_skips_assistant() -> None:
 
 def test_fixed_target_length() -> None:
     assert generate(_msgs("x"), max_tokens=1000, target_tokens=200).output_tokens == 200
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        corpus.WEATHER_TOOL["input_schema"],
+        corpus.STOCK_TOOL["input_schema"],
+        {"type": "object", "properties": {
+            "n": {"type": "integer", "minimum": 5, "maximum": 9},
+            "x": {"type": "number", "exclusiveMaximum": 0},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+            "mode": {"const": "fast"},
+            "nested": {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                         "none": {"type": "null"}}},
+            "either": {"anyOf": [{"type": "string", "minLength": 12}, {"type": "integer"}]},
+            "maybe": {"type": ["null", "string"]},
+        }, "required": ["n", "tags"]},
+    ],
+)  # fmt: skip
+def test_tool_input_validates_against_the_tools_schema(schema: dict[str, Any]) -> None:
+    value = schema_instance(schema, ["what", "is", "ACME", "doing"])
+    jsonschema.validate(value, schema)
+
+
+def test_tool_choice_decides_which_tools_are_called() -> None:
+    tools = [corpus.WEATHER_TOOL, corpus.TIME_TOOL]
+    ask = "call get_weather and get_time"
+    names = [t["name"] for t in chosen_tools(tools, None, ask)]
+    assert names == ["get_weather", "get_time"]
+    assert chosen_tools(tools, {"type": "auto"}, "just chat") == []
+    assert chosen_tools(tools, {"type": "none"}, ask) == []
+    assert [t["name"] for t in chosen_tools(tools, {"type": "any"}, "x")] == ["get_weather"]
+    single = {"type": "auto", "disable_parallel_tool_use": True}
+    assert len(chosen_tools(tools, single, ask)) == 1
+    forced = {"type": "tool", "name": "get_time"}
+    assert [t["name"] for t in chosen_tools(tools, forced, "x")] == ["get_time"]
+
+
+def test_a_tool_use_reply_then_an_answer_that_quotes_the_result() -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "use get_weather for Oslo"}]
+    first = generate(messages, 500, tools=[corpus.WEATHER_TOOL])
+    assert first.stop_reason == "tool_use"
+    use = first.blocks[-1]
+    assert use["type"] == "tool_use"
+    assert use["name"] == "get_weather"
+    jsonschema.validate(use["input"], corpus.WEATHER_TOOL["input_schema"])
+    messages += [
+        {"role": "assistant", "content": list(first.blocks)},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
+                                      "content": "minus four and snowing"}]},
+    ]  # fmt: skip
+    final = generate(messages, 500, tools=[corpus.WEATHER_TOOL])
+    assert final.stop_reason == "end_turn"
+    assert "minus four and snowing" in final.text
+
+
+def test_thinking_comes_first_is_signed_and_counts_as_output() -> None:
+    messages = [{"role": "user", "content": "is 1001 prime"}]
+    reply = generate(messages, 2048, thinking_budget=1024)
+    thinking, text = reply.blocks
+    assert thinking["type"] == "thinking"
+    assert text["type"] == "text"
+    assert thinking["signature"] == thinking_signature(thinking["thinking"])
+    assert reply.output_tokens == len(thinking["thinking"].split()) + len(text["text"].split())
+    redacted = generate([{"role": "user", "content": REDACTED_THINKING_TRIGGER}], 2048,
+                        thinking_budget=1024)  # fmt: skip
+    assert redacted.blocks[0]["type"] == "redacted_thinking"

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from pipeline.sim.validate import ApiError, validate_messages
+from tests import corpus
 
 
 def _body(**overrides: Any) -> dict[str, Any]:
@@ -57,3 +58,69 @@ def test_aliases_resolve() -> None:
     assert validate_messages(_body(model="claude-haiku-4-5")).model.id == (
         "claude-haiku-4-5-20251001"
     )
+
+
+def _user(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+_PNG = {"type": "base64", "media_type": "image/png", "data": corpus.b64(corpus.png(4, 4))}
+_TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+_CC = {"type": "ephemeral"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"messages": _user({"type": "image", "source": {**_PNG, "media_type": "image/bmp"}})},
+         "messages.0.content.0.source.base64.media_type: Input should be 'image/jpeg'"),
+        ({"messages": _user({"type": "image", "source": {**_PNG, "media_type": "image/gif"}})},
+         "Image does not match the provided media type image/gif"),
+        ({"messages": _user({"type": "image", "source": {**_PNG, "data": "%%%"}})},
+         "invalid base64"),
+        ({"messages": _user({"type": "image", "source": {
+            **_PNG, "data": corpus.b64(corpus.png(1, 1) + b"\x00" * (5 * 1024 * 1024))}})},
+         "image exceeds 5 MB maximum"),
+        ({"messages": _user(*[{"type": "image", "source": _PNG}] * 101)}, "Too many images"),
+        ({"messages": _user({"type": "document", "source": {
+            "type": "base64", "media_type": "application/pdf", "data": corpus.b64(b"hi")}})},
+         "The PDF specified was not valid"),
+        ({"messages": _user({"type": "tool_use", "id": "t", "name": "n", "input": {}})},
+         "`tool_use` blocks are not allowed in `user` messages"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [
+            {"type": "image", "source": _PNG}]}]},
+         "`image` blocks are not allowed in `assistant` messages"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
+                       *_user({"type": "tool_result", "tool_use_id": "toolu_x"})]},
+         "unexpected `tool_use_id` found in `tool_result` blocks: toolu_x"),
+        ({"messages": _user(*[{"type": "text", "text": "x", "cache_control": _CC}] * 5)},
+         "A maximum of 4 blocks with cache_control may be provided. Found 5."),
+        ({"system": [{"type": "text", "text": "a", "cache_control": _CC},
+                     {"type": "text", "text": "b", "cache_control": {**_CC, "ttl": "1h"}}]},
+         "must not come after a ttl='5m'"),
+        ({"messages": _user({"type": "text", "text": "x",
+                             "cache_control": {**_CC, "ttl": "1d"}})},
+         "cache_control.ttl: Input should be '5m' or '1h'"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 512}},
+         "budget_tokens: Input should be greater than or equal to 1024"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 1024},
+         "`max_tokens` must be greater than `thinking.budget_tokens`"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2000,
+          "temperature": 0.5}, "`temperature` may only be set to 1"),
+        ({"tools": [{**_TOOL, "name": "get weather"}]}, "String should match pattern"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "tool", "name": "other"}},
+         "Tool 'other' not found in provided tools"),
+        ({"tool_choice": {"type": "any"}}, "requires tools to be provided"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "forged"}]}]},
+         "Invalid `signature` in `thinking` block"),
+        ({"service_tier": "priority"}, "service_tier: Input should be 'auto' or 'standard_only'"),
+    ],
+)  # fmt: skip
+def test_blocks_tools_thinking_and_caching_are_judged_like_the_api(
+    overrides: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(ApiError) as info:
+        validate_messages(_body(**overrides))
+    assert info.value.status == 400
+    assert fragment in info.value.message
