@@ -68,8 +68,9 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def classify(exc: Exception) -> UpstreamError:
-    """Turn an SDK exception into our error model."""
+def classify(exc: anthropic.APIError) -> UpstreamError:
+    """Turn one of the SDK's errors into our error model. (Any other exception is
+    not Claude's: it is a bug of ours, and the caller's error policy treats it so.)"""
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("Claude did not answer in time", error_class="timeout", retriable=True)
     if isinstance(exc, anthropic.APIConnectionError):
@@ -94,9 +95,19 @@ def classify(exc: Exception) -> UpstreamError:
             headers=headers,
         )
     return UpstreamError(
-        f"unexpected error calling Claude: {type(exc).__name__}",
-        error_class="connection",
+        f"Claude's answer could not be used: {type(exc).__name__}",
+        error_class="5xx",
+        status=502,
         retriable=True,
+    )
+
+
+def _is_transport_failure(cause: BaseException | None) -> bool:
+    """Whether what the SDK reports as a connection error is the network's doing."""
+    import aiohttp
+
+    return cause is None or isinstance(
+        cause, httpx2.TransportError | aiohttp.ClientError | OSError | TimeoutError
     )
 
 
@@ -158,9 +169,19 @@ class ClaudeClient:
             response = await self._client(api_key).post(
                 "/v1/messages", cast_to=httpx2.Response, body=dict(params)
             )
-            message = json.loads(response.content)
-        except Exception as exc:  # every SDK failure is classified, none escapes raw
+        except anthropic.APIConnectionError as exc:
+            if not _is_transport_failure(exc.__cause__):
+                # The SDK wraps whatever its transport raised: not every one is the network.
+                raise exc.__cause__ or exc from exc
             raise classify(exc) from exc
+        except anthropic.APIError as exc:  # the SDK's errors are Claude's (or the network's)
+            raise classify(exc) from exc
+        try:
+            message = json.loads(response.content)
+        except ValueError as exc:  # a gateway in between answered with something else
+            raise UpstreamError(
+                "Claude's answer is not JSON", error_class="5xx", status=502, retriable=True
+            ) from exc
         headers = {k.lower(): v for k, v in response.headers.items()}
         return to_result(message, headers)
 

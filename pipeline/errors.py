@@ -4,6 +4,7 @@
     ├── ConfigError                 bad settings or arguments           (not retriable)
     ├── SecretError                 a secret reference cannot be read   (not retriable)
     ├── BrokerError                 Kafka refused or is unreachable     (retriable)
+    ├── AdapterError                Faust is not what our adapter expects (not retriable)
     ├── RequestError                one request failed: it becomes a dead letter
     │   ├── SchemaError             undecodable value        reason schema_error
     │   ├── AuthFailed              signature/identity check reason auth_failed
@@ -13,36 +14,53 @@
     │   ├── InvalidRequest          fails validation         reason invalid_request
     │   ├── DeadlineExpired         deadline_ms has passed   reason deadline_expired
     │   ├── UpstreamRejected        Claude said no (4xx)     reason upstream_rejected
-    │   └── UpstreamExhausted       retries used up          reason upstream_exhausted
+    │   ├── UpstreamExhausted       retries used up          reason upstream_exhausted
+    │   ├── Duplicate               a later copy of a request_id  reason duplicate
+    │   └── InternalError           a bug in the pipeline    reason internal_error
     └── UpstreamError               one failed Claude attempt; `retriable` says whether
                                     the retry policy may try again (429, 5xx, timeout,
                                     connection) or must give up (other 4xx)
 
-Like aiokafka's `KafkaError.retriable`, each class says whether trying again
-can help. Errors carry the data a person needs to act (partner, request_id,
-status, retry_after) and never a secret or prompt text.
+Like aiokafka's `KafkaError.retriable`, each class says whether trying again can
+help, and callers ask the error. Errors carry the data a person needs to act
+(partner, request_id, status, retry_after) and never a secret or prompt text.
+
+One error policy, named per stage (`Stage`): whatever a stage did not expect is a
+bug in our code. It fails that one request with an `internal_error` dead letter
+and an error log line with the traceback (`internal`); it is never retried as if
+it were a network error.
 """
 
 from __future__ import annotations
 
+import logging
+from enum import StrEnum
 from typing import ClassVar
 
+
+class Reason(StrEnum):
+    """Why a request ended without an answer: the dead-letter reasons, in Avro enum order."""
+
+    SCHEMA_ERROR = "schema_error"
+    AUTH_FAILED = "auth_failed"
+    UNKNOWN_PARTNER = "unknown_partner"
+    PARTNER_DISABLED = "partner_disabled"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    INVALID_REQUEST = "invalid_request"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    UPSTREAM_EXHAUSTED = "upstream_exhausted"
+    DEADLINE_EXPIRED = "deadline_expired"
+    DUPLICATE = "duplicate"
+    INTERNAL_ERROR = "internal_error"
+
+
 #: The dead-letter reasons of the contract, in the order of the Avro enum.
-REASONS = (
-    "schema_error",
-    "auth_failed",
-    "unknown_partner",
-    "partner_disabled",
-    "quota_exceeded",
-    "invalid_request",
-    "upstream_rejected",
-    "upstream_exhausted",
-    "deadline_expired",
-)
+REASONS = tuple(r.value for r in Reason)
 
 
 class PipelineError(Exception):
-    retriable: ClassVar[bool] = False
+    #: Whether trying the same thing again can help.
+    retriable: bool = False
 
 
 class ConfigError(PipelineError):
@@ -59,10 +77,14 @@ class BrokerError(PipelineError):
     retriable = True
 
 
+class AdapterError(PipelineError):
+    """The installed Faust lacks something our adapter relies on: stop, do not guess."""
+
+
 class RequestError(PipelineError):
     """A request that cannot be served: it ends as a dead letter with `reason`."""
 
-    reason: ClassVar[str] = "invalid_request"
+    reason: ClassVar[Reason] = Reason.INVALID_REQUEST
 
     def __init__(self, detail: str, *, attempts: int = 0, error_type: str | None = None) -> None:
         super().__init__(detail)
@@ -72,39 +94,47 @@ class RequestError(PipelineError):
 
 
 class SchemaError(RequestError):
-    reason = "schema_error"
+    reason = Reason.SCHEMA_ERROR
 
 
 class AuthFailed(RequestError):
-    reason = "auth_failed"
+    reason = Reason.AUTH_FAILED
 
 
 class UnknownPartner(RequestError):
-    reason = "unknown_partner"
+    reason = Reason.UNKNOWN_PARTNER
 
 
 class PartnerDisabled(RequestError):
-    reason = "partner_disabled"
+    reason = Reason.PARTNER_DISABLED
 
 
 class QuotaExceeded(RequestError):
-    reason = "quota_exceeded"
+    reason = Reason.QUOTA_EXCEEDED
 
 
 class InvalidRequest(RequestError):
-    reason = "invalid_request"
+    reason = Reason.INVALID_REQUEST
 
 
 class DeadlineExpired(RequestError):
-    reason = "deadline_expired"
+    reason = Reason.DEADLINE_EXPIRED
 
 
 class UpstreamRejected(RequestError):
-    reason = "upstream_rejected"
+    reason = Reason.UPSTREAM_REJECTED
 
 
 class UpstreamExhausted(RequestError):
-    reason = "upstream_exhausted"
+    reason = Reason.UPSTREAM_EXHAUSTED
+
+
+class Duplicate(RequestError):
+    reason = Reason.DUPLICATE
+
+
+class InternalError(RequestError):
+    reason = Reason.INTERNAL_ERROR
 
 
 class UpstreamError(PipelineError):
@@ -131,5 +161,32 @@ class UpstreamError(PipelineError):
         self.status = status
         self.error_type = error_type
         self.retry_after = retry_after
-        self.is_retriable = retriable
+        self.retriable = retriable
         self.headers = headers or {}
+
+
+class Stage(StrEnum):
+    """Where an unexpected exception happened, for the one error policy."""
+
+    INTAKE = "intake"
+    UPSTREAM = "upstream"
+    PUBLISHING = "publishing"
+    COMPLETION = "completion"
+
+
+def internal(
+    stage: Stage, exc: BaseException, log: logging.Logger, fields: dict[str, object]
+) -> InternalError:
+    """A bug met at `stage`: log it with its traceback; the request fails, unretried.
+
+    The dead letter names the stage and the exception's type only: its text may
+    quote the request (prompt text belongs in no dead letter detail).
+    """
+    log.error(
+        "internal error: the request fails (a bug, not retried)",
+        exc_info=exc,
+        extra={**fields, "stage": stage.value, "error": type(exc).__name__},
+    )
+    return InternalError(
+        f"internal error at {stage.value}: {type(exc).__name__} (see the worker's log)"
+    )

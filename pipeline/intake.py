@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pipeline import messages, tokens
 from pipeline.errors import (
@@ -23,7 +23,8 @@ from pipeline.errors import (
     UnknownPartner,
 )
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
-from pipeline.records import Job, SourceRecord
+from pipeline.pricing import PriceTable
+from pipeline.records import Admitted, ClaudeRequest, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver, verify
 
@@ -152,7 +153,9 @@ class Intake:
         signature_max_age_s: float,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        prices: PriceTable | None = None,
     ) -> None:
+        self._prices = prices or PriceTable()
         self._registry = registry
         self._codec = codec
         self._secrets = secrets
@@ -160,7 +163,7 @@ class Intake:
         self._wall = wall
         self._mono = mono
 
-    def admit(self, record: SourceRecord) -> Job:
+    def admit(self, record: SourceRecord) -> Admitted:
         """Admit a record or raise Rejected (which carries the dead-letter reason)."""
         topic_partner = partner_of_requests_topic(record.topic)
         key_id = key_request_id(record)
@@ -212,12 +215,24 @@ class Intake:
                 )
         except RequestError as exc:
             raise Rejected(exc, topic_partner, request_id, request) from None
-        return Job(
+        return Admitted(
             record=record,
             partner=partner,
-            request=request,
+            request=cast(ClaudeRequest, request),
             params=params,
             replay_count=replay_count,
             received_mono=self._mono(),
             est_input_tokens=tokens.count_params(params),
+            **self._worst_case(request, params),
         )
+
+    def _worst_case(self, request: dict[str, Any], params: dict[str, Any]) -> dict[str, float]:
+        """The most a request can spend (what budgets reserve): every input token it
+        could hold, at the dearest cache-write price if it has breakpoints, and all of
+        max_tokens. Computed once: bounding a PDF reads all of it."""
+        upper = tokens.upper_bound_params(params)
+        max_tokens = int(request["max_tokens"])
+        usd = self._prices.worst_case(
+            str(request["model"]), upper, max_tokens, cache_ttls=tokens.cache_write_ttls(params)
+        )
+        return {"worst_tokens": float(upper + max_tokens), "worst_usd": usd}

@@ -1,54 +1,56 @@
 """The records an outcome publishes: a response, a usage record, a dead letter.
 
-Every request ends in exactly one outcome. A success is a response and a
-usage record; a failure adds a dead letter with the original record, so ops
-can inspect and replay it. A record so broken that no request_id can be read
-gets only the dead letter.
+Every request ends in exactly one outcome. A success is a response and a usage
+record; a failure adds a dead letter with the original record, so ops can
+inspect and replay it. A record so broken that no request_id can be read gets
+only the dead letter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipeline import messages
 from pipeline.claude import UpstreamResult
-from pipeline.errors import InvalidRequest, RequestError
+from pipeline.errors import InvalidRequest, Reason, RequestError
 from pipeline.partners import DLQ_TOPIC, RESPONSES_PREFIX, USAGE_TOPIC, responses_topic
 from pipeline.pricing import PriceTable
-from pipeline.records import Job, OutMessage, SourceRecord
+from pipeline.records import (
+    ClaudeResponse,
+    DeadLetter,
+    Job,
+    OutMessage,
+    SourceRecord,
+    Status,
+    TokenUsage,
+    UsageRecord,
+)
 from pipeline.schemas import Codec
 from pipeline.security import SIGNATURE_HEADERS
 
-_ZERO_USAGE = {
+_NO_TOKENS = {
     "input_tokens": 0,
     "output_tokens": 0,
     "cache_read_input_tokens": 0,
     "cache_creation_input_tokens": 0,
 }
-_ZERO_RESPONSE_USAGE = {
-    **_ZERO_USAGE,
-    "cache_creation": None,
-    "server_tool_use": None,
-    "service_tier": None,
-}
-_ZERO_USAGE_RECORD = {
-    **_ZERO_USAGE,
-    "cache_creation_5m_input_tokens": 0,
-    "cache_creation_1h_input_tokens": 0,
-    "web_search_requests": 0,
-    "web_fetch_requests": 0,
-    "service_tier": None,
-}
 
 
-def _flat_usage(usage: dict[str, Any]) -> dict[str, Any]:
+def _no_usage() -> TokenUsage:
+    return cast(
+        TokenUsage,
+        {**_NO_TOKENS, "cache_creation": None, "server_tool_use": None, "service_tier": None},
+    )
+
+
+def usage_tokens(usage: TokenUsage) -> dict[str, Any]:
     """A UsageRecord's token fields from a response's TokenUsage."""
-    split = usage.get("cache_creation") or {}
-    server = usage.get("server_tool_use") or {}
+    split = usage["cache_creation"] or {}
+    server = usage["server_tool_use"] or {}
     one_hour = int(split.get("ephemeral_1h_input_tokens", 0))
     return {
         "input_tokens": usage["input_tokens"],
@@ -60,7 +62,7 @@ def _flat_usage(usage: dict[str, Any]) -> dict[str, Any]:
         "cache_creation_1h_input_tokens": one_hour,
         "web_search_requests": int(server.get("web_search_requests", 0)),
         "web_fetch_requests": int(server.get("web_fetch_requests", 0)),
-        "service_tier": usage.get("service_tier"),
+        "service_tier": usage["service_tier"],
     }
 
 
@@ -71,42 +73,27 @@ class Outcome:
     record: SourceRecord
     partner_id: str | None
     request_id: str | None
-    status: str  # ok | error
-    response: dict[str, Any] | None
-    usage: dict[str, Any] | None
-    dead_letter: dict[str, Any] | None
+    status: Status
+    response: ClaudeResponse | None
+    usage: UsageRecord | None
+    dead_letter: DeadLetter | None
 
     @property
-    def reason(self) -> str | None:
-        return None if self.dead_letter is None else str(self.dead_letter["reason"])
+    def reason(self) -> Reason | None:
+        return None if self.dead_letter is None else Reason(self.dead_letter["reason"])
 
     def messages(self, codec: Codec) -> list[OutMessage]:
         out: list[OutMessage] = []
         if self.response is not None and self.partner_id is not None:
             topic = responses_topic(self.partner_id)
-            out.append(
-                OutMessage(
-                    topic,
-                    (self.request_id or "").encode(),
-                    codec.encode("ClaudeResponse", self.response, topic),
-                )
-            )
+            value = codec.encode("ClaudeResponse", self.response, topic)
+            out.append(OutMessage(topic, (self.request_id or "").encode(), value))
         if self.usage is not None:
-            out.append(
-                OutMessage(
-                    USAGE_TOPIC,
-                    (self.partner_id or "").encode(),
-                    codec.encode("UsageRecord", self.usage, USAGE_TOPIC),
-                )
-            )
+            value = codec.encode("UsageRecord", self.usage, USAGE_TOPIC)
+            out.append(OutMessage(USAGE_TOPIC, (self.partner_id or "").encode(), value))
         if self.dead_letter is not None:
-            out.append(
-                OutMessage(
-                    DLQ_TOPIC,
-                    (self.partner_id or "").encode() or None,
-                    codec.encode("DeadLetter", self.dead_letter, DLQ_TOPIC),
-                )
-            )
+            value = codec.encode("DeadLetter", self.dead_letter, DLQ_TOPIC)
+            out.append(OutMessage(DLQ_TOPIC, (self.partner_id or "").encode() or None, value))
         return out
 
 
@@ -133,13 +120,13 @@ class OutcomeBuilder:
             return payload
         return self._seal(partner_id, payload, source_aad(record))
 
-    def _latency_ms(self, created_at_ms: int | None, now_ms: int) -> int:
+    @staticmethod
+    def _latency_ms(created_at_ms: int | None, now_ms: int) -> int:
         return max(0, now_ms - created_at_ms) if created_at_ms else 0
 
     def success(self, job: Job, result: UpstreamResult, queued_ms: int) -> Outcome:
         now_ms = self._wall_ms()
         fields = messages.response_fields(result.message)
-        usage = fields["usage"]
         cost = self._prices.cost(
             result.model,
             result.input_tokens,
@@ -149,25 +136,25 @@ class OutcomeBuilder:
             cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
             web_search_requests=result.web_search_requests,
         )
-        response = {
+        response: ClaudeResponse = {
             "request_id": job.request_id,
             "partner_id": job.partner_id,
-            "status": "ok",
-            **fields,
+            "status": Status.OK.value,
+            **fields,  # type: ignore[typeddict-item]
             "error_type": None,
             "error_message": None,
             "attempts": job.attempts,
-            "latency_ms": self._latency_ms(job.request.get("created_at_ms"), now_ms),
+            "latency_ms": self._latency_ms(job.request["created_at_ms"], now_ms),
             "completed_at_ms": now_ms,
             "upstream_request_id": result.request_id,
         }
-        usage_record = {
+        usage: UsageRecord = {
             "request_id": job.request_id,
             "partner_id": job.partner_id,
             "model": result.model,
-            "status": "ok",
+            "status": Status.OK.value,
             "http_status": result.status,
-            **_flat_usage(usage),
+            **usage_tokens(fields["usage"]),  # type: ignore[typeddict-item]
             "cost_usd": cost,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000),
@@ -176,9 +163,7 @@ class OutcomeBuilder:
             "reason": None,
             "upstream_request_id": result.request_id,
         }
-        return Outcome(
-            job.record, job.partner_id, job.request_id, "ok", response, usage_record, None
-        )
+        return Outcome(job.record, job.partner_id, job.request_id, Status.OK, response, usage, None)
 
     def failure(
         self,
@@ -187,18 +172,21 @@ class OutcomeBuilder:
         *,
         partner_id: str | None,
         request_id: str | None,
-        request: dict[str, Any] | None = None,
+        request: Mapping[str, object] | None = None,
         job: Job | None = None,
         queued_ms: int = 0,
         replay_count: int = 0,
+        respond: bool = True,
     ) -> Outcome:
+        """A failed request's outcome. With `respond=False` (an audit entry for a
+        duplicate), only the dead letter: the original's outcome is the partner's."""
         now_ms = self._wall_ms()
         attempts = job.attempts if job is not None else error.attempts
         model = str(request.get("model", "")) if request else ""
-        dead_letter = {
+        dead_letter: DeadLetter = {
             "partner_id": partner_id,
             "request_id": request_id,
-            "reason": error.reason,
+            "reason": error.reason.value,
             "detail": error.detail,
             "source_topic": record.topic,
             "source_partition": record.partition,
@@ -210,20 +198,23 @@ class OutcomeBuilder:
             "replay_count": job.replay_count if job is not None else replay_count,
             "source_key": record.key,
             "error_type": error.error_type,
+            "payload_bytes": None,
+            "payload_sha256": None,
         }
-        if request_id is None or partner_id is None:
-            return Outcome(record, partner_id, None, "error", None, None, dead_letter)
+        if request_id is None or partner_id is None or not respond:
+            return Outcome(record, partner_id, request_id, Status.ERROR, None, None, dead_letter)
         created = request.get("created_at_ms") if request else None
-        response = {
+        created = created if isinstance(created, int) else None
+        response: ClaudeResponse = {
             "request_id": request_id,
             "partner_id": partner_id,
-            "status": "error",
+            "status": Status.ERROR.value,
             "model": model or None,
             "content": None,
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": dict(_ZERO_RESPONSE_USAGE),
-            "error_type": error.reason,
+            "usage": _no_usage(),
+            "error_type": error.reason.value,
             "error_message": error.detail,
             "attempts": attempts,
             "latency_ms": self._latency_ms(created, now_ms),
@@ -233,22 +224,27 @@ class OutcomeBuilder:
             "blocks": None,
             "extra_json": None,
         }
-        usage = {
+        usage: UsageRecord = {
             "request_id": request_id,
             "partner_id": partner_id,
             "model": model,
-            "status": "error",
-            "http_status": job.last_status if job is not None else None,
-            **_ZERO_USAGE_RECORD,
+            "status": Status.ERROR.value,
+            "http_status": job.progress.last_status if job is not None else None,
+            **_NO_TOKENS,  # type: ignore[typeddict-item]
+            "cache_creation_5m_input_tokens": 0,
+            "cache_creation_1h_input_tokens": 0,
+            "web_search_requests": 0,
+            "web_fetch_requests": 0,
+            "service_tier": None,
             "cost_usd": 0.0,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000) if job is not None else 0,
             "attempts": attempts,
             "ts_ms": now_ms,
-            "reason": error.reason,
+            "reason": error.reason.value,
             "upstream_request_id": None,
         }
-        return Outcome(record, partner_id, request_id, "error", response, usage, dead_letter)
+        return Outcome(record, partner_id, request_id, Status.ERROR, response, usage, dead_letter)
 
 
 #: What a served request's usage record keeps when its response cannot be published.
@@ -278,7 +274,7 @@ def record_size(message: OutMessage) -> int:
     )
 
 
-def withhold_payload(dead_letter: dict[str, Any], limit: int) -> dict[str, Any]:
+def withhold_payload(dead_letter: DeadLetter, limit: int) -> DeadLetter:
     """A dead letter without its payload, saying what was withheld and how to recognise it."""
     payload = bytes(dead_letter["payload"])
     digest = hashlib.sha256(payload).hexdigest()
@@ -286,7 +282,13 @@ def withhold_payload(dead_letter: dict[str, Any], limit: int) -> dict[str, Any]:
         f" [payload of {len(payload)} bytes withheld: the dead letter would exceed the "
         f"{limit}-byte record limit; sha256 {digest}]"
     )
-    return {**dead_letter, "payload": b"", "detail": dead_letter["detail"] + note}
+    return {
+        **dead_letter,
+        "payload": b"",
+        "detail": dead_letter["detail"] + note,
+        "payload_bytes": len(payload),
+        "payload_sha256": digest,
+    }
 
 
 def fit(
@@ -297,14 +299,14 @@ def fit(
 
     A response too large to publish fails its request (`invalid_request`: lower
     max_tokens) while its usage record keeps what Claude billed; a dead letter too
-    large withholds its payload (its size and SHA-256 stay in `detail`).
+    large withholds its payload (its size and SHA-256 stay in it).
     """
-    messages = outcome.messages(codec)
-    too_big = [m for m in messages if record_size(m) > limit]
+    messages_ = outcome.messages(codec)
+    too_big = [m for m in messages_ if record_size(m) > limit]
     if not too_big:
-        return outcome, messages
+        return outcome, messages_
     response = next((m for m in too_big if m.topic.startswith(RESPONSES_PREFIX)), None)
-    if response is not None and outcome.status == "ok" and outcome.usage is not None:
+    if response is not None and outcome.status is Status.OK and outcome.usage is not None:
         failed = builder.failure(
             outcome.record,
             InvalidRequest(
@@ -315,17 +317,17 @@ def fit(
             request_id=outcome.request_id,
             request=job.request if job is not None else None,
             job=job,
-            queued_ms=int(outcome.usage["queued_ms"]),
+            queued_ms=outcome.usage["queued_ms"],
         )
         assert failed.usage is not None  # noqa: S101 (a failure with an id has usage)
         # Claude answered and billed it: the usage record says so.
-        billed = {k: outcome.usage[k] for k in _BILLED}
-        outcome = dataclasses.replace(failed, usage={**failed.usage, **billed})
-        messages = outcome.messages(codec)
-    dead = next((m for m in messages if m.topic == DLQ_TOPIC), None)
+        billed = {k: outcome.usage[k] for k in _BILLED}  # type: ignore[literal-required]
+        outcome = dataclasses.replace(failed, usage=cast(UsageRecord, {**failed.usage, **billed}))
+        messages_ = outcome.messages(codec)
+    dead = next((m for m in messages_ if m.topic == DLQ_TOPIC), None)
     if dead is not None and record_size(dead) > limit and outcome.dead_letter is not None:
         outcome = dataclasses.replace(
             outcome, dead_letter=withhold_payload(outcome.dead_letter, limit)
         )
-        messages = outcome.messages(codec)
-    return outcome, messages
+        messages_ = outcome.messages(codec)
+    return outcome, messages_

@@ -87,6 +87,10 @@ class Partner:
         except SecretError as exc:
             raise ConfigError(f"partner {self.partner_id}: {exc}") from None
 
+    @property
+    def has_budget(self) -> bool:
+        return self.daily_token_budget is not None or self.monthly_budget_usd is not None
+
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
 

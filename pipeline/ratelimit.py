@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from aiolimiter import AsyncLimiter
 
@@ -248,10 +249,41 @@ class _PartnerBuckets:
     tpm: Bucket | None
 
 
+class Throttle(StrEnum):
+    """What holds a request back (the `partner throttled` log line's `reason`)."""
+
+    PARTNER_RPM = "partner_rpm"
+    PARTNER_TPM = "partner_tpm"
+    BUDGET_PENDING = "budget_pending"  # requests in flight may still fit the budget
+    KEY_REQUESTS = "key_requests"
+    KEY_INPUT_TOKENS = "key_input_tokens"
+    KEY_OUTPUT_TOKENS = "key_output_tokens"
+    PAUSED = "paused"  # a 429 paused the key
+    PROBING = "probing"  # one request learns the key's limits first
+
+    @property
+    def scope(self) -> str:
+        """Whose limit it is, for a person reading the log."""
+        if self in (Throttle.PARTNER_RPM, Throttle.PARTNER_TPM):
+            return "its own limit"
+        if self is Throttle.BUDGET_PENDING:
+            return "its budget"
+        if self is Throttle.PAUSED:
+            return "a 429 pause"
+        return "the upstream key's limit"
+
+
+_KEY_THROTTLE = {
+    "requests": Throttle.KEY_REQUESTS,
+    "input_tokens": Throttle.KEY_INPUT_TOKENS,
+    "output_tokens": Throttle.KEY_OUTPUT_TOKENS,
+}
+
+
 @dataclass(frozen=True)
 class Verdict:
     wait_s: float
-    reason: str | None = None  # why not now: partner_rpm, partner_tpm, key_*, paused, probing
+    reason: Throttle | None = None
 
     @property
     def go(self) -> bool:
@@ -321,9 +353,9 @@ class Limiter:
         """The partner's own limits (RPM, TPM)."""
         buckets = self._partner(partner)
         if buckets.rpm is not None and (w := buckets.rpm.wait_time(1)) > 0:
-            return Verdict(w, "partner_rpm")
+            return Verdict(w, Throttle.PARTNER_RPM)
         if buckets.tpm is not None and (w := buckets.tpm.wait_time(cost.tokens)) > 0:
-            return Verdict(w, "partner_tpm")
+            return Verdict(w, Throttle.PARTNER_TPM)
         return GO
 
     def key_wait(self, kid: str, cost: Cost, headroom: bool = False) -> Verdict:
@@ -337,16 +369,16 @@ class Limiter:
         state = self.key(kid)
         now = self.clock()
         if state.paused_until > now:
-            return Verdict(state.paused_until - now, "paused")
+            return Verdict(state.paused_until - now, Throttle.PAUSED)
         if not state.probed and state.in_flight >= 1:
-            return Verdict(0.05, "probing")
+            return Verdict(0.05, Throttle.PROBING)
         worst = GO
         for name, res in state.resources.items():
             if res.view is None:
                 continue
             w = res.view.wait_time(cost.of(name), reserve=res.reserve(headroom))
             if w > worst.wait_s:
-                worst = Verdict(w, f"key_{name}")
+                worst = Verdict(w, _KEY_THROTTLE[name])
         return worst
 
     def consume(self, partner: Partner, kid: str, cost: Cost) -> int:

@@ -15,10 +15,11 @@ cannot bank a burst.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
@@ -292,3 +293,38 @@ class KeyedFairQueue(Generic[K, P, T]):
             if not len(drr) and key in self._keys:
                 self._keys.remove(key)
         return removed
+
+
+class OutputEstimate:
+    """A request's cost for fair sharing: its input plus the output its partner's
+    requests really produce (learned from their usage), not the worst case.
+
+    Partners that ask for max_tokens 4,096 and use 200 are not charged a share for
+    the 3,896 they never use.
+    """
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self._smoothing = smoothing
+        self._ratio: dict[str, float] = {}
+
+    def cost(self, partner_id: str, admitted: HasCost) -> int:
+        ratio = self._ratio.get(partner_id, 1.0)
+        return admitted.est_input_tokens + max(1, math.ceil(admitted.max_tokens * ratio))
+
+    def learn(self, partner_id: str, max_tokens: int, result: HasOutput) -> None:
+        observed = min(1.0, result.output_tokens / max(1, max_tokens))
+        previous = self._ratio.get(partner_id, 1.0)
+        self._ratio[partner_id] = (1 - self._smoothing) * previous + self._smoothing * observed
+
+
+class HasCost(Protocol):
+    @property
+    def est_input_tokens(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+
+class HasOutput(Protocol):
+    @property
+    def output_tokens(self) -> int: ...

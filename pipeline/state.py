@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Protocol
 
 from pipeline.partners import Partner
@@ -208,13 +208,19 @@ class Reservation:
     month: str
 
 
+class BudgetState(StrEnum):
+    GO = "go"
+    WAIT = "wait"  # requests in flight may still fit it
+    EXCEEDED = "exceeded"
+
+
 @dataclass(frozen=True)
 class BudgetVerdict:
-    state: str  # go | wait | exceeded
+    state: BudgetState
     detail: str = ""
 
 
-BUDGET_GO = BudgetVerdict("go")
+BUDGET_GO = BudgetVerdict(BudgetState.GO)
 
 
 def periods(now: float) -> tuple[str, str]:
@@ -280,12 +286,12 @@ class BudgetLedger:
                 )
                 used = f"{spent:,.0f} tokens" if budget.kind == "tokens" else f"${spent:,.4f}"
                 return BudgetVerdict(
-                    "exceeded",
+                    BudgetState.EXCEEDED,
                     f"{what} reached: {used} spent, this request may need "
                     + (f"{need:,.0f} tokens" if budget.kind == "tokens" else f"${need:,.4f}"),
                 )
             if spent + reserved + need > limit:
-                return BudgetVerdict("wait", "requests in flight may still fit it")
+                return BudgetVerdict(BudgetState.WAIT, "requests in flight may still fit it")
         return BUDGET_GO
 
     def reserve(self, partner: Partner, partition: int, tokens: float, usd: float) -> Reservation:

@@ -18,11 +18,12 @@ from pipeline import eventloop
 from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
-from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
+from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import SecretError
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
+from pipeline.keys import ApiKeys
 from pipeline.logs import Redactor, setup_logging
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
@@ -78,9 +79,9 @@ class WorkerRuntime(Service):
             on_assigned=self._on_assigned,
         )
         self.app = self.wiring.app
-        self.dispatcher = Dispatcher(
+        stages = assemble(
             registry=registry,
-            intake=Intake(registry, codec, secrets, settings.signature_max_age_s),
+            intake=Intake(registry, codec, secrets, settings.signature_max_age_s, prices=prices),
             claude=self.claude,
             keys=ApiKeys(secrets, settings.anthropic_api_key),
             codec=codec,
@@ -100,6 +101,14 @@ class WorkerRuntime(Service):
             guard=ReplayGuard(FaustStore(self.wiring.seen), settings.signature_max_age_s),
             ledger=BudgetLedger(FaustStore(self.wiring.spend), owned_fraction=self._owned_fraction),
             prices=prices,
+        )
+        self.dispatcher = Dispatcher(
+            stages,
+            DispatchConfig(
+                max_in_flight=settings.max_in_flight,
+                max_queued_per_partner=settings.max_queued_per_partner,
+                max_record_bytes=settings.max_record_bytes,
+            ),
             on_fatal=self._fatal,
         )
         self.follower = PartnerFollower(settings, codec, registry, on_error=self._fatal)
@@ -133,7 +142,7 @@ class WorkerRuntime(Service):
     def _on_assigned(self) -> None:
         self._owned = self.wiring.owned_partitions()
         self.wiring.tune_fetch_wait(self.settings.timings.fetch_max_wait_ms)
-        self.dispatcher.resume_all()
+        self.dispatcher.on_partitions_assigned()
         workers = self.wiring.workers_consuming()
         self.limiter.set_share(1.0 / max(1, workers))
         log.info("partitions assigned", extra={"workers": workers, "key_share": self.limiter.share})

@@ -371,9 +371,9 @@ async def test_our_client_classifies_status_errors_with_retry_after(
     finally:
         await ours.close()
     assert (info.value.status, info.value.error_type) == (429, "rate_limit_error")
-    assert info.value.is_retriable
+    assert info.value.retriable
     assert info.value.retry_after == 60
-    assert (unknown.value.status, unknown.value.is_retriable) == (404, False)
+    assert (unknown.value.status, unknown.value.retriable) == (404, False)
 
 
 @pytest.mark.parametrize("name", ["tools_auto", "parallel_tool_calls", "thinking", "tools_tool"])

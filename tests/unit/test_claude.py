@@ -28,7 +28,7 @@ def _status_error(status: int, headers: dict[str, str] | None = None) -> anthrop
 )  # fmt: skip
 def test_status_errors(status: int, retriable: bool, error_class: str) -> None:
     err = classify(_status_error(status, {"retry-after": "7"}))
-    assert (err.status, err.is_retriable, err.error_class) == (status, retriable, error_class)
+    assert (err.status, err.retriable, err.error_class) == (status, retriable, error_class)
     assert err.retry_after == 7.0
     assert err.error_type == "some_error"
 
@@ -36,7 +36,7 @@ def test_status_errors(status: int, retriable: bool, error_class: str) -> None:
 def test_transport_errors() -> None:
     assert classify(anthropic.APITimeoutError(REQ)).error_class == "timeout"
     conn = classify(anthropic.APIConnectionError(request=REQ))
-    assert (conn.error_class, conn.is_retriable) == ("connection", True)
+    assert (conn.error_class, conn.retriable) == ("connection", True)
 
 
 def test_retry_after_parsing() -> None:
@@ -84,5 +84,5 @@ def test_a_body_that_is_no_message_is_a_retriable_upstream_error(body: object) -
 
     with pytest.raises(UpstreamError) as info:
         to_result(body, {})  # type: ignore[arg-type]
-    assert info.value.is_retriable
+    assert info.value.retriable
     assert info.value.status == 502

@@ -15,9 +15,10 @@ import pytest
 
 from pipeline.claude import UpstreamResult, to_result
 from pipeline.client import build_request
-from pipeline.dispatch import ApiKeys, DispatchConfig, Dispatcher
+from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import UpstreamError
 from pipeline.intake import Intake
+from pipeline.keys import ApiKeys
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
 from pipeline.partners import Partner, Registry
@@ -103,9 +104,11 @@ class Harness:
         self.publisher = FakePublisher()
         self.acked: list[int] = []
         self._ack_event = asyncio.Event()
-        self.dispatcher = Dispatcher(
+        config = DispatchConfig(publish_attempts=2, **dispatch)
+        self.intake = Intake(self.registry, CODEC, resolver, 300.0)
+        stages = assemble(
             registry=self.registry,
-            intake=Intake(self.registry, CODEC, resolver, 300.0),
+            intake=self.intake,
             claude=claude,
             keys=ApiKeys(resolver, "sk-default"),
             codec=CODEC,
@@ -113,7 +116,7 @@ class Harness:
             publisher=self.publisher,
             metrics=Metrics(),
             policy=RetryPolicy(max_attempts, 0.001, 0.01),
-            config=DispatchConfig(publish_attempts=2, **dispatch),
+            config=config,
             flow=flow,
             # known (huge) limits: no probing one request at a time
             limiter=Limiter(upstream={"requests": 10**6}),
@@ -121,6 +124,7 @@ class Harness:
             ledger=BudgetLedger(self.store),
             rng=lambda: 1.0,
         )
+        self.dispatcher = Dispatcher(stages, config)
         self.offset = 0
 
     def record(self, prompt: str, request_id: str | None = None, **kw: Any) -> SourceRecord:
@@ -325,10 +329,8 @@ async def test_a_budget_is_never_overrun_by_concurrent_requests() -> None:
     # worst case of one request: (3 + 3 + 4 + 4 bytes of "b NN" ... ) at Haiku prices;
     # the budget fits exactly 50 of them
     probe = Harness(FakeClaude())
-    job_tokens, worst_usd = probe.dispatcher._worst_case(
-        probe.dispatcher._intake.admit(probe.record("b 00", max_tokens=100))
-    )
-    budget = worst_usd * 50
+    admitted = probe.intake.admit(probe.record("b 00", max_tokens=100))
+    job_tokens, budget = admitted.worst_tokens, admitted.worst_usd * 50
     claude = FakeClaude()
     claude.gate = asyncio.Event()
     partner = Partner("acme", "env:S", monthly_budget_usd=budget)
@@ -360,7 +362,7 @@ async def test_the_served_line_says_where_the_time_went(
 
     produced_ms = int(time.time() * 1000) - 250  # the record waited 250 ms before intake
     record = dataclasses.replace(harness.record("hello"), timestamp_ms=produced_ms)
-    with caplog.at_level("INFO", logger="pipeline.dispatch"):
+    with caplog.at_level("INFO", logger="pipeline.completion"):
         await harness.send(record)
         await harness.settle(1)
     (served,) = [r for r in caplog.records if r.getMessage() == "served"]

@@ -52,7 +52,7 @@ def test_admits_a_good_record() -> None:
     job = _intake().admit(_record(_value(max_tokens=100)))
     assert (job.partner_id, job.request_id, job.replay_count) == ("acme", "r1", 0)
     assert job.est_input_tokens == 3 + 4 + 2
-    assert job.estimated_tokens == 9 + 100
+    assert job.cost.tokens == 9 + 100  # what the limits are charged: input + max_tokens
 
 
 def test_unknown_partner() -> None:

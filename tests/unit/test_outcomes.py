@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.claude import to_result
 from pipeline.client import build_request
 from pipeline.errors import AuthFailed
@@ -9,7 +11,7 @@ from pipeline.messages import fields_to_params
 from pipeline.outcomes import OutcomeBuilder, fit, record_size
 from pipeline.partners import DLQ_TOPIC, Partner
 from pipeline.pricing import PriceTable
-from pipeline.records import Job, SourceRecord
+from pipeline.records import Admitted, Job, SourceRecord
 from pipeline.schemas import Codec
 
 CODEC = Codec()
@@ -18,10 +20,13 @@ LIMIT = 4_096
 
 
 def _job(value: bytes = b"x") -> Job:
-    request = build_request("acme", "hello", request_id="r1")
+    request: Any = build_request("acme", "hello", request_id="r1")
     record = SourceRecord("claude.requests.acme", 0, 7, b"r1", value, [])
     partner = Partner("acme", "env:ACME_SECRET")
-    return Job(record, partner, request, fields_to_params(request), 0, 0.0, 5, attempts=1)
+    admitted = Admitted(record, partner, request, fields_to_params(request), 0, 0.0, 5)
+    job = Job(admitted)
+    job.progress.attempts = 1
+    return job
 
 
 def _served(text: str) -> tuple[Job, object]:
@@ -47,7 +52,7 @@ def test_a_response_too_large_fails_the_request_but_keeps_what_was_billed() -> N
     assert fitted.status == "error"
     assert fitted.reason == "invalid_request"
     assert fitted.response is not None
-    assert "lower max_tokens" in fitted.response["error_message"]
+    assert "lower max_tokens" in str(fitted.response["error_message"])
     assert fitted.usage is not None
     assert fitted.usage["status"] == "error"
     assert fitted.usage["output_tokens"] == 2_000  # Claude billed it: the bill says so

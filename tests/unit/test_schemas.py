@@ -35,6 +35,7 @@ def test_contract_fields_are_present() -> None:
     assert reasons == [
         "schema_error", "auth_failed", "unknown_partner", "partner_disabled", "quota_exceeded",
         "invalid_request", "upstream_rejected", "upstream_exhausted", "deadline_expired",
+        "duplicate", "internal_error",
     ]  # fmt: skip
 
 
@@ -55,7 +56,7 @@ def test_round_trip_of_every_record() -> None:
         "partner_id": None, "request_id": None, "reason": "schema_error", "detail": "x",
         "source_topic": "t", "source_partition": 1, "source_offset": 2, "payload": b"\x00\xff",
         "headers": {"x-signature": b"ab"}, "attempts": 0, "failed_at_ms": 5, "replay_count": 0,
-        "source_key": None, "error_type": None,
+        "source_key": None, "error_type": None, "payload_bytes": None, "payload_sha256": None,
     }  # fmt: skip
     assert codec.decode("DeadLetter", codec.encode("DeadLetter", dead)) == dead
 

@@ -1,0 +1,216 @@
+"""The end of a request, owned by one object: publish its outcome, make what it
+changed durable, then acknowledge every delivery of its record.
+
+In this order, because Kafka commits an offset once its record is acked: a crash
+before the ack repeats the work (at least once), never loses it. The request's
+"done" marker travels with the outcome, so a redelivery after a crash between
+the two is the only way work is repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from pipeline.metrics import Metrics
+from pipeline.outcomes import Outcome, OutcomeBuilder, fit
+from pipeline.records import AckFn, Job, OutMessage, SourceRecord
+from pipeline.schemas import Codec
+from pipeline.state import ReplayGuard, wait_all
+
+log = logging.getLogger("pipeline.completion")
+
+#: How many finished record positions to remember for redelivery detection.
+DONE_MEMORY = 100_000
+
+Position = tuple[str, int, int]
+
+
+class FatalError(Exception):
+    """The worker cannot go on (e.g. the broker refuses our outputs): stop loudly."""
+
+
+class Publisher(Protocol):
+    async def publish(self, messages: list[OutMessage]) -> None:
+        """Return once the broker has acknowledged every message; raise otherwise."""
+
+
+class Arrival(Enum):
+    NEW = "new"
+    IN_FLIGHT = "in_flight"  # a redelivery of a record still being handled
+    DONE = "done"  # redelivered after it finished, before the commit caught up
+
+
+class Deliveries:
+    """Every delivery of each record still being handled, and positions just finished.
+
+    Kafka may deliver a record again (a rebalance, a seek): every delivery must be
+    acked, but only one may be worked on.
+    """
+
+    def __init__(self, memory: int = DONE_MEMORY) -> None:
+        self._inflight: dict[Position, list[AckFn]] = {}
+        self._done: OrderedDict[Position, None] = OrderedDict()
+        self._memory = memory
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    def arrive(self, position: Position, ack: AckFn) -> Arrival:
+        waiting = self._inflight.get(position)
+        if waiting is not None:
+            waiting.append(ack)
+            return Arrival.IN_FLIGHT
+        if position in self._done:
+            return Arrival.DONE
+        self._inflight[position] = [ack]
+        return Arrival.NEW
+
+    def forget(self, position: Position) -> None:
+        """Give up a record without acking it: whoever consumes it next serves it."""
+        self._inflight.pop(position, None)
+
+    def finish(self, position: Position) -> list[AckFn]:
+        """The record is done: every delivery's ack, to call now."""
+        self._done[position] = None
+        if len(self._done) > self._memory:
+            self._done.popitem(last=False)
+        return self._inflight.pop(position, [])
+
+
+def record_fields(record: SourceRecord) -> dict[str, object]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+class Reporter:
+    """Metrics and one log line per outcome: `served`, or `dead-lettered` with its reason."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self._mono = mono
+        self._wall = wall
+
+    def report(self, outcome: Outcome, job: Job | None) -> None:
+        partner = outcome.partner_id or "unknown"
+        m = self._metrics
+        fields: dict[str, object] = {
+            **record_fields(outcome.record),
+            "partner": outcome.partner_id,
+            "request_id": outcome.request_id,
+            "status": outcome.status.value,
+        }
+        if outcome.response is not None:
+            m.requests.labels(partner, outcome.status.value).inc()
+            latency = outcome.response["latency_ms"]
+            m.request_duration.labels(partner).observe(latency / 1000)
+            fields["latency_ms"] = latency
+            fields["attempt"] = outcome.response["attempts"]
+        if outcome.usage is not None:
+            u = outcome.usage
+            for kind, count in (
+                ("input", u["input_tokens"]),
+                ("output", u["output_tokens"]),
+                ("cache_read", u["cache_read_input_tokens"]),
+                ("cache_write", u["cache_creation_input_tokens"]),
+            ):
+                if count:
+                    m.tokens.labels(partner, kind).inc(count)
+            if u["cost_usd"]:
+                m.cost.labels(partner).inc(u["cost_usd"])
+        if job is not None:
+            # Where the time went: record timestamp to intake (produce, broker,
+            # fetch), intake to first dispatch, and calls to Claude.
+            received_ms = (self._wall() - (self._mono() - job.admitted.received_mono)) * 1000
+            if job.record.timestamp_ms:
+                fields["intake_lag_ms"] = int(received_ms - job.record.timestamp_ms)
+            fields["queued_ms"] = job.queued_ms
+            fields["upstream_ms"] = int(job.upstream_s * 1000)
+        if outcome.dead_letter is not None:
+            reason = outcome.dead_letter["reason"]
+            m.dlq.labels(partner, reason).inc()
+            fields["reason"] = reason
+            fields["detail"] = outcome.dead_letter["detail"]
+            log.warning("dead-lettered", extra=fields)
+        else:
+            log.info("served", extra=fields)
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    publish_attempts: int = 5
+    max_record_bytes: int = 32 * 1024 * 1024
+
+
+class Completion:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        codec: Codec,
+        builder: OutcomeBuilder,
+        deliveries: Deliveries,
+        reporter: Reporter,
+        guard: ReplayGuard | None,
+        config: CompletionConfig,
+    ) -> None:
+        self._publisher = publisher
+        self._codec = codec
+        self._builder = builder
+        self._deliveries = deliveries
+        self._reporter = reporter
+        self._guard = guard
+        self._config = config
+
+    async def finish(self, outcome: Outcome, job: Job | None = None) -> None:
+        """1. the outcome's records, each within the record limit; 2. the done marker
+        with them; 3. publish (acknowledged by the broker); 4. wait until what the
+        request changed is durable; 5. report; 6. ack every delivery."""
+        record = outcome.record
+        outcome, messages = fit(
+            self._builder, outcome, job, self._codec, self._config.max_record_bytes
+        )
+        durable = job.progress.durable if job is not None else []
+        if job is not None and self._guard is not None:
+            durable.append(
+                self._guard.end(job.partner_id, job.request_id, record.position, job.replay_count)
+            )
+        await self._publish(messages, record)
+        await wait_all(durable)
+        durable.clear()
+        self._reporter.report(outcome, job)
+        for ack in self._deliveries.finish(record.position):
+            await ack()
+
+    async def acknowledge(self, record: SourceRecord) -> None:
+        """A record that needs no outcome of its own (its request is already done)."""
+        for ack in self._deliveries.finish(record.position):
+            await ack()
+
+    async def _publish(self, messages: list[OutMessage], record: SourceRecord) -> None:
+        attempts = self._config.publish_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._publisher.publish(messages)
+            except Exception as exc:  # the broker's answer, whatever its type
+                if attempt == attempts:
+                    raise FatalError(
+                        f"cannot publish outcomes after {attempt} attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "publish failed, retrying",
+                    extra={**record_fields(record), "attempt": attempt, "error": str(exc)},
+                )
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+            else:
+                return
