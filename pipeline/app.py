@@ -18,7 +18,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from pipeline import faustconsumer
+from pipeline import faustadapter
 from pipeline.config import Settings
 from pipeline.partners import REQUESTS_PREFIX
 from pipeline.records import AckFn, OutMessage, SourceRecord
@@ -47,19 +47,9 @@ class PipelineApp:
     def request_topics(self) -> list[str]:
         return list(self.requests.topics)
 
-    def tune_fetch_wait(self, ms: int) -> bool:
-        """Set the consumer's fetch wait, which Faust hard-codes to 1,500 ms.
-
-        Reaches into Faust's consumer thread (no public knob); False if the
-        structure is not what this Faust version has, and nothing changes.
-        """
-        try:
-            consumer = cast(Any, self.app.consumer)._thread._ensure_consumer()
-            consumer._fetcher._fetch_max_wait_ms = ms
-        except Exception:  # another Faust/aiokafka layout: keep their default
-            log.warning("cannot tune the consumer's fetch wait", exc_info=True)
-            return False
-        return True
+    def tune_fetch_wait(self, ms: int) -> None:
+        """Set the consumer's fetch wait, which Faust hard-codes to 1,500 ms."""
+        faustadapter.set_fetch_wait(self.app, ms)
 
     def owned_partitions(self) -> dict[str, int]:
         """How many partitions of each request topic this worker consumes."""
@@ -74,15 +64,8 @@ class PipelineApp:
         return counts
 
     def workers_consuming(self) -> int:
-        """Members of the group that own request partitions (from Faust's assignor,
-        which shares every member's assignment with every member)."""
-        distribution = cast(Any, self.app.assignor).external_topic_distribution
-        owners = {
-            url
-            for url, topics in distribution.items()
-            if any(t.startswith(REQUESTS_PREFIX) and parts for t, parts in topics.items())
-        }
-        return max(1, len(owners))
+        """Members of the group that own request partitions."""
+        return faustadapter.members_consuming(self.app, REQUESTS_PREFIX)
 
     def set_request_topics(self, topics: Iterable[str]) -> bool:
         """Subscribe the running agent to `topics`; True if anything changed."""
@@ -108,6 +91,7 @@ def create_app(
     on_revoked: RevokedHook | None = None,
     on_assigned: AssignedHook | None = None,
 ) -> PipelineApp:
+    faustadapter.check()  # the Faust we rely on, or stop now, saying what is missing
     t = settings.timings
     credentials: Any = None
     if settings.sasl_mechanism:
@@ -151,11 +135,13 @@ def create_app(
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
     )
-    # Before anything creates Faust's consumer (see faustconsumer.py for why).
-    faustconsumer.install(app, settings.aiokafka_config())
-    # Faust waits 45 s to coalesce subscription changes; a new partner should
-    # not wait that long. (A private knob: the conductor has no public one.)
-    cast(Any, app.topics)._resubscribe_sleep_lock_seconds = t.resubscribe_delay_s
+    # Before anything creates Faust's consumer (see faustadapter.py for why).
+    faustadapter.install(
+        app,
+        settings.aiokafka_config(),
+        verify_end_offsets=settings.broker_profile.verify_end_offsets,
+    )
+    faustadapter.set_resubscribe_delay(app, t.resubscribe_delay_s)
     channel = RequestTopics(
         app,
         topics=sorted(set(request_topics)),

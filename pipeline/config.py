@@ -17,6 +17,32 @@ from pipeline import eventloop
 from pipeline.errors import ConfigError
 
 PROFILES = ("production", "dev")
+BROKERS = ("kafka", "embedded")
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    """What the broker needs worked around. Real Kafka (and Confluent Cloud, MSK,
+    Redpanda) needs nothing; the embedded broker (Tansu) needs three things,
+    each measured here (see README, "The embedded broker and its limits")."""
+
+    #: ListOffsets(latest) may answer short: check end offsets with a fetch.
+    verify_end_offsets: bool
+    #: Producers may use idempotence (Tansu lacks InitProducerId).
+    idempotent_producers: bool
+    #: How long a fetch may wait for data. Kafka answers a waiting fetch as soon as
+    #: data arrives; Tansu waits the whole time (measured: 722 ms of Faust's 1,500).
+    fetch_max_wait_ms: int
+
+
+BROKER_PROFILES = {
+    "kafka": BrokerProfile(
+        verify_end_offsets=False, idempotent_producers=True, fetch_max_wait_ms=500
+    ),
+    "embedded": BrokerProfile(
+        verify_end_offsets=True, idempotent_producers=False, fetch_max_wait_ms=10
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,8 @@ class Settings:
     metrics_port: int = 9464
     schema_registry_url: str | None = None
     profile: str = "production"
+    #: "kafka" or "embedded" (Tansu); None: embedded with the dev profile, else kafka.
+    broker: str | None = None
     group_id: str = "claude-pipeline"
     # Kafka client security, for Confluent Cloud, MSK and friends.
     security_protocol: str = "PLAINTEXT"
@@ -90,6 +118,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"PIPELINE_PROFILE must be one of {', '.join(PROFILES)}")
+        if self.broker is not None and self.broker not in BROKERS:
+            raise ConfigError(f"PIPELINE_BROKER must be one of {', '.join(BROKERS)}")
         if self.max_record_bytes < 1024:
             raise ConfigError("PIPELINE_MAX_RECORD_BYTES must be at least 1024")
         for name in ("max_in_flight", "max_queued_per_partner", "max_attempts"):
@@ -105,6 +135,11 @@ class Settings:
             "input_tokens": self.upstream_itpm,
             "output_tokens": self.upstream_otpm,
         }
+
+    @property
+    def broker_profile(self) -> BrokerProfile:
+        broker = self.broker or ("embedded" if self.profile == "dev" else "kafka")
+        return BROKER_PROFILES[broker]
 
     @property
     def max_message_bytes(self) -> int:
@@ -190,6 +225,7 @@ class Settings:
             metrics_port=number("PIPELINE_METRICS_PORT", int, d.metrics_port),
             schema_registry_url=text("SCHEMA_REGISTRY_URL"),
             profile=text("PIPELINE_PROFILE") or d.profile,
+            broker=text("PIPELINE_BROKER"),
             group_id=text("PIPELINE_GROUP_ID") or d.group_id,
             security_protocol=text("KAFKA_SECURITY_PROTOCOL") or d.security_protocol,
             sasl_mechanism=text("KAFKA_SASL_MECHANISM"),

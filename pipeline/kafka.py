@@ -132,7 +132,7 @@ class SyncProducer:
             "acks": "all",
             "linger.ms": 5,
             "message.max.bytes": settings.max_message_bytes,
-            "enable.idempotence": "false",  # Tansu does not implement InitProducerId
+            "enable.idempotence": str(settings.broker_profile.idempotent_producers).lower(),
         }
         conf.update(overrides)
         self._producer = Producer(conf)

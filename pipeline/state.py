@@ -65,35 +65,6 @@ class MemoryStore:
         return list(self.data.items())
 
 
-class FaustStore:
-    """A Store over a Faust table: local data plus an explicit changelog partition.
-
-    (Faust's own `table[key] = value` must run inside the agent's stream, which
-    our requests leave long before they finish.)
-    """
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-
-    def get(self, key: str) -> Any:
-        return self._table.data.get(key)
-
-    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any]:
-        self._table.data[key] = value
-        future: Awaitable[Any] = self._table.send_changelog(partition, key, value)
-        return future
-
-    def put_local(self, key: str, value: Any) -> None:
-        self._table.data[key] = value
-
-    def delete(self, partition: int, key: str) -> None:
-        if self._table.data.pop(key, None) is not None:
-            self._table.send_changelog(partition, key, None, value_serializer="raw")
-
-    def items(self) -> Iterable[tuple[str, Any]]:
-        return list(self._table.data.items())
-
-
 # -- replay protection -------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
-from pipeline.errors import SecretError
+from pipeline.errors import AdapterError, SecretError
+from pipeline.faustadapter import TableStore
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
@@ -41,7 +42,7 @@ from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec, ConfluentRegistry
 from pipeline.security import SecretResolver, seal_payload
-from pipeline.state import BudgetLedger, FaustStore, ReplayGuard
+from pipeline.state import BudgetLedger, ReplayGuard
 
 log = logging.getLogger("pipeline.worker")
 
@@ -98,8 +99,8 @@ class WorkerRuntime(Service):
             ),
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,
-            guard=ReplayGuard(FaustStore(self.wiring.seen), settings.signature_max_age_s),
-            ledger=BudgetLedger(FaustStore(self.wiring.spend), owned_fraction=self._owned_fraction),
+            guard=ReplayGuard(TableStore(self.wiring.seen), settings.signature_max_age_s),
+            ledger=BudgetLedger(TableStore(self.wiring.spend), owned_fraction=self._owned_fraction),
             prices=prices,
         )
         self.dispatcher = Dispatcher(
@@ -141,7 +142,11 @@ class WorkerRuntime(Service):
 
     def _on_assigned(self) -> None:
         self._owned = self.wiring.owned_partitions()
-        self.wiring.tune_fetch_wait(self.settings.timings.fetch_max_wait_ms)
+        try:
+            self.wiring.tune_fetch_wait(self.settings.broker_profile.fetch_max_wait_ms)
+        except AdapterError as exc:
+            self._fatal(exc)
+            return
         self.dispatcher.on_partitions_assigned()
         workers = self.wiring.workers_consuming()
         self.limiter.set_share(1.0 / max(1, workers))

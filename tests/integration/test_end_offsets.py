@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
-from pipeline.faustconsumer import verified_end_offsets
+from pipeline.faustadapter import verified_end_offsets
 from pipeline.kafka import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration

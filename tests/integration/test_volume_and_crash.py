@@ -103,7 +103,7 @@ def test_a_crashed_worker_loses_nothing(stack: Stack) -> None:
 def test_requests_sent_while_workers_restart_are_each_served_once(stack: Stack) -> None:
     # Each new worker joins, recovers its tables and seeks its partitions while
     # requests keep arriving: the moments a record could fall between Faust's
-    # seek and its resumed stream (see pipeline/faustconsumer.py).
+    # seek and its resumed stream (see pipeline/faustadapter.py).
     stack.start_worker("w0")
     keys: list[Key] = []
     for n in range(1, 4):
@@ -123,7 +123,7 @@ def test_a_partner_paused_and_resumed_over_and_over_loses_nothing(
 ) -> None:
     # Tiny per-partner queues: intake pauses and resumes each partner's topic
     # while Faust is still handing over a fetched batch of it. Before the fix
-    # in pipeline/faustconsumer.py, 1,764 of these 2,000 never got an outcome.
+    # in pipeline/faustadapter.py, 1,764 of these 2,000 never got an outcome.
     with _stack(
         tmp_path_factory,
         sim_args=["--latency-ms", "20"],

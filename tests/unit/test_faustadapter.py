@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from pipeline.faustconsumer import ReadOffsets, never_committed, verified_end_offsets
+import pytest
+
+from pipeline.faustadapter import ReadOffsets, never_committed, verified_end_offsets
 
 
 class FakeConsumer:
@@ -118,10 +120,10 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
     import faust
     from faust.transport.drivers import aiokafka as driver
 
-    from pipeline.faustconsumer import install
+    from pipeline.faustadapter import install
 
     app = faust.App("seek-order-test", broker="kafka://127.0.0.1:1")
-    install(app, {"bootstrap_servers": "127.0.0.1:1"})
+    install(app, {"bootstrap_servers": "127.0.0.1:1"}, verify_end_offsets=False)
     consumer: Any = app.consumer
     flow_at_seek: list[bool] = []
 
@@ -139,3 +141,135 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
         assert consumer.flow_active
     finally:
         consumer._thread.thread_loop.close()  # never started: only its loop to close
+
+
+def _app(name: str, verify: bool = False) -> Any:
+    import faust
+
+    from pipeline.faustadapter import install
+
+    app = faust.App(name, broker="kafka://127.0.0.1:1")
+    install(app, {"bootstrap_servers": "127.0.0.1:1"}, verify_end_offsets=verify)
+    return app
+
+
+async def test_a_batch_keeps_the_partitions_it_was_fetched_for_when_a_pause_shrinks_the_set(
+    monkeypatch: Any,
+) -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    live = {"tp-a", "tp-b"}
+
+    async def wait_next_records(self: Any, timeout: Any) -> tuple[Any, Any]:  # noqa: ASYNC109
+        return {"tp-a": [1], "tp-b": [2]}, live
+
+    monkeypatch.setattr(driver.Consumer, "_wait_next_records", wait_next_records)
+    app = _app("pause-copy-test")
+    try:
+        _, faust_active = await driver.Consumer._wait_next_records(app.consumer, 0)
+        faust_active = cast(Any, faust_active)
+        _, our_active = await app.consumer._wait_next_records(0)
+        live.discard("tp-b")  # our intake pauses a partner while the batch is handed over
+        assert faust_active is live  # unpatched: Faust would drop tp-b's records now
+        assert our_active == {"tp-a", "tp-b"}  # ours: every record of the batch is handed over
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+async def test_a_partition_with_nothing_committed_is_rewound_to_its_start(
+    monkeypatch: Any,
+) -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    seeks: list[tuple[str, int]] = []
+
+    async def seek_to_committed(self: Any) -> Mapping[Any, int | None]:
+        return {("claude.requests.new", 0): None}
+
+    async def earliest_offsets(self: Any, *tps: Any) -> Mapping[Any, int]:
+        return dict.fromkeys(tps, 7)
+
+    async def seek(self: Any, tp: Any, offset: int) -> None:
+        seeks.append((tp[0], offset))
+
+    monkeypatch.setattr(driver.Consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(driver.Consumer, "earliest_offsets", earliest_offsets)
+    monkeypatch.setattr(driver.Consumer, "_seek", seek)
+    app = _app("rewind-test")
+    try:
+        unpatched = await driver.Consumer.seek_to_committed(app.consumer)
+        assert unpatched == {("claude.requests.new", 0): None}  # Faust would not seek at all
+        ours = await app.consumer.seek_to_committed()
+        assert ours == {("claude.requests.new", 0): 7}
+        assert seeks == [("claude.requests.new", 7)]
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+@pytest.mark.parametrize("verify", [True, False])
+async def test_end_offsets_are_verified_only_with_the_embedded_broker_profile(
+    monkeypatch: Any, verify: bool
+) -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    from pipeline import faustadapter
+
+    async def highwaters(self: Any, *tps: Any) -> Mapping[Any, int]:
+        return {("t", 0): 1}
+
+    async def verified(listed: Mapping[Any, int], new_consumer: Any) -> dict[Any, int]:
+        return {("t", 0): 5}
+
+    monkeypatch.setattr(driver.Consumer, "highwaters", highwaters)
+    monkeypatch.setattr(faustadapter, "verified_end_offsets", verified)
+    app = _app("highwaters-test", verify=verify)
+    try:
+        assert await app.consumer.highwaters() == {("t", 0): 5 if verify else 1}
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+def test_the_start_up_check_names_what_is_missing_and_the_faust_version(monkeypatch: Any) -> None:
+    from pipeline import faustadapter
+    from pipeline.errors import AdapterError
+    from pipeline.faustadapter import check, faust_version
+
+    check()  # this Faust has everything
+    renamed = (("faust.transport.drivers.aiokafka", "Consumer", ("_wait_next_batch",)),)
+    monkeypatch.setattr(faustadapter, "REQUIRED", renamed)  # as if Faust renamed a method
+    with pytest.raises(AdapterError) as info:
+        check()
+    message = str(info.value)
+    assert "faust.transport.drivers.aiokafka.Consumer has no '_wait_next_batch'" in message
+    assert f"faust-streaming {faust_version()}" in message
+
+
+def test_only_the_embedded_broker_gets_workarounds() -> None:
+    from pipeline.config import Settings
+
+    kafka = Settings().broker_profile
+    assert (kafka.verify_end_offsets, kafka.idempotent_producers) == (False, True)
+    embedded = Settings(profile="dev").broker_profile
+    assert (embedded.verify_end_offsets, embedded.idempotent_producers) == (True, False)
+    assert embedded.fetch_max_wait_ms < kafka.fetch_max_wait_ms
+    assert Settings(profile="dev", broker="kafka").broker_profile == kafka
+
+
+def test_private_faust_names_live_in_the_adapter_only() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "pipeline"
+    private = re.compile(
+        r"_read_offset|_wait_next_records|perform_seek|seek_to_committed|_resubscribe_sleep|"
+        r"_ensure_consumer|_fetch_max_wait_ms|_transport\b|send_changelog|\.data\b.*table|"
+        r"table.*\.data\b"
+    )
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in root.rglob("*.py")
+        if path.name != "faustadapter.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []

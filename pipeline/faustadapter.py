@@ -1,0 +1,362 @@
+"""Faust behind one adapter: every private name of Faust (and of aiokafka under it)
+that the pipeline touches lives in this module, and nowhere else.
+
+`check()` runs at start-up: a name this adapter relies on that the installed Faust
+lacks stops the worker with a message naming it and the Faust version, instead of
+a silent fallback. Each consumer fix is pinned by a contract test
+(tests/unit/test_faustadapter.py) that fails against an unpatched Faust.
+
+What we touch, and why:
+
+- the aiokafka driver's `Consumer` (subclassed, `install`): the five fixes below;
+- the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription
+  changes for 45 s; a new partner should not wait that long;
+- the consumer thread's aiokafka `Fetcher._fetch_max_wait_ms`: Faust hard-codes
+  1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
+- the assignor's `external_topic_distribution`: how many group members consume
+  request partitions (each worker plans with 1/N of an upstream key);
+- a table's `data` and `send_changelog` (`TableStore`): a request outlives the
+  stream event that admitted it, and Faust's `table[key] = value` only works
+  inside one.
+
+The consumer fixes, all measured here. Fix 1 is a quirk of the embedded broker
+and applies only with its broker profile (`Settings.broker`); the others are
+Faust's own and apply on any broker:
+
+1. End offsets that a changelog recovery can trust. Tansu 0.6, our embedded
+  broker, answers ListOffsets(latest) with the base offset of a partition's
+  last record batch plus one, not the offset after its last record: five
+  records produced in one batch at offsets 0-4, ListOffsets says 1, a Fetch
+  says 5. Faust's table recovery reads each changelog partition up to that
+  end, so a worker restarted after a crash lost the last entries of a
+  changelog partition, among them "this request is done" markers, and called
+  Claude a second time for requests served just before the crash.
+  `verified_end_offsets` asks a Fetch instead: for every partition with
+  records it reads from the listed end minus one (the last batch's base) and
+  takes the fetch's high watermark, never lower than the listed end. On
+  brokers that answer correctly this changes nothing and costs one short
+  fetch per changelog partition per rebalance.
+
+2. No record lost at a rebalance (any broker). During table recovery the
+  consumer may already fetch request records; Faust abandons those it
+  cannot hand to the stream while its flow is stopped, and relies on seeking
+  back to the committed offset afterwards. aiokafka seeks only where an
+  offset above zero is committed, so on a partition with nothing committed
+  (a new partner's topic, say) the abandoned records were skipped for good
+  and their offsets committed past them. `seek_to_committed` here rewinds
+  such partitions to their log start, which is what
+  `auto_offset_reset=earliest` means.
+
+3. No refetched record dropped. Faust drops a fetched record whose offset is
+  below the highest it has delivered for that partition, to hide refetches.
+  But records fetched before the seek keep being delivered after it, so the
+  highest delivered offset climbs back above the refetched records, and a
+  record whose first delivery was abandoned was dropped on its second (seen
+  here: offsets 2-9 refetched, all dropped, 9 never served). `ReadOffsets`
+  keeps Faust's bookkeeping of gaps in a partition (compaction, transaction
+  markers), but no record is dropped.
+
+4. No record cleared from the stream's queue after the seek. Faust resumes a
+  worker after a rebalance in this order: seek the stream partitions to their
+  committed offsets, resume flow control (which empties every stream queue),
+  resume the consumer. But the consumer may already be running then (it
+  reads changelogs during recovery), so records handed over between the seek
+  and the emptying were thrown away; none of them is fetched again, and the
+  commit passed over them (seen here: the record at the committed offset
+  refetched 4 ms after the seek, gone 80 ms later, the next six served).
+  `perform_seek` here stops the consumer's flow first: nothing reaches a
+  queue until Faust resumes it, and everything past the committed offsets is
+  fetched again.
+
+5. No record dropped by a pause. Our intake pauses a partner's partitions
+  when its queue is full (`FaustFlowControl`). Faust hands a fetched batch
+  over record by record and drops those whose partition is no longer in its
+  live set of active partitions, the very set a pause shrinks; aiokafka had
+  already moved past them. With a queue of 4 per partner, 1,764 of 2,000
+  requests never got an outcome. `_wait_next_records` here gives Faust a
+  copy of the set the batch was fetched for; the pause takes effect from
+  the next fetch.
+
+Records delivered twice are deduplicated by the dispatcher (by position) and
+by the replay guard (by request_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from typing import Any, Protocol, TypeVar, cast
+
+from pipeline.errors import AdapterError
+
+log = logging.getLogger("pipeline.faustadapter")
+
+TPKey = TypeVar("TPKey", bound=tuple[str, int])
+
+
+class FetchingConsumer(Protocol):
+    """The part of aiokafka's AIOKafkaConsumer used here."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def assign(self, partitions: list[Any]) -> None: ...
+
+    def seek(self, partition: Any, offset: int) -> None: ...
+
+    def pause(self, *partitions: Any) -> None: ...
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> Mapping[Any, Any]: ...
+
+    def highwater(self, partition: Any) -> int | None: ...
+
+
+async def verified_end_offsets(
+    listed: Mapping[TPKey, int | None],
+    new_consumer: Callable[[], FetchingConsumer],
+    *,
+    timeout_s: float = 5.0,
+) -> dict[TPKey, int | None]:
+    """The end offset of each partition: the larger of `listed` and a fetch's high watermark."""
+    ends = dict(listed)
+    pending = {tp: end for tp, end in listed.items() if isinstance(end, int) and end > 0}
+    if not pending:
+        return ends
+    from aiokafka import TopicPartition
+
+    wanted = {TopicPartition(tp[0], tp[1]): tp for tp in pending}
+    consumer = new_consumer()
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for atp, tp in wanted.items():
+            consumer.seek(atp, pending[tp] - 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while wanted and loop.time() < deadline:
+            await consumer.getmany(*wanted, timeout_ms=100)
+            for atp in [atp for atp in wanted if consumer.highwater(atp) is not None]:
+                tp = wanted.pop(atp)
+                ends[tp] = max(pending[tp], int(consumer.highwater(atp) or 0))
+                consumer.pause(atp)
+    finally:
+        await consumer.stop()
+    corrected = {tp: (listed[tp], ends[tp]) for tp in listed if ends[tp] != listed[tp]}
+    if corrected:
+        log.info(
+            "end offsets corrected by fetch",
+            extra={"corrected": {f"{tp[0]}[{tp[1]}]": v for tp, v in corrected.items()}},
+        )
+    if wanted:
+        log.warning(
+            "no fetch answered for some partitions: using their listed end offsets",
+            extra={"partitions": [f"{tp[0]}[{tp[1]}]" for tp in wanted.values()]},
+        )
+    return ends
+
+
+class _Floor(int):
+    """The last offset delivered, which every offset compares as at or above.
+
+    `offset >= floor` calls `floor.__le__(offset)` first (Python tries the
+    reflected method of a right operand whose type subclasses the left's),
+    while arithmetic on it stays plain int arithmetic.
+    """
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+
+class ReadOffsets(dict[Any, Any]):
+    """Faust consumer's `_read_offset`: remembers the last offset delivered per
+    partition (so Faust still records gaps) but never makes Faust drop a record."""
+
+    def __getitem__(self, tp: Any) -> _Floor | None:
+        offset = self.get(tp)
+        return None if offset is None else _Floor(offset)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Faust's reset to committed offsets after a seek: the next record starts afresh."""
+        for tp in dict(*args, **kwargs):
+            self.pop(tp, None)
+
+
+def never_committed(
+    committed: Mapping[TPKey, int | None], changelogs: Collection[str]
+) -> list[TPKey]:
+    """Stream partitions that aiokafka did not seek: nothing (or zero) committed."""
+    return [tp for tp, offset in committed.items() if not offset and tp[0] not in changelogs]
+
+
+REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "faust.transport.drivers.aiokafka",
+        "Consumer",
+        (
+            "highwaters",
+            "_wait_next_records",
+            "perform_seek",
+            "seek_to_committed",
+            "_seek",
+            "stop_flow",
+            "earliest_offsets",
+        ),
+    ),
+    ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", ("_ensure_consumer",)),
+    ("faust.transport.drivers.aiokafka", "Transport", ("Consumer",)),
+    ("faust.transport.conductor", "Conductor", ("_resubscribe_sleep_lock_seconds",)),
+    ("faust.tables.base", "Collection", ("data", "send_changelog")),
+    ("faust.assignor.partition_assignor", "PartitionAssignor", ("external_topic_distribution",)),
+)
+#: Instance attributes that only exist once an object runs: (module, class, name),
+#: checked in the source of the class's __init__.
+REQUIRED_IN_INIT: tuple[tuple[str, str, str], ...] = (
+    ("faust.transport.consumer", "Consumer", "_read_offset"),
+    ("aiokafka.consumer.fetcher", "Fetcher", "_fetch_max_wait_ms"),
+)
+
+
+def faust_version() -> str:
+    import faust
+
+    return str(faust.__version__)
+
+
+def _missing(owner: str, name: str) -> AdapterError:
+    return AdapterError(
+        f"faust-streaming {faust_version()}: {owner} has no {name!r}, which "
+        "pipeline/faustadapter.py relies on (written for faust-streaming 0.15.x); "
+        "pin a supported version or update the adapter"
+    )
+
+
+def check() -> None:
+    """Every private name this adapter uses is where it expects it; AdapterError if not."""
+    import importlib
+    import inspect
+
+    for module_name, class_name, names in REQUIRED:
+        owner = getattr(importlib.import_module(module_name), class_name, None)
+        if owner is None:
+            raise _missing(module_name, class_name)
+        for name in names:
+            if not hasattr(owner, name):
+                raise _missing(f"{module_name}.{class_name}", name)
+    for module_name, class_name, name in REQUIRED_IN_INIT:
+        owner = getattr(importlib.import_module(module_name), class_name)
+        if f"self.{name}" not in inspect.getsource(owner.__init__):
+            raise _missing(f"{module_name}.{class_name}", name)
+
+
+def install(app: Any, aiokafka_config: Mapping[str, Any], *, verify_end_offsets: bool) -> None:
+    """Give the Faust app our consumer (call before anything creates Faust's).
+
+    `verify_end_offsets` turns on fix 1, for the embedded broker only.
+    """
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    def new_consumer() -> FetchingConsumer:
+        consumer: FetchingConsumer = aiokafka.AIOKafkaConsumer(
+            enable_auto_commit=False, fetch_max_wait_ms=50, **aiokafka_config
+        )
+        return consumer
+
+    class Consumer(driver.Consumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._read_offset = ReadOffsets()
+
+        async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
+            listed = await super().highwaters(*partitions)
+            if not verify_end_offsets:
+                return listed
+            try:
+                return cast(Mapping[Any, int], await verified_end_offsets(listed, new_consumer))
+            except Exception:  # never worse than Faust alone
+                log.warning("cannot verify end offsets", exc_info=True)
+                return listed
+
+        async def _wait_next_records(self, timeout: Any) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust's signature)
+            records, active = await super()._wait_next_records(timeout)
+            # The partitions these records were fetched for, not the live set
+            # that a pause shrinks while the batch is still being handed over.
+            return records, (None if active is None else set(active))
+
+        async def perform_seek(self) -> None:
+            self.stop_flow()  # Faust resumes it once the stream queues are emptied
+            await super().perform_seek()
+
+        async def seek_to_committed(self) -> Mapping[Any, int]:
+            committed = dict(await super().seek_to_committed())
+            unset = never_committed(committed, self.app.tables.changelog_topics)
+            if unset:
+                starts = await self.earliest_offsets(*unset)
+                for tp in unset:
+                    start = int(starts.get(tp) or 0)
+                    await self._seek(tp, start)
+                    committed[tp] = start
+            return committed
+
+    class Transport(driver.Transport):
+        pass
+
+    Consumer.logger = driver.Consumer.logger  # Faust's own lines keep Faust's logger name
+    Transport.Consumer = Consumer
+    app._transport = Transport(app.conf.broker_consumer, app)
+
+
+def set_resubscribe_delay(app: Any, seconds: float) -> None:
+    """How long Faust coalesces subscription changes before resubscribing."""
+    app.topics._resubscribe_sleep_lock_seconds = seconds
+
+
+def set_fetch_wait(app: Any, ms: int) -> None:
+    """The consumer's fetch max-wait (Faust hard-codes 1,500 ms). Call once it consumes."""
+    try:
+        fetcher = app.consumer._thread._ensure_consumer()._fetcher
+    except AttributeError as exc:
+        raise _missing("the Faust consumer thread's aiokafka consumer", str(exc.name)) from exc
+    if not hasattr(fetcher, "_fetch_max_wait_ms"):
+        raise _missing("aiokafka's Fetcher", "_fetch_max_wait_ms")
+    fetcher._fetch_max_wait_ms = ms
+
+
+def members_consuming(app: Any, topic_prefix: str) -> int:
+    """Group members that own partitions of topics with `topic_prefix` (from Faust's
+    assignor, which shares every member's assignment with every member)."""
+    distribution = app.assignor.external_topic_distribution
+    owners = {
+        url
+        for url, topics in distribution.items()
+        if any(t.startswith(topic_prefix) and parts for t, parts in topics.items())
+    }
+    return max(1, len(owners))
+
+
+class TableStore:
+    """A `pipeline.state.Store` over a Faust table: local data plus an explicit
+    changelog partition, usable outside the stream that admitted the request."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, key: str) -> Any:
+        return self._table.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any]:
+        self._table.data[key] = value
+        future: Awaitable[Any] = self._table.send_changelog(partition, key, value)
+        return future
+
+    def put_local(self, key: str, value: Any) -> None:
+        self._table.data[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        if self._table.data.pop(key, None) is not None:
+            self._table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return list(self._table.data.items())
