@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pipeline.config import Settings
 from pipeline.errors import BrokerError, ConfigError
-from pipeline.kafka import client_config
+from pipeline.factory import client_config
 from pipeline.partners import (
     DLQ_TOPIC,
     PARTNERS_TOPIC,

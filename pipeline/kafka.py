@@ -7,7 +7,6 @@ the beginning to its current end (or following it).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from pipeline.config import Settings
 from pipeline.errors import BrokerError
+from pipeline.factory import client_config, unreachable
 from pipeline.partners import (
     DLQ_TOPIC,
     PARTNERS_TOPIC,
@@ -36,13 +36,6 @@ from pipeline.partners import (
 )
 
 Headers = list[tuple[str, bytes]]
-
-# librdkafka's own log lines go through logging (as JSON) instead of raw stderr.
-_RDKAFKA_LOG = logging.getLogger("confluent_kafka")
-
-
-def client_config(settings: Settings) -> dict[str, Any]:
-    return {**settings.kafka_config(), "logger": _RDKAFKA_LOG}
 
 
 @dataclass(frozen=True)
@@ -85,7 +78,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+        raise unreachable(settings, str(exc.args[0] if exc.args else exc)) from None
     wanted = {s.name: s for s in specs if s.name not in existing}
     if not wanted:
         return []
@@ -119,7 +112,7 @@ def list_topics(settings: Settings, timeout: float = 15.0) -> dict[str, int]:
     try:
         meta = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from exc
+        raise unreachable(settings, str(exc.args[0] if exc.args else exc)) from None
     return {name: len(t.partitions) for name, t in meta.topics.items()}
 
 

@@ -20,6 +20,7 @@ from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, SecretError
+from pipeline.factory import Parts
 from pipeline.faustadapter import TableStore
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.intake import Intake
@@ -40,8 +41,7 @@ from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
-from pipeline.schemas import Codec, ConfluentRegistry
-from pipeline.security import SecretResolver, seal_payload
+from pipeline.security import seal_payload
 from pipeline.state import BudgetLedger, ReplayGuard
 
 log = logging.getLogger("pipeline.worker")
@@ -50,21 +50,16 @@ log = logging.getLogger("pipeline.worker")
 class WorkerRuntime(Service):
     """Everything a worker runs besides Faust itself."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        registry: Registry,
-        codec: Codec,
-        redactor: Redactor | None = None,
-    ) -> None:
+    def __init__(self, parts: Parts, registry: Registry, redactor: Redactor) -> None:
         super().__init__()
+        settings = parts.settings
         self.settings = settings
         self.registry = registry
-        self.codec = codec
+        self.codec = codec = parts.codec
         self.metrics = Metrics()
         self.metrics_port: int | None = None
-        self.redactor = redactor or Redactor()
-        secrets = SecretResolver(settings.secret_env(), on_secret=self.redactor.add)
+        self.redactor = redactor
+        secrets = parts.secrets
         self.secrets = secrets
         prices = (
             PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable()
@@ -206,17 +201,17 @@ class WorkerRuntime(Service):
 
 
 def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:
-    """Read the registry, provision topics, and assemble the runtime (synchronous)."""
-    registry_client = (
-        ConfluentRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
-    )
-    codec = Codec(registry=registry_client)
+    """Reach the broker, read the registry, provision topics, and assemble the runtime."""
+    redactor = redactor or Redactor()
+    parts = Parts(settings, on_secret=redactor.add)
+    parts.reach()
+    codec = parts.codec
     ensure_topics(settings, core_topics(settings))
     registry = load_registry(settings, codec)
     partner_ids = [p.partner_id for p in registry]
     ensure_topics(settings, [s for pid in partner_ids for s in partner_topics(settings, pid)])
     codec.warm(output_schemas(partner_ids))
-    return WorkerRuntime(settings, registry, codec, redactor)
+    return WorkerRuntime(parts, registry, redactor)
 
 
 def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:

@@ -7,9 +7,13 @@ Confluent Schema Registry REST API that `confluent_kafka.schema_registry` uses.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +22,9 @@ from pipeline.client import PartnerClient, build_request
 from pipeline.kafka import read_topics
 from pipeline.partners import responses_topic
 from pipeline.schemas import Codec, ConfluentRegistry
+from pipeline.security import signed_headers
 from tests.integration.stack import MODEL, Stack
+from tests.procs import CLI, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +130,93 @@ def test_confluent_framed_requests_in_and_responses_out(
         assert "claude.usage-value" in registry.subjects
     finally:
         stack.close()
+
+
+def test_every_cli_reader_works_with_the_registry_on(
+    registry: FakeRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Before: with SCHEMA_REGISTRY_URL set, the CLI built a codec without the
+    # registry: dlq list and usage report showed nothing, responses and send --wait
+    # failed, and dlq replay saw no served request (and could re-send one).
+    stack = Stack(
+        tmp_path_factory.mktemp("registry-cli"),
+        sim_args=["--latency-ms", "5"],
+        worker_env={"SCHEMA_REGISTRY_URL": registry.url},
+    )
+    env = {**os.environ, **stack.env}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    try:
+        stack.add_partner("regcli")
+        stack.start_worker()
+        codec = Codec(registry=ConfluentRegistry(registry.url))
+        stack.codec = codec
+        client = PartnerClient(stack.settings, "regcli", stack.secrets["regcli"], codec)
+        served = build_request("regcli", "served through the registry", max_tokens=16)
+        client.send(served)
+        forged = codec.encode("ClaudeRequest", build_request("regcli", "forged"), "x")
+        client.send_raw(b"forged-1", forged, signed_headers("regcli", b"wrong", forged))
+        client.flush()
+        keys = [("regcli", served["request_id"])]
+        stack.outcomes(
+            ["regcli"], lambda o: o.complete(keys) and len(o.dead_without_id) + len(o.dead) >= 1
+        )
+
+        sent = cli("send", "--partner", "regcli", "--prompt", "cli through registry", "--wait")
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["content"][0]["text"].startswith("Re: cli through")
+        tail = cli("responses", "--partner", "regcli", "--from-beginning", "--no-follow")
+        assert tail.returncode == 0, tail.stderr
+        ids = {json.loads(line)["request_id"] for line in tail.stdout.splitlines()}
+        assert served["request_id"] in ids
+        letters = cli("dlq", "list", "--partner", "regcli", "--format", "json")
+        assert letters.returncode == 0, letters.stderr
+        reasons = [json.loads(line)["reason"] for line in letters.stdout.splitlines()]
+        assert reasons == ["auth_failed"]
+        report = json.loads(cli("usage", "report", "--format", "json").stdout)
+        assert report["regcli"]["ok"] == 2
+        replay = cli("dlq", "replay", "--partner", "regcli", "--dry-run")
+        assert replay.returncode == 0, replay.stderr
+        assert "dry run:" in replay.stdout
+    finally:
+        stack.close()
+
+
+COMMANDS_THAT_TALK_TO_KAFKA = (
+    ["dlq", "list"],
+    ["dlq", "replay", "--dry-run"],
+    ["usage", "report"],
+    ["topics", "create"],
+    ["partners", "sync"],
+    ["partners", "list", "--source", "topic"],
+    ["partners", "disable", "acme"],
+    ["responses", "--partner", "acme", "--no-follow"],
+    ["send", "--partner", "acme", "--prompt", "hi"],
+    ["worker"],
+)
+
+
+def test_an_unreachable_broker_is_one_clear_line_within_seconds(tmp_path: Path) -> None:
+    # Before: hundreds of librdkafka lines, then a traceback, after 15 s.
+    closed = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed}",
+           "PIPELINE_PARTNERS_FILE": str(tmp_path / "partners.toml")}  # fmt: skip
+    started = time.monotonic()
+    running = [
+        (command, subprocess.Popen(  # all at once: each waits seconds for the broker
+            [*CLI, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ))
+        for command in COMMANDS_THAT_TALK_TO_KAFKA
+    ]  # fmt: skip
+    for command, proc in running:
+        _, stderr = proc.communicate(timeout=60)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 1, (command, stderr[-2000:])
+        assert len(lines) == 1, (command, stderr[-2000:])
+        assert f"cannot reach Kafka at 127.0.0.1:{closed}" in lines[0], command
+        assert "KAFKA_BOOTSTRAP_SERVERS" in lines[0], command
+    assert time.monotonic() - started < 20  # ten processes on two cores

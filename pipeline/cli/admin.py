@@ -1,0 +1,256 @@
+"""Administration: topics and the partner registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.cli.common import (
+    Parser,
+    UsageError,
+    csv_list,
+    kafka_parts,
+    load_settings,
+    non_negative_float,
+    positive_int,
+)
+
+
+def add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("topics", help="topic administration")
+    tsub = p.add_subparsers(dest="topics_command", metavar="ACTION", parser_class=Parser)
+    tsub.required = True
+    c = tsub.add_parser(
+        "create",
+        help="create every topic the configured partners need (idempotent)",
+        description=(
+            "Create claude.usage, claude.dlq, the compacted claude.partners and, for every "
+            "partner in PIPELINE_PARTNERS_FILE, its request and response topics. Existing "
+            "topics are left alone."
+        ),
+    )
+    c.add_argument("--partitions", type=positive_int, help="partitions per topic (default 4)")
+    c.add_argument(
+        "--acls",
+        action="store_true",
+        help="also print the Kafka ACL bindings: each partner writes only its request topic",
+    )
+    c.add_argument("--apply", action="store_true", help="with --acls: create them on the cluster")
+    c.add_argument(
+        "--partner-principal",
+        default="User:{partner}",
+        help="principal of each partner (default User:{partner})",
+    )
+    c.add_argument(
+        "--worker-principal",
+        default="User:claude-pipeline",
+        help="principal of the workers (default User:claude-pipeline)",
+    )
+    c.set_defaults(func=cmd_topics_create)
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from pipeline.admin import provision
+    from pipeline.partners import load_partners
+
+    settings = kafka_parts().settings
+    if args.partitions:
+        settings = settings.with_(topic_partitions=args.partitions)
+    if args.apply and not args.acls:
+        raise UsageError("--apply needs --acls")
+    partners = load_partners(settings.partners_file)
+    created = provision(settings, partners)
+    if created:
+        print("created " + ", ".join(created))
+    else:
+        print("all topics already exist")
+    if args.acls:
+        from pipeline.acls import all_bindings, apply
+
+        bindings = all_bindings(
+            partners, args.partner_principal, args.worker_principal, settings.group_id
+        )
+        for binding in bindings:
+            print(binding)
+        if args.apply:
+            print(f"applied {apply(settings, bindings)} ACL bindings")
+    return 0
+
+
+def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("partners", help="partner administration")
+    psub = p.add_subparsers(dest="partners_command", metavar="ACTION", parser_class=Parser)
+    psub.required = True
+
+    ls = psub.add_parser("list", help="list partners")
+    ls.add_argument(
+        "--source",
+        choices=["file", "topic"],
+        default="file",
+        help="the registry file (default) or what workers see on claude.partners",
+    )
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    ls.set_defaults(func=cmd_partners_list)
+
+    add = psub.add_parser(
+        "add",
+        help="register a partner (file, topic and its Kafka topics)",
+        description="Register a partner. Secrets are references: env:NAME or file:PATH.",
+    )
+    add.add_argument("partner_id", metavar="ID")
+    add.add_argument("--weight", type=positive_int, default=1, help="fair-share weight")
+    add.add_argument("--rpm", type=positive_int, help="requests per minute limit")
+    add.add_argument("--tpm", type=positive_int, help="tokens per minute limit")
+    add.add_argument("--daily-token-budget", type=positive_int, help="tokens per UTC day")
+    add.add_argument("--monthly-budget-usd", type=non_negative_float, help="USD per month")
+    add.add_argument(
+        "--models", type=csv_list, default=(), help="allowed models, a,b (default all)"
+    )
+    add.add_argument("--max-tokens-cap", type=positive_int, help="largest max_tokens allowed")
+    add.add_argument("--signing-secret-ref", required=True, help="env:NAME or file:PATH")
+    add.add_argument("--api-key-ref", help="the partner's own Anthropic key: env:NAME or file:PATH")
+    add.set_defaults(func=cmd_partners_add)
+
+    for action, helptext in (
+        ("disable", "refuse the partner's requests (reaches running workers within seconds)"),
+        ("enable", "serve the partner's requests again"),
+        ("remove", "delete the partner (a tombstone on claude.partners)"),
+    ):
+        q = psub.add_parser(action, help=helptext)
+        q.add_argument("partner_id", metavar="ID")
+        q.set_defaults(func=cmd_partners_toggle, action=action)
+
+    rot = psub.add_parser(
+        "rotate-secret",
+        help="switch a partner to a new signing secret, accepting the old one for a while",
+        description=(
+            "Make REF the partner's signing secret. During the grace window both the old and "
+            "the new secret are accepted (partners switch without a flag day); after it, only "
+            "the new one. Running workers pick the change up within a second."
+        ),
+    )
+    rot.add_argument("partner_id", metavar="ID")
+    rot.add_argument("--new-ref", required=True, help="env:NAME or file:PATH")
+    rot.add_argument("--grace", default="10m", help="how long the old secret stays valid (10m)")
+    rot.set_defaults(func=cmd_partners_rotate)
+
+    sync = psub.add_parser("sync", help="publish every partner of the file to claude.partners")
+    sync.set_defaults(func=cmd_partners_sync)
+
+
+def cmd_partners_list(args: argparse.Namespace) -> int:
+    from pipeline.admin import partners_on_topic
+    from pipeline.ops import render_table
+    from pipeline.partners import load_partners
+
+    settings = load_settings()
+    if args.source == "file":
+        partners = load_partners(settings.partners_file)
+    else:
+        partners = partners_on_topic(settings, kafka_parts().codec)
+    records = [partners[k].to_record() for k in sorted(partners)]
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+    if not records:
+        print(
+            f"no partners in "
+            f"{settings.partners_file if args.source == 'file' else 'claude.partners'}"
+        )
+        return 0
+    rows = [
+        {
+            "partner": r["partner_id"],
+            "enabled": "yes" if r["enabled"] else "NO",
+            "weight": r["weight"],
+            "rpm": r["rpm"] or "-",
+            "tpm": r["tpm"] or "-",
+            "daily tokens": r["daily_token_budget"] or "-",
+            "monthly $": r["monthly_budget_usd"] or "-",
+            "models": ",".join(r["allowed_models"]) or "all",
+            "max_tokens cap": r["max_tokens_cap"] or "-",
+            "signing secret": r["signing_secret_ref"],
+            "api key": r["api_key_ref"] or "default",
+        }
+        for r in records
+    ]
+    print(render_table(rows, list(rows[0])))
+    return 0
+
+
+def cmd_partners_add(args: argparse.Namespace) -> int:
+    from pipeline.admin import add_partner
+    from pipeline.partners import Partner
+
+    settings = load_settings()
+    partner = Partner(
+        partner_id=args.partner_id,
+        signing_secret_ref=args.signing_secret_ref,
+        weight=args.weight or 1,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        daily_token_budget=args.daily_token_budget,
+        monthly_budget_usd=args.monthly_budget_usd,
+        allowed_models=args.models,
+        max_tokens_cap=args.max_tokens_cap,
+        api_key_ref=args.api_key_ref,
+    )
+    created = add_partner(settings, kafka_parts().codec, partner)
+    print(
+        f"added partner {partner.partner_id}"
+        + (f"; created {', '.join(created)}" if created else "")
+    )
+    return 0
+
+
+def cmd_partners_toggle(args: argparse.Namespace) -> int:
+    from pipeline.admin import remove_partner, update_partner
+
+    parts = kafka_parts()
+    settings = parts.settings
+    if args.action == "remove":
+        remove_partner(settings, parts.codec, args.partner_id)
+    else:
+        update_partner(settings, parts.codec, args.partner_id, enabled=args.action == "enable")
+    print(f"partner {args.partner_id}: {args.action}d")
+    return 0
+
+
+def cmd_partners_rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.admin import update_partner
+    from pipeline.ops import parse_duration
+    from pipeline.partners import load_partners
+    from pipeline.security import validate_ref
+
+    settings = load_settings()
+    grace_s = parse_duration(args.grace)
+    validate_ref(args.new_ref)
+    current = load_partners(settings.partners_file).get(args.partner_id)
+    if current is None:
+        raise UsageError(f"no partner {args.partner_id!r} in {settings.partners_file}")
+    if current.signing_secret_ref == args.new_ref:
+        raise UsageError("the new reference is the current one")
+    expires = int((time.time() + grace_s) * 1000)
+    update_partner(
+        settings,
+        kafka_parts().codec,
+        args.partner_id,
+        signing_secret_ref=args.new_ref,
+        previous_signing_secret_ref=current.signing_secret_ref,
+        previous_secret_expires_at_ms=expires,
+    )
+    print(
+        f"partner {args.partner_id}: new signing secret; the old one is accepted for {args.grace}"
+    )
+    return 0
+
+
+def cmd_partners_sync(args: argparse.Namespace) -> int:
+    from pipeline.admin import sync_partners
+
+    parts = kafka_parts()
+    partners = sync_partners(parts.settings, parts.codec)
+    print(f"published {len(partners)} partners to claude.partners")
+    return 0

@@ -1,0 +1,91 @@
+"""What every command shares: one-line usage errors, argument types, settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import NoReturn
+
+from pipeline.config import Settings
+from pipeline.factory import Parts
+
+
+class UsageError(Exception):
+    """A bad argument discovered after parsing: one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be within 0-65535, got {value}")
+    return value
+
+
+def fail_rate(text: str) -> tuple[str, float, str | None]:
+    from pipeline.sim.config import parse_fail_rate
+
+    try:
+        return parse_fail_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def csv_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+async def until_signalled() -> None:
+    """Block until SIGINT or SIGTERM: the foreground commands stop cleanly on either."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def load_settings() -> Settings:
+    return Settings.from_env()
+
+
+def kafka_parts() -> Parts:
+    """The shared parts (codec with the registry when configured, secrets), once the
+    broker has answered: a command that cannot reach it says so in one line."""
+    parts = Parts(load_settings())
+    parts.reach()
+    return parts
