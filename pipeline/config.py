@@ -258,6 +258,16 @@ class Settings:
             max_record_bytes=number("PIPELINE_MAX_RECORD_BYTES", int, d.max_record_bytes),
         )
 
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold, for the log redactor (secrets a partner's
+        reference points at are added as they are read)."""
+        from urllib.parse import urlsplit
+
+        values = [self.anthropic_api_key, self.sasl_password]
+        if self.schema_registry_url:
+            values.append(urlsplit(self.schema_registry_url).password)
+        return [v for v in values if v]
+
     def secret_env(self) -> Mapping[str, str]:
         """The process environment, for resolving `env:NAME` secret references."""
         return os.environ

@@ -223,9 +223,7 @@ def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:
 
 def run_worker(settings: Settings) -> int:
     loop = eventloop.install(settings.event_loop)  # before Faust makes any loop
-    redactor = Redactor()
-    if settings.anthropic_api_key:
-        redactor.add(settings.anthropic_api_key)
+    redactor = Redactor(settings.secret_values())
     setup_logging(settings.log_level, redactor)
     runtime = build_runtime(settings, redactor)
     log.info(

@@ -1,0 +1,92 @@
+"""Redaction that holds: no registered secret survives anywhere in a log line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.logs import MASK, Redactor, json_handler
+
+SECRET = "sk-ant-very-secret-value"
+SHORT = "pw9"  # secrets shorter than six characters are masked too
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = json_handler(stream, Redactor([SECRET, SHORT]))
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def _line(stream: io.StringIO) -> str:
+    text = stream.getvalue()
+    assert SECRET not in text
+    assert SHORT not in text
+    return text
+
+
+def test_message_and_its_arguments(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logged
+    logger.info("key %s and %s", SECRET, SHORT)
+    assert json.loads(_line(stream))["msg"] == f"key {MASK} and {MASK}"
+
+
+def test_fields_nested_dicts_lists_and_keys(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logged
+    logger.warning(
+        "x",
+        extra={
+            "detail": f"Bearer {SECRET}",
+            "headers": {"authorization": SECRET, SECRET: "as a key", "n": [SHORT, 1, None]},
+            "raw": SECRET.encode(),
+            "obj": type("Opaque", (), {"__str__": lambda self: SECRET})(),
+        },
+    )
+    line = json.loads(_line(stream))
+    assert line["headers"]["authorization"] == MASK
+    assert line["headers"]["n"] == [MASK, 1, None]
+    assert line["raw"] == MASK
+    assert line["obj"] == MASK
+
+
+def test_exception_text_and_its_whole_chain(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logged
+    try:
+        try:
+            raise ValueError(f"inner {SECRET}")
+        except ValueError as inner:
+            raise RuntimeError(f"outer {SHORT}") from inner
+    except RuntimeError:
+        logger.exception("failed with %r", SECRET)
+    exc = json.loads(_line(stream))["exc"]
+    assert "ValueError: inner [REDACTED]" in exc
+    assert "RuntimeError: outer [REDACTED]" in exc
+
+
+def test_json_escaped_secrets_are_masked_before_escaping(
+    logged: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = logged
+    tricky = 'p"a\\ss\nword'
+    Redactor.add(logger.handlers[0].formatter._redactor, tricky)  # type: ignore[union-attr]
+    logger.info("x", extra={"v": f"<{tricky}>"})
+    assert json.loads(stream.getvalue())["v"] == f"<{MASK}>"
+
+
+def test_the_settings_register_every_secret_they_hold() -> None:
+    settings = Settings(
+        anthropic_api_key="sk-a",
+        sasl_password="kafka-pw",
+        schema_registry_url="https://user:registry-pw@registry.example",
+    )
+    assert sorted(settings.secret_values()) == ["kafka-pw", "registry-pw", "sk-a"]
