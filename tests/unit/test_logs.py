@@ -61,11 +61,14 @@ def test_fields_nested_dicts_lists_and_keys(logged: tuple[logging.Logger, io.Str
 
 def test_exception_text_and_its_whole_chain(logged: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = logged
-    try:
+    def fail() -> None:
         try:
             raise ValueError(f"inner {SECRET}")
         except ValueError as inner:
             raise RuntimeError(f"outer {SHORT}") from inner
+
+    try:
+        fail()
     except RuntimeError:
         logger.exception("failed with %r", SECRET)
     exc = json.loads(_line(stream))["exc"]
