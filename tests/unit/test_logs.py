@@ -63,7 +63,7 @@ def test_exception_text_and_its_whole_chain(logged: tuple[logging.Logger, io.Str
     logger, stream = logged
     def fail() -> None:
         try:
-            raise ValueError(f"inner {SECRET}")
+            raise ValueError(f"inner {SECRET}")  # noqa: TRY301 (a chain to log)
         except ValueError as inner:
             raise RuntimeError(f"outer {SHORT}") from inner
 
