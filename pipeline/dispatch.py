@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
 from pipeline.attempt import Attempts, Failed, Retry, Served, Upstream, job_fields
+from pipeline.backlog import Backlog
 from pipeline.completion import (
     Arrival,
     Completion,
@@ -44,7 +45,6 @@ from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, Admitted, Charge, Job, SourceRecord
 from pipeline.retry import RetryPolicy
-from pipeline.scheduler import KeyedFairQueue, OutputEstimate
 from pipeline.schemas import Codec
 from pipeline.state import BudgetLedger, ReplayGuard, Seen
 from pipeline.tasks import Supervisor
@@ -97,8 +97,14 @@ class Dispatcher:
         self._config = config
         self._mono = mono
         self._wall = wall
-        self._queue: KeyedFairQueue[str, str, Job] = KeyedFairQueue()
-        self._fairness = OutputEstimate()
+        self._backlog = Backlog(
+            registry=stages.registry,
+            keys=stages.keys,
+            metrics=stages.metrics,
+            pausing=stages.pausing,
+            on_expired=self._expired,
+            wall=wall,
+        )
         self._throttles = ThrottleLog(mono)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
@@ -117,8 +123,8 @@ class Dispatcher:
         Anything not finished is not acknowledged: Kafka redelivers it.
         """
         self._stopping = True
-        for job in self._queue.remove_where(lambda job: True):
-            self._drop(job)
+        for job in self._backlog.remove(lambda job: True):
+            self._s.deliveries.forget(job.record.position)
         await self._tasks.stop(grace_s)
 
     async def _sweep_loop(self) -> None:
@@ -133,14 +139,14 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._backlog)
 
     @property
     def in_flight(self) -> int:
         return len(self._s.deliveries)
 
     def depth(self, partner_id: str) -> int:
-        return self._queue.depth(partner_id)
+        return self._backlog.depth(partner_id)
 
     # -- intake ------------------------------------------------------------------
 
@@ -163,8 +169,8 @@ class Dispatcher:
         job = Job(admitted)
         if self._s.guard is not None and not await self._guarded(job):
             return
-        self._enqueue(job)
-        self._s.pausing.queued(job.partner_id, self._queue.depth(job.partner_id))
+        self._backlog.push(job)
+        self._wakeup.set()
 
     async def _admit(self, record: SourceRecord) -> Admitted | None:
         if record.value is not None:
@@ -215,62 +221,29 @@ class Dispatcher:
     def on_partitions_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
         """Drop queued work of partitions we no longer own: their new owner re-reads it."""
         revoked = set(positions)
-        dropped = self._queue.remove_where(
+        dropped = self._backlog.remove(
             lambda job: (job.record.topic, job.record.partition) in revoked
         )
         for job in dropped:
-            self._drop(job)
+            self._s.deliveries.forget(job.record.position)
         if dropped:
             log.info("dropped queued requests of revoked partitions", extra={"count": len(dropped)})
 
     def on_partitions_assigned(self) -> None:
         self._s.pausing.reapply()
 
-    def _drop(self, job: Job) -> None:
-        self._cancel_deadline(job)
-        self._s.deliveries.forget(job.record.position)
-
-    # -- the queue ---------------------------------------------------------------------
-
-    def _enqueue(self, job: Job, front: bool = False) -> None:
-        partner_id = job.partner_id
-        partner = self._s.registry.get(partner_id) or job.admitted.partner
-        job.progress.key_id = self._s.keys.queue_key(partner)
-        cost = self._fairness.cost(partner_id, job.admitted)
-        self._queue.push(job.progress.key_id, partner_id, job, cost, partner.weight, front=front)
-        self._s.metrics.queue_depth.labels(partner_id).set(self._queue.depth(partner_id))
-        deadline = job.admitted.deadline_ms
-        if deadline is not None:
-            delay = max(0.0, deadline / 1000 - self._wall())
-            loop = asyncio.get_running_loop()
-            job.progress.deadline_timer = loop.call_later(delay, self._expire, job)
-        self._wakeup.set()
-
-    def _cancel_deadline(self, job: Job) -> None:
-        timer, job.progress.deadline_timer = job.progress.deadline_timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _expire(self, job: Job) -> None:
+    def _expired(self, job: Job) -> None:
         """A queued request reached its deadline: it is not sent."""
-        job.progress.deadline_timer = None
-        if not self._queue.remove_where(lambda queued: queued is job):
-            return
-        self._dequeued(job.partner_id)
         err = DeadlineExpired("deadline passed while queued", attempts=job.attempts)
         self._end(self._failure(job, err), job)
-
-    def _dequeued(self, partner_id: str) -> None:
-        depth = self._queue.depth(partner_id)
-        self._s.metrics.queue_depth.labels(partner_id).set(depth)
-        self._s.pausing.queued(partner_id, depth)
 
     def _requeue(self, job: Job) -> None:
         """A retry's backoff is over: back to the head of its partner's lane."""
         if self._stopping:
             self._s.deliveries.forget(job.record.position)
             return
-        self._enqueue(job, front=True)
+        self._backlog.push(job, front=True)
+        self._wakeup.set()
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -278,8 +251,6 @@ class Dispatcher:
         while True:
             await self._slots.acquire()
             job, verdict = await self._next()
-            self._dequeued(job.partner_id)
-            self._cancel_deadline(job)
             if verdict.decision is Decision.REFUSE and verdict.error is not None:
                 self._slots.release()
                 self._end(self._failure(job, verdict.error), job)
@@ -314,7 +285,7 @@ class Dispatcher:
             verdict = self._s.admission.key(kid, job.admitted, new)
             return self._gate(f"key:{kid}", job.partner_id, verdict, verdicts)
 
-        picked = self._queue.pop(partner_ok, key_ok)
+        picked = self._backlog.pop(partner_ok, key_ok)
         if picked is None:
             return None, [v.wait_s for v in verdicts.values()]
         partner_id, job = picked
@@ -330,7 +301,7 @@ class Dispatcher:
     ) -> bool:
         if verdict.decision is Decision.WAIT:
             verdicts[what] = verdict
-            self._throttles.note(partner_id, verdict, self._queue.depth(partner_id))
+            self._throttles.note(partner_id, verdict, self._backlog.depth(partner_id))
         return verdict.leaves_queue
 
     def _charge(self, job: Job) -> None:
@@ -372,7 +343,7 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(result.delay_s, self._requeue, job)
             return
         if isinstance(result, Served):
-            self._fairness.learn(job.partner_id, job.admitted.max_tokens, result.result)
+            self._backlog.fairness.learn(job.partner_id, job.admitted.max_tokens, result.result)
             outcome = self._s.builder.success(job, result.result, job.queued_ms)
         else:
             assert isinstance(result, Failed)  # noqa: S101 (the three kinds of result)

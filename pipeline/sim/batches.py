@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.sim.validate import ApiError, invalid
+from pipeline.sim.errors import ApiError, invalid
 
 if TYPE_CHECKING:
     from pipeline.sim.engine import Simulator

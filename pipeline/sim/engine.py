@@ -23,16 +23,11 @@ from pipeline.sim.batches import BatchStore
 from pipeline.sim.cache import CacheUsage, PromptCache
 from pipeline.sim.catalog import MODELS, find_model
 from pipeline.sim.config import SimConfig
+from pipeline.sim.errors import ApiError, invalid
 from pipeline.sim.faults import FaultInjector
 from pipeline.sim.generate import Generated, generate
 from pipeline.sim.limits import Clock, KeyLimits
-from pipeline.sim.validate import (
-    ApiError,
-    MessagesRequest,
-    invalid,
-    validate_count_tokens,
-    validate_messages,
-)
+from pipeline.sim.validate import MessagesRequest, validate_count_tokens, validate_messages
 
 __all__ = ["ApiError", "KeyStats", "Prepared", "Simulator"]
 

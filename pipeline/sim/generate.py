@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.sim.validate import thinking_signature
+from pipeline.sim.blocks import thinking_signature
 
 _FILLER = (
     "kafka", "stream", "partner", "fair", "queue", "token", "bucket", "budget", "claude",

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from pipeline.sim.config import SimConfig
 from pipeline.sim.engine import Prepared, Simulator, model_object
-from pipeline.sim.validate import ApiError, invalid
+from pipeline.sim.errors import ApiError, invalid
 
 log = logging.getLogger("pipeline.sim")
 

@@ -61,6 +61,7 @@ def test_fields_nested_dicts_lists_and_keys(logged: tuple[logging.Logger, io.Str
 
 def test_exception_text_and_its_whole_chain(logged: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = logged
+
     def fail() -> None:
         try:
             raise ValueError(f"inner {SECRET}")  # noqa: TRY301 (a chain to log)

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.sim.config import SimConfig, parse_fail_rate
 from pipeline.sim.engine import Simulator
-from pipeline.sim.validate import ApiError
+from pipeline.sim.errors import ApiError
 from tests.fakes import FakeClock
 
 HEADERS = {"x-api-key": "k1", "anthropic-version": "2023-06-01"}

@@ -3,6 +3,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from pipeline.sim.blocks import thinking_signature
 from pipeline.sim.generate import (
     REDACTED_THINKING_TRIGGER,
     chosen_tools,
@@ -10,7 +11,6 @@ from pipeline.sim.generate import (
     last_user_text,
     schema_instance,
 )
-from pipeline.sim.validate import thinking_signature
 from tests import corpus
 
 

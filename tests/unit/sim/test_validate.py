@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.sim.validate import ApiError, validate_messages
+from pipeline.sim.errors import ApiError
+from pipeline.sim.validate import validate_messages
 from tests import corpus
 
 
