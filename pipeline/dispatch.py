@@ -26,27 +26,26 @@ from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLo
 from pipeline.attempt import Attempts, Failed, Retry, Served, Upstream, job_fields
 from pipeline.backlog import Backlog
 from pipeline.completion import (
-    Arrival,
     Completion,
     CompletionConfig,
     Deliveries,
     Publisher,
     Reporter,
-    record_fields,
 )
-from pipeline.errors import AuthFailed, DeadlineExpired, RequestError, Stage, internal
-from pipeline.intake import Intake, Rejected, key_request_id
+from pipeline.errors import DeadlineExpired, RequestError
+from pipeline.intake import Intake
 from pipeline.keys import UNRESOLVED, ApiKeys
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
-from pipeline.partners import Registry, partner_of_requests_topic
+from pipeline.partners import Registry
 from pipeline.pausing import FlowControl, NoFlowControl, Pausing
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
-from pipeline.records import AckFn, Admitted, Charge, Job, SourceRecord
+from pipeline.reception import Reception
+from pipeline.records import AckFn, Charge, Job, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec
-from pipeline.state import BudgetLedger, ReplayGuard, Seen
+from pipeline.state import BudgetLedger, ReplayGuard
 from pipeline.tasks import Supervisor
 
 log = logging.getLogger("pipeline.dispatch")
@@ -106,6 +105,15 @@ class Dispatcher:
             wall=wall,
         )
         self._throttles = ThrottleLog(mono)
+        self._reception = Reception(
+            deliveries=stages.deliveries,
+            codec=stages.codec,
+            intake=stages.intake,
+            guard=stages.guard,
+            builder=stages.builder,
+            completion=stages.completion,
+            spawn=lambda coro, name: self._tasks.spawn(coro, name),
+        )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
         self._tasks = Supervisor("dispatcher", on_fatal)
@@ -154,69 +162,10 @@ class Dispatcher:
         """Take one record from Kafka. Never raises; returns without waiting for Claude."""
         if self._stopping:
             return  # not acked: whoever consumes the partition next serves it
-        if log.isEnabledFor(logging.DEBUG):
-            extra = {**record_fields(record), "request_id": key_request_id(record)}
-            log.debug("record received", extra=extra)
-        arrival = self._s.deliveries.arrive(record.position, ack)
-        if arrival is Arrival.DONE:
-            await ack()
-            return
-        if arrival is Arrival.IN_FLIGHT:
-            return
-        admitted = await self._admit(record)
-        if admitted is None:
-            return
-        job = Job(admitted)
-        if self._s.guard is not None and not await self._guarded(job):
-            return
-        self._backlog.push(job)
-        self._wakeup.set()
-
-    async def _admit(self, record: SourceRecord) -> Admitted | None:
-        if record.value is not None:
-            await self._s.codec.prefetch(record.value)  # a new registry id: fetched off-loop
-        try:
-            return self._s.intake.admit(record)
-        except Rejected as rej:
-            outcome = self._s.builder.failure(
-                record,
-                rej.error,
-                partner_id=rej.partner_id,
-                request_id=rej.request_id,
-                request=rej.request,
-            )
-        except Exception as exc:  # a bug must cost one record, not the partition
-            err = internal(Stage.INTAKE, exc, log, record_fields(record))
-            outcome = self._s.builder.failure(
-                record,
-                err,
-                partner_id=partner_of_requests_topic(record.topic),
-                request_id=key_request_id(record),
-            )
-        self._tasks.spawn(self._s.completion.finish(outcome), f"reject-{record.offset}")
-        return None
-
-    async def _guarded(self, job: Job) -> bool:
-        """Apply replay protection; False if the record needs no further work."""
-        guard = self._s.guard
-        assert guard is not None  # noqa: S101 (checked by the caller)
-        record = job.record
-        verdict = guard.check(job.partner_id, job.request_id, record.position, job.replay_count)
-        if verdict.seen is Seen.REDELIVERED_DONE:
-            # Served before a crash or rebalance: no second call, no second outcome.
-            await self._s.completion.acknowledge(record)
-            log.info("redelivered record already served", extra=job_fields(job))
-            return False
-        if verdict.seen is Seen.REPLAY:
-            first = verdict.first
-            where = f"{first[0]}[{first[1]}]@{first[2]}" if first else "earlier"
-            err = AuthFailed(f"replayed request_id: already received at {where}")
-            # no job: the guard's entry belongs to the first record, not this one
-            outcome = self._failure(job, err)
-            self._tasks.spawn(self._s.completion.finish(outcome), f"replay-{record.offset}")
-            return False
-        guard.begin(job.partner_id, job.request_id, record.position, job.replay_count)
-        return True
+        job = await self._reception.receive(record, ack)
+        if job is not None:
+            self._backlog.push(job)
+            self._wakeup.set()
 
     def on_partitions_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
         """Drop queued work of partitions we no longer own: their new owner re-reads it."""

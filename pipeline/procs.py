@@ -1,61 +1,129 @@
-"""Child processes of a command (demo, bench): started on free ports, logged to
-files, always stopped."""
+"""Child processes for the demo, the benchmarks and the integration tests: started
+in their own process group with their output in a log file, waited on by events
+(a port answering, a line in the log, a metric), always stopped."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 from pipeline.errors import PipelineError
 
+#: How often a wait looks at what it waits for.
+POLL_S = 0.05
 
-class Child:
-    """A child process of the demo, its output in a log file of the demo's work dir."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Return once `predicate()` holds; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def http_body(url: str) -> bytes | None:
+    """The body at `url`, or None if nothing answers there (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URLs)
+            return bytes(resp.read())
+    except OSError:
+        return None
+
+
+def http_ok(url: str) -> bool:
+    return http_body(url) is not None
+
+
+class Proc:
+    """A child process whose output goes to a log file we can read and show."""
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        self.args = list(args)
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self.popen = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,  # its own process group: we can stop its children too
         )
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
 
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
-@contextmanager
-def child(name: str, args: list[str], env: dict[str, str], workdir: Path) -> Iterator[Child]:
-    child = Child(name, args, env, workdir)
-    try:
-        yield child
-    finally:
-        child.stop()
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
 
+    def wait_http(self, url: str, timeout: float, needle: bytes = b"") -> None:
+        """Wait until `url` answers (with `needle` in its body); fail early if we exit."""
 
-def wait_http(url: str, timeout: float, child: Child, needle: bytes = b"") -> None:
-    """Poll `url` until it answers (and its body contains `needle`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise PipelineError(f"{child.name} exited early; see {child.log_path}")
+        def ready() -> bool:
+            if not self.alive():
+                raise PipelineError(f"{self.name} exited early; see {self.log_path}")
+            body = http_body(url)
+            return body is not None and needle in body
+
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL)
-                if needle in resp.read():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise PipelineError(f"{child.name} not ready after {timeout:.0f} s; see {child.log_path}")
+            wait_until(ready, timeout, f"{self.name} at {url}")
+        except TimeoutError:
+            raise PipelineError(
+                f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}"
+            ) from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL the whole group if it does not exit in time."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        self.signal(signal.SIGKILL)  # stragglers in the group
+        self._log.close()
+        return int(self.popen.returncode)
+
+
+@contextlib.contextmanager
+def running(
+    name: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Proc]:
+    proc = Proc(name, args, log_path, env)
+    try:
+        yield proc
+    finally:
+        proc.stop()

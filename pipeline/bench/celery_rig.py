@@ -22,7 +22,7 @@ from pipeline.bench.rig import BENCH_KEY, MAX_TOKENS, MODEL
 from pipeline.devbroker import free_port
 from pipeline.errors import PipelineError
 from pipeline.ops import percentile
-from pipeline.procs import Child, child
+from pipeline.procs import Proc, running
 
 
 def cores() -> int:
@@ -48,10 +48,10 @@ def redis_server() -> str:
     raise PipelineError("redis-server is missing: install Debian's redis-server package")
 
 
-def _wait_port(port: int, timeout: float, proc: Child) -> None:
+def _wait_port(port: int, timeout: float, proc: Proc) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
+        if not proc.alive():
             raise PipelineError(f"{proc.name} exited early; see {proc.log_path}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -70,11 +70,11 @@ class Celery:
         port = free_port()
         self.url = f"redis://127.0.0.1:{port}/0"
         redis = self._stack.enter_context(
-            child(
+            running(
                 "redis",
                 [redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"],
+                workdir / "redis.log",
                 dict(os.environ),
-                workdir,
             )
         )
         _wait_port(port, 15, redis)
@@ -102,22 +102,23 @@ class Celery:
         self.tasks.app.control.purge()
         self._runs += 1
         stack = ExitStack()
+        name = f"celery-{pool}-{self._runs}"
         proc = stack.enter_context(
-            child(
-                f"celery-{pool}-{self._runs}",
+            running(
+                name,
                 [
                     sys.executable,
                     *("-m", "celery", "-A", "pipeline.bench.baselines.celery_seed", "worker"),
                     *("--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING"),
                     *("--without-gossip", "--without-mingle", "--without-heartbeat"),
                 ],
+                self.workdir / f"{name}.log",
                 self.env,
-                self.workdir,
             )
         )
         deadline = time.monotonic() + 60
         while not self.tasks.app.control.ping(timeout=0.5):
-            if proc.proc.poll() is not None or time.monotonic() > deadline:
+            if not proc.alive() or time.monotonic() > deadline:
                 stack.close()
                 raise PipelineError(f"celery worker did not start; see {proc.log_path}")
         return stack

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import threading
@@ -249,11 +248,9 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    env = dict(os.environ)
-    use_sim = args.sim or not env.get("ANTHROPIC_API_KEY")
-    if use_sim:
-        env.pop("ANTHROPIC_BASE_URL", None)
-    return run_demo(env, use_sim=use_sim, per_partner=args.requests, keep=args.keep)
+    api_key = load_settings().anthropic_api_key
+    use_sim = args.sim or not api_key
+    return run_demo(api_key, use_sim=use_sim, per_partner=args.requests, keep=args.keep)
 
 
 BENCH_SCENARIOS = (

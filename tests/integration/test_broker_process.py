@@ -6,8 +6,9 @@ import socket
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.harness import CLI
 from pipeline.kafka import SyncProducer, core_topics, ensure_topics, read_topics
-from tests.procs import CLI, free_port, running, wait_until
+from pipeline.procs import free_port, running, wait_until
 
 
 def _accepts(port: int) -> bool:
@@ -20,7 +21,7 @@ def _accepts(port: int) -> bool:
 
 def test_broker_serves_kafka_clients_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    with running([*CLI, "broker", "--port", str(port)], tmp_path / "broker.log") as proc:
+    with running("broker", [*CLI, "broker", "--port", str(port)], tmp_path / "broker.log") as proc:
         wait_until(lambda: _accepts(port), 15, "broker")
         settings = Settings(bootstrap_servers=f"127.0.0.1:{port}")
         assert ensure_topics(settings, core_topics(settings)) == [

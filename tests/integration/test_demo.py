@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.procs import CLI
+from pipeline.harness import CLI
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from pipeline.client import PartnerClient, build_request
+from pipeline.harness import CLI
 from pipeline.kafka import read_topics
 from pipeline.partners import responses_topic
+from pipeline.procs import free_port
 from pipeline.schemas import Codec, ConfluentRegistry
 from pipeline.security import signed_headers
 from tests.integration.stack import MODEL, Stack
-from tests.procs import CLI, free_port
 
 pytestmark = pytest.mark.integration
 

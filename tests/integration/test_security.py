@@ -15,12 +15,12 @@ import pytest
 
 from pipeline import tokens
 from pipeline.client import build_request
+from pipeline.harness import CLI
 from pipeline.kafka import read_topics
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, requests_topic, responses_topic
 from pipeline.pricing import PriceTable
 from pipeline.security import signed_headers
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
-from tests.procs import CLI
 
 pytestmark = pytest.mark.integration
 
@@ -156,20 +156,25 @@ def test_forged_stale_replayed_and_cross_partner_records_are_refused(stack: Stac
 def test_rotation_accepts_both_secrets_during_the_grace_window_only(stack: Stack) -> None:
     old = stack.secrets["rot"]
     new_ref = stack.secret_file("rot.new", "the-new-rot-secret")
+
+    def updates() -> list[dict[str, object]]:
+        return [e for e in stack.worker_log() if e.get("msg") == "partner updated"]
+
+    applied = len(updates())
     out = subprocess.run(
         [*CLI, "partners", "rotate-secret", "rot", "--new-ref", new_ref, "--grace", "5s"],
         capture_output=True, text=True, env={**os.environ, **stack.env},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     rotated_at = time.monotonic()
-    time.sleep(1.5)  # the worker follows claude.partners
+    stack.wait_log(lambda e: e.get("msg") == "partner updated", count=applied + 1)
     during = [
         _produce(stack, "rot", *_signed(stack, "rot", "old during", secret=old)),
         _produce(stack, "rot", *_signed(stack, "rot", "new during", secret=b"the-new-rot-secret")),
     ]
     got = _wait(stack, during)
     assert [got.responses[k][0]["status"] for k in during] == ["ok", "ok"]
-    time.sleep(max(0.0, 5.5 - (time.monotonic() - rotated_at)))
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - rotated_at)))  # the grace window itself
     after = [
         _produce(stack, "rot", *_signed(stack, "rot", "old after", secret=old)),
         _produce(stack, "rot", *_signed(stack, "rot", "new after", secret=b"the-new-rot-secret")),
@@ -185,12 +190,17 @@ def test_changed_secret_and_key_files_take_effect_without_a_restart(stack: Stack
     stack.secret_file("filekey.key", ALT_KEYS[1])  # the partner's Anthropic key changes
     signing = stack.secret_file("filekey.signing", "a-fresh-signing-secret")  # and its secret
     assert signing
-    time.sleep(1.5)  # files are re-checked every second
-    rid, value, headers = _signed(
-        stack, "filekey", "after the change", secret=b"a-fresh-signing-secret"
-    )
-    second = _produce(stack, "filekey", rid, value, headers)
-    got = _wait(stack, [second])
+    # Files are re-checked every second: the first request signed with the new
+    # secret may still meet the old one; one signed after that second may not.
+    deadline = time.monotonic() + 5
+    while True:
+        rid, value, headers = _signed(
+            stack, "filekey", "after the change", secret=b"a-fresh-signing-secret"
+        )
+        second = _produce(stack, "filekey", rid, value, headers)
+        got = _wait(stack, [second])
+        if got.responses[second][0]["status"] == "ok" or time.monotonic() > deadline:
+            break
     assert got.responses[second][0]["status"] == "ok"
     per_key = stack.sim_stats()["keys"]
     assert per_key[ALT_KEYS[0]]["requests"]["200"] >= 1
@@ -251,14 +261,25 @@ def test_a_redelivery_after_a_crash_is_neither_a_replay_nor_a_second_call(
     before = stack.sim_stats()["totals"]["requests"].get("200", 0)
     keys = [stack.send("healthy", f"crash {i}") for i in range(20)]
     _wait(stack, keys)
-    # An outcome's records and its done marker land within milliseconds of each
-    # other; a kill in between is at-least-once's one duplicate. Past that, the
-    # offsets are still uncommitted and every record is redelivered.
-    time.sleep(1.0)
-    os.killpg(crashing.popen.pid, signal.SIGKILL)
+    # "served" is logged once an outcome's done marker is durable: kill after that.
+    # The offsets are still uncommitted, so every record is redelivered.
+    ids = {k[1] for k in keys}
+    stack.wait_log(
+        lambda e: e.get("msg") == "served" and e.get("request_id") in ids,
+        name="crashing",
+        count=len(keys),
+    )
+    crashing.signal(signal.SIGKILL)
     crashing.popen.wait(10)
     survivor = stack.start_worker("survivor")
-    time.sleep(3)  # the uncommitted records are redelivered to the survivor
+    stack.wait_log(  # each redelivered record met by the survivor
+        lambda e: (
+            e.get("request_id") in ids
+            and e.get("msg") in ("redelivered record already served", "served", "dead-lettered")
+        ),
+        name="survivor",
+        count=len(keys),
+    )
     got = stack.outcomes(["healthy"], lambda o: False, 1)
     for key in keys:
         trail = [

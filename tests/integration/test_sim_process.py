@@ -9,8 +9,9 @@ import urllib.request
 from dataclasses import fields
 from pathlib import Path
 
+from pipeline.harness import CLI
+from pipeline.procs import free_port, http_ok, running, wait_until
 from pipeline.sim import SimConfig
-from tests.procs import CLI, free_port, http_ok, running, wait_until
 
 # SimConfig fields and the flag that sets each one
 FLAG_FOR = {
@@ -64,7 +65,7 @@ def test_fail_rates_over_one_are_refused() -> None:
 def test_serves_requests_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     args = [*CLI, "sim", "--port", str(port), "--rpm", "1", "--keys", "k1"]
-    with running(args, tmp_path / "sim.log") as proc:
+    with running("sim", args, tmp_path / "sim.log") as proc:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/_sim/health"), 15, "simulator")
         body = json.dumps(
             {

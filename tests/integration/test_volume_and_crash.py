@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -86,7 +85,7 @@ def test_a_crashed_worker_loses_nothing(stack: Stack) -> None:
     keys = _send_many(stack, 400, "crash")
     # let some outcomes land, then kill -9 mid-flight: nothing is flushed or committed
     stack.outcomes(["north", "south"], lambda o: len(o.responses) >= 50, timeout=60)
-    os.killpg(worker.popen.pid, signal.SIGKILL)
+    worker.signal(signal.SIGKILL)
     worker.popen.wait(10)
     stack.start_worker("second")
     got = stack.outcomes(["north", "south"], lambda o: o.complete(keys), timeout=120)

@@ -1,0 +1,125 @@
+"""A record Kafka delivered becomes one admitted request, its outcome, or nothing.
+
+Kafka may deliver a record again (a rebalance, a seek, a crash before the commit):
+each delivery is acked, but only one is worked on (`Deliveries`). A new record
+goes through intake (partner, signature, schema, contract checks); a refused one
+goes straight to its outcome. The replay guard then tells a request already
+served before a crash (acked, nothing else) from a second copy of a request_id
+(refused) and from a new request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pipeline.attempt import job_fields
+from pipeline.completion import Arrival, Completion, Deliveries, record_fields
+from pipeline.errors import AuthFailed, Stage, internal
+from pipeline.intake import Intake, Rejected, key_request_id
+from pipeline.outcomes import Outcome, OutcomeBuilder
+from pipeline.partners import partner_of_requests_topic
+from pipeline.records import AckFn, Admitted, Job, SourceRecord
+from pipeline.schemas import Codec
+from pipeline.state import ReplayGuard, Seen
+
+log = logging.getLogger("pipeline.reception")
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], object]
+
+
+class Reception:
+    def __init__(
+        self,
+        *,
+        deliveries: Deliveries,
+        codec: Codec,
+        intake: Intake,
+        guard: ReplayGuard | None,
+        builder: OutcomeBuilder,
+        completion: Completion,
+        spawn: Spawn,
+    ) -> None:
+        self._deliveries = deliveries
+        self._codec = codec
+        self._intake = intake
+        self._guard = guard
+        self._builder = builder
+        self._completion = completion
+        self._spawn = spawn
+
+    async def receive(self, record: SourceRecord, ack: AckFn) -> Job | None:
+        """The request to queue, or None when this delivery needs no more work."""
+        if log.isEnabledFor(logging.DEBUG):
+            extra = {**record_fields(record), "request_id": key_request_id(record)}
+            log.debug("record received", extra=extra)
+        arrival = self._deliveries.arrive(record.position, ack)
+        if arrival is Arrival.DONE:
+            await ack()
+            return None
+        if arrival is Arrival.IN_FLIGHT:
+            return None
+        admitted = await self._admit(record)
+        if admitted is None:
+            return None
+        job = Job(admitted)
+        if self._guard is not None and not await self._guarded(self._guard, job):
+            return None
+        return job
+
+    async def _admit(self, record: SourceRecord) -> Admitted | None:
+        if record.value is not None:
+            await self._codec.prefetch(record.value)  # a new registry id: fetched off-loop
+        try:
+            return self._intake.admit(record)
+        except Rejected as rej:
+            outcome = self._builder.failure(
+                record,
+                rej.error,
+                partner_id=rej.partner_id,
+                request_id=rej.request_id,
+                request=rej.request,
+            )
+        except Exception as exc:  # a bug must cost one record, not the partition
+            err = internal(Stage.INTAKE, exc, log, record_fields(record))
+            outcome = self._builder.failure(
+                record,
+                err,
+                partner_id=partner_of_requests_topic(record.topic),
+                request_id=key_request_id(record),
+            )
+        self._end(outcome)
+        return None
+
+    async def _guarded(self, guard: ReplayGuard, job: Job) -> bool:
+        """Apply replay protection; False if the record needs no further work."""
+        record = job.record
+        verdict = guard.check(job.partner_id, job.request_id, record.position, job.replay_count)
+        if verdict.seen is Seen.REDELIVERED_DONE:
+            # Served before a crash or rebalance: no second call, no second outcome.
+            await self._completion.acknowledge(record)
+            log.info("redelivered record already served", extra=job_fields(job))
+            return False
+        if verdict.seen is Seen.REPLAY:
+            first = verdict.first
+            where = f"{first[0]}[{first[1]}]@{first[2]}" if first else "earlier"
+            err = AuthFailed(f"replayed request_id: already received at {where}")
+            # no job: the guard's entry belongs to the first record, not this one
+            self._end(
+                self._builder.failure(
+                    record,
+                    err,
+                    partner_id=job.partner_id,
+                    request_id=job.request_id,
+                    request=job.request,
+                    replay_count=job.replay_count,
+                )
+            )
+            return False
+        guard.begin(job.partner_id, job.request_id, record.position, job.replay_count)
+        return True
+
+    def _end(self, outcome: Outcome) -> None:
+        record = outcome.record
+        self._spawn(self._completion.finish(outcome), f"outcome-{record.partition}-{record.offset}")
