@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -29,9 +30,9 @@ from pipeline.admin import add_partner, remove_partner, update_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
-from pipeline.factory import client_config
+from pipeline.factory import Parts, client_config
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
-from pipeline.procs import Proc, free_port, wait_until
+from pipeline.procs import Proc, free_port, stop_all, wait_until
 from pipeline.schemas import Codec
 from pipeline.security import open_payload
 
@@ -184,7 +185,6 @@ class Stack:
     ) -> None:
         """`simulate=False` calls the real API with `api_key` instead of a simulator."""
         self.tmp = workdir
-        self.codec = Codec()
         self.procs: list[Proc] = []
         self.broker = DevBroker(log_file=workdir / "broker.log")
         self.broker.start()
@@ -223,6 +223,7 @@ class Stack:
             **(worker_env or {}),
         }
         self.settings = Settings.from_env(self.env)
+        self.codec: Codec = Parts(self.settings).codec  # with the registry when configured
         self.secrets: dict[str, bytes] = {}
         self.workers: dict[str, tuple[Proc, int]] = {}
         self._clients: dict[str, PartnerClient] = {}
@@ -387,6 +388,10 @@ class Stack:
         if self._collector is not None:
             self._collector.close()
             self._collector = None
-        for proc in reversed(self.procs):
-            proc.stop()
+        # A stack being thrown away needs no graceful stops (tests of those stop
+        # their workers themselves): workers are killed, the rest asked to stop.
+        workers = [proc for proc, _ in self.workers.values()]
+        for proc in workers:
+            proc.signal(signal.SIGKILL)
+        stop_all(self.procs)
         self.broker.stop()

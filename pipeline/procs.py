@@ -118,6 +118,19 @@ class Proc:
         return int(self.popen.returncode)
 
 
+def stop_all(procs: Sequence[Proc], timeout: float = 10.0) -> None:
+    """Stop every process at once (SIGTERM to all, then wait): a stack stops in the
+    time of its slowest process, not the sum of all."""
+    for proc in procs:
+        if proc.alive():
+            proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+        proc.stop(0.1)
+
+
 @contextlib.contextmanager
 def running(
     name: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None

@@ -108,7 +108,6 @@ def test_confluent_framed_requests_in_and_responses_out(
         stack.add_partner("reg")
         stack.start_worker()
         codec = Codec(registry=ConfluentRegistry(registry.url))
-        stack.codec = codec  # outcomes come back Confluent-framed
         client = PartnerClient(stack.settings, "reg", stack.secrets["reg"], codec)
         confluent = build_request("reg", "framed by the registry", model=MODEL, max_tokens=32)
         client.send(confluent)
@@ -155,7 +154,6 @@ def test_every_cli_reader_works_with_the_registry_on(
         stack.add_partner("regcli")
         stack.start_worker()
         codec = Codec(registry=ConfluentRegistry(registry.url))
-        stack.codec = codec
         client = PartnerClient(stack.settings, "regcli", stack.secrets["regcli"], codec)
         served = build_request("regcli", "served through the registry", max_tokens=16)
         client.send(served)

@@ -105,7 +105,7 @@ def test_requests_sent_while_workers_restart_are_each_served_once(stack: Stack) 
     # seek and its resumed stream (see pipeline/faustadapter.py).
     stack.start_worker("w0")
     keys: list[Key] = []
-    for n in range(1, 4):
+    for n in range(1, 3):
         for name in list(stack.workers):
             stack.workers.pop(name)[0].stop()
         keys += _send_many(stack, 100, f"backlog {n}")
@@ -128,9 +128,9 @@ def test_a_partner_paused_and_resumed_over_and_over_loses_nothing(
         sim_args=["--latency-ms", "20"],
         worker_env={"PIPELINE_MAX_QUEUED_PER_PARTNER": "4", "PIPELINE_MAX_IN_FLIGHT": "8"},
     ) as stack:
-        keys = _send_many(stack, 1500, "backlog")
+        keys = _send_many(stack, 800, "backlog")
         stack.start_worker()
-        keys += _send_many(stack, 500, "live", every_s=0.002)
+        keys += _send_many(stack, 300, "live", every_s=0.002)
         got = stack.outcomes(["north", "south"], lambda o: o.complete(keys), timeout=120)
         pauses = [
             e for e in stack.worker_log() if e.get("msg", "").startswith("partner queue full")
