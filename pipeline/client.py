@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pipeline import messages
 from pipeline.config import Settings
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import requests_topic, responses_topic
+from pipeline.records import ClaudeResponse
 from pipeline.schemas import Codec
 from pipeline.security import signed_headers
 
@@ -157,7 +158,7 @@ def read_responses(
     follow: bool = False,
     idle_timeout: float | None = None,
     from_end: bool = False,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[ClaudeResponse]:
     for msg in read_topics(
         settings,
         [responses_topic(partner_id)],
@@ -167,7 +168,7 @@ def read_responses(
     ):
         value = msg.value()
         if value is not None:
-            yield codec.decode("ClaudeResponse", value)
+            yield cast(ClaudeResponse, codec.decode("ClaudeResponse", value))
 
 
 class ResponseWaiter:
@@ -185,12 +186,12 @@ class ResponseWaiter:
         self._codec = codec
         self._start = end_offsets(settings, responses_topic(partner_id))
 
-    def wait(self, request_id: str, timeout: float) -> dict[str, Any] | None:
+    def wait(self, request_id: str, timeout: float) -> ClaudeResponse | None:
         from pipeline.kafka import read_from
 
         for msg in read_from(self._settings, self._start, timeout=timeout):
             value = msg.value()
             if value is None or msg.key() != request_id.encode():
                 continue
-            return self._codec.decode("ClaudeResponse", value)
+            return cast(ClaudeResponse, self._codec.decode("ClaudeResponse", value))
         return None

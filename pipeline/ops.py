@@ -10,12 +10,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, SchemaError
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, load_partners, partner_of_requests_topic
+from pipeline.records import DeadLetter, UsageRecord
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver, open_payload, replay_headers
 
@@ -62,12 +63,17 @@ def read_records(
             continue
 
 
+def usage_records(settings: Settings, codec: Codec) -> Iterator[UsageRecord]:
+    for record in read_records(settings, codec, USAGE_TOPIC, "UsageRecord"):
+        yield cast(UsageRecord, record)
+
+
 # -- dead letters ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DeadLetterEntry:
-    record: dict[str, Any]
+    record: DeadLetter
 
     @property
     def partner_id(self) -> str | None:
@@ -88,7 +94,7 @@ def read_dead_letters(
     since_ms: int | None = None,
 ) -> Iterator[DeadLetterEntry]:
     for record in read_records(settings, codec, DLQ_TOPIC, "DeadLetter"):
-        entry = DeadLetterEntry(record)
+        entry = DeadLetterEntry(cast(DeadLetter, record))
         if partner is not None and entry.partner_id != partner:
             continue
         if reason is not None and entry.reason != reason:
@@ -125,7 +131,7 @@ class ReplayPlan:
 def served_requests(settings: Settings, codec: Codec) -> dict[tuple[str, str], int]:
     """When each request was last served ok, from the usage topic."""
     served: dict[tuple[str, str], int] = {}
-    for u in read_records(settings, codec, USAGE_TOPIC, "UsageRecord"):
+    for u in usage_records(settings, codec):
         if u["status"] == "ok":
             key = (str(u["partner_id"]), str(u["request_id"]))
             served[key] = max(served.get(key, 0), int(u["ts_ms"]))
@@ -226,7 +232,7 @@ class PartnerUsage:
     reasons: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
 
-    def add(self, u: dict[str, Any]) -> None:
+    def add(self, u: UsageRecord) -> None:
         self.requests += 1
         if u["status"] == "ok":
             self.ok += 1
@@ -273,7 +279,7 @@ def usage_report(
     settings: Settings, codec: Codec, since_ms: int | None = None
 ) -> dict[str, PartnerUsage]:
     report: dict[str, PartnerUsage] = defaultdict(PartnerUsage)
-    for u in read_records(settings, codec, USAGE_TOPIC, "UsageRecord"):
+    for u in usage_records(settings, codec):
         if since_ms is not None and u["ts_ms"] < since_ms:
             continue
         report[str(u["partner_id"])].add(u)

@@ -91,7 +91,7 @@ class SchemaStore:
             raise ConfigError(f"schemas missing from {root}: {', '.join(sorted(missing))}")
 
 
-class Registry(Protocol):
+class SchemaRegistry(Protocol):
     """What the codec needs from a Confluent-compatible schema registry."""
 
     def id_for(self, subject: str, schema_text: str) -> int: ...
@@ -127,7 +127,7 @@ class ConfluentRegistry:
 class Codec:
     """Encode with the configured framing; decode either framing."""
 
-    def __init__(self, store: SchemaStore | None = None, registry: Registry | None = None):
+    def __init__(self, store: SchemaStore | None = None, registry: SchemaRegistry | None = None):
         self.store = store or SchemaStore()
         self.registry = registry
         self._registry_schemas: dict[int, Any] = {}

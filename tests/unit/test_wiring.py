@@ -1,0 +1,67 @@
+"""The wiring modules on their own: topics, the partner follower's decoding, the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.app import RequestTopics, create_app
+from pipeline.config import Settings
+from pipeline.errors import ConfigError, SchemaError
+from pipeline.follower import decode_partner
+from pipeline.kafka import core_topics, partner_topics
+from pipeline.partners import Partner
+from pipeline.schemas import Codec
+from pipeline.worker import output_schemas
+
+SETTINGS = Settings(topic_partitions=6, max_record_bytes=2 * 1024 * 1024)
+
+
+def test_topics_carry_the_record_limit_and_the_registry_is_compacted() -> None:
+    core = {t.name: t for t in core_topics(SETTINGS)}
+    assert core["claude.partners"].partitions == 1
+    assert core["claude.partners"].config == {"cleanup.policy": "compact"}
+    assert core["claude.dlq"].config["max.message.bytes"] == str(SETTINGS.max_message_bytes)
+    for topic in partner_topics(SETTINGS, "acme"):
+        assert topic.partitions == 6
+        assert int(topic.config["max.message.bytes"]) > SETTINGS.max_record_bytes
+
+
+def test_the_follower_decodes_updates_and_tombstones_and_refuses_garbage() -> None:
+    codec = Codec()
+    partner = Partner("acme", "env:ACME_SECRET", weight=3)
+    value = codec.encode("PartnerConfig", partner.to_record())
+    assert decode_partner(codec, b"acme", value) == ("acme", partner)
+    assert decode_partner(codec, b"acme", None) == ("acme", None)
+    with pytest.raises(SchemaError):
+        decode_partner(codec, None, None)
+    with pytest.raises(SchemaError):
+        decode_partner(codec, b"acme", b"\xc3\x01garbage")
+    bad = codec.encode("PartnerConfig", {**partner.to_record(), "weight": 0})
+    with pytest.raises(ConfigError):
+        decode_partner(codec, b"acme", bad)
+
+
+def test_the_worker_registers_every_output_schema() -> None:
+    outputs = output_schemas(["a", "b"])
+    assert ("UsageRecord", "claude.usage") in outputs
+    assert ("DeadLetter", "claude.dlq") in outputs
+    assert ("ClaudeResponse", "claude.responses.b") in outputs
+
+
+async def test_the_app_subscribes_its_agent_to_request_topics_that_follow_the_registry() -> None:
+    async def handler(record: Any, ack: Any) -> None:
+        pass
+
+    wiring = create_app(SETTINGS, handler=handler, request_topics=["claude.requests.a"])
+    try:
+        assert wiring.request_topics() == ["claude.requests.a"]
+        assert "pipeline.requests" in wiring.app.agents
+        assert {t.name for t in wiring.app.tables.values()} >= {"request-ids", "spend"}
+        assert wiring.set_request_topics(["claude.requests.b", "claude.requests.a"])
+        assert not wiring.set_request_topics(["claude.requests.a", "claude.requests.b"])
+        channels = [c for c in wiring.app.topics if isinstance(c, RequestTopics)]
+        assert all(sorted(c.topics) == ["claude.requests.a", "claude.requests.b"] for c in channels)
+    finally:
+        wiring.app.consumer._thread.thread_loop.close()
