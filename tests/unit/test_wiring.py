@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -64,4 +64,4 @@ async def test_the_app_subscribes_its_agent_to_request_topics_that_follow_the_re
         channels = [c for c in wiring.app.topics if isinstance(c, RequestTopics)]
         assert all(sorted(c.topics) == ["claude.requests.a", "claude.requests.b"] for c in channels)
     finally:
-        wiring.app.consumer._thread.thread_loop.close()
+        cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
