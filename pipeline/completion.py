@@ -1,10 +1,14 @@
 """The end of a request, owned by one object: publish its outcome, make what it
 changed durable, then acknowledge every delivery of its record.
 
-In this order, because Kafka commits an offset once its record is acked: a crash
-before the ack repeats the work (at least once), never loses it. The request's
-"done" marker travels with the outcome, so a redelivery after a crash between
-the two is the only way work is repeated.
+In this order, because each step makes the next one safe. Kafka commits an
+offset once its record is acked, so a crash before the ack repeats the work (at
+least once), never loses it. The request's "done" marker is written only once
+every record of its outcome is on the broker: a marker that is durable while an
+outcome record is not would make the redelivery after a crash skip the request,
+and lose that record. (A crash between the outcome and the marker repeats the
+outcome instead: a second response, the at-least-once duplicate partners dedupe
+by request_id.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from pipeline.failpoints import Failpoints
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder, fit
 from pipeline.records import AckFn, Job, OutMessage, SourceRecord
@@ -163,7 +168,9 @@ class Completion:
         reporter: Reporter,
         guard: ReplayGuard | None,
         config: CompletionConfig,
+        failpoints: Failpoints | None = None,
     ) -> None:
+        self._failpoints = failpoints or Failpoints()
         self._publisher = publisher
         self._codec = codec
         self._builder = builder
@@ -173,20 +180,23 @@ class Completion:
         self._config = config
 
     async def finish(self, outcome: Outcome, job: Job | None = None) -> None:
-        """1. the outcome's records, each within the record limit; 2. the done marker
-        with them; 3. publish (acknowledged by the broker); 4. wait until what the
+        """1. the outcome's records, each within the record limit; 2. publish them
+        (acknowledged by the broker); 3. the done marker; 4. wait until what the
         request changed is durable; 5. report; 6. ack every delivery."""
         record = outcome.record
         outcome, messages = fit(
             self._builder, outcome, job, self._codec, self._config.max_record_bytes
         )
+        self._failpoints.hit("before_publish")
+        await self._publish(messages, record)
+        self._failpoints.hit("after_publish")
         durable = job.progress.durable if job is not None else []
         if job is not None and self._guard is not None:
             durable.append(
                 self._guard.end(job.partner_id, job.request_id, record.position, job.replay_count)
             )
-        await self._publish(messages, record)
         await wait_all(durable)
+        self._failpoints.hit("after_marker")
         durable.clear()
         self._reporter.report(outcome, job)
         for ack in self._deliveries.finish(record.position):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import eventloop
+from pipeline import eventloop, failpoints
 from pipeline.errors import ConfigError
 
 PROFILES = ("production", "dev")
@@ -114,12 +114,15 @@ class Settings:
     #: takes requests up to 32 MB (images and PDFs make them large); topics the
     #: pipeline creates, its producers and its consumers are configured to match.
     max_record_bytes: int = 32 * 1024 * 1024
+    #: Test-only: die like kill -9 at a chosen point (pipeline/failpoints.py).
+    failpoints: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"PIPELINE_PROFILE must be one of {', '.join(PROFILES)}")
         if self.broker is not None and self.broker not in BROKERS:
             raise ConfigError(f"PIPELINE_BROKER must be one of {', '.join(BROKERS)}")
+        failpoints.parse(self.failpoints)  # a typo is an error, not a silent no-op
         if self.max_record_bytes < 1024:
             raise ConfigError("PIPELINE_MAX_RECORD_BYTES must be at least 1024")
         for name in ("max_in_flight", "max_queued_per_partner", "max_attempts"):
@@ -256,6 +259,7 @@ class Settings:
             prices_file=Path(p) if (p := text("PIPELINE_PRICES_FILE")) else None,
             commit_interval_s=number("PIPELINE_COMMIT_INTERVAL_S", float, None),
             max_record_bytes=number("PIPELINE_MAX_RECORD_BYTES", int, d.max_record_bytes),
+            failpoints=text("PIPELINE_FAILPOINTS"),
         )
 
     def secret_values(self) -> list[str]:

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
 from pipeline.attempt import Attempts, Failed, Retry, Served, Upstream, job_fields
@@ -33,6 +33,7 @@ from pipeline.completion import (
     Reporter,
 )
 from pipeline.errors import DeadlineExpired, RequestError
+from pipeline.failpoints import Failpoints
 from pipeline.intake import Intake
 from pipeline.keys import UNRESOLVED, ApiKeys
 from pipeline.metrics import Metrics
@@ -60,6 +61,8 @@ class DispatchConfig:
     max_queued_per_partner: int = 256
     publish_attempts: int = 5
     max_record_bytes: int = 32 * 1024 * 1024
+    #: Test-only crash points (see pipeline/failpoints.py).
+    failpoints: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,7 @@ def assemble(
             reporter=Reporter(metrics, mono, wall),
             guard=guard,
             config=CompletionConfig(config.publish_attempts, config.max_record_bytes),
+            failpoints=Failpoints(config.failpoints),
         ),
         pausing=Pausing(flow or NoFlowControl(), config.max_queued_per_partner),
         metrics=metrics,

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import faust
 from mode import Service
 
-from pipeline import eventloop
+from pipeline import eventloop, failpoints
 from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
@@ -91,6 +91,7 @@ class WorkerRuntime(Service):
                 max_in_flight=settings.max_in_flight,
                 max_queued_per_partner=settings.max_queued_per_partner,
                 max_record_bytes=settings.max_record_bytes,
+                failpoints=failpoints.parse(settings.failpoints),
             ),
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,

@@ -139,3 +139,24 @@ def test_a_partner_paused_and_resumed_over_and_over_loses_nothing(
     assert not missing, f"{len(missing)} of {len(keys)} requests lost ({len(pauses)} pauses)"
     assert pauses, "intake never paused a partner: the test tests nothing"
     assert all(len(got.responses[k]) == 1 for k in keys)
+
+
+@pytest.mark.parametrize("point", ["before_publish", "after_publish", "after_marker"])
+def test_a_kill_at_each_point_of_the_completion_loses_nothing(stack: Stack, point: str) -> None:
+    # Deterministic, unlike a kill at a random moment: the worker dies like
+    # kill -9 the 15th time it passes `point`, with ~25 requests still in flight
+    # and nothing committed, so every record comes back to the next worker.
+    # (Before the done marker was moved after the outcome, `after_publish` was
+    # where a response could lose its usage record.)
+    doomed = stack.start_worker(
+        "doomed", {"PIPELINE_FAILPOINTS": f"{point}=15", "PIPELINE_COMMIT_INTERVAL_S": "60"}
+    )
+    keys = _send_many(stack, 40, f"crash at {point}")
+    doomed.popen.wait(30)
+    assert doomed.popen.returncode == 137, doomed.log_text()[-2000:]
+    stack.start_worker("heir")
+    got = stack.outcomes(["north", "south"], lambda o: o.complete(keys), timeout=60)
+    assert [k for k in keys if not got.responses.get(k)] == [], "a request without a response"
+    assert [k for k in keys if not got.usage.get(k)] == [], "a response without its usage record"
+    for key in keys:  # a repeated outcome is the same answer
+        assert len({r["content"] for r in got.responses[key]}) == 1

@@ -202,3 +202,44 @@ def test_pausing_pauses_when_full_resumes_at_half_and_reapplies() -> None:
     pausing.reapply()
     assert calls[-2:] == [("pause", "acme"), ("pause", "acme")]
     assert pausing.paused == {"acme"}
+
+
+class _RecordingStore(MemoryStore):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.events.append(f"durable {value['s']}")
+        super().put(partition, key, value)
+
+
+async def test_the_done_marker_is_written_only_after_the_outcome_is_on_the_broker() -> None:
+    # Before: the marker was sent with the outcome. A kill -9 between the two left
+    # "done" durable and the usage record (or the response) unpublished; the
+    # redelivered record was then skipped as already served: a loss.
+    from pipeline.state import ReplayGuard
+
+    events: list[str] = []
+    deliveries = Deliveries()
+    builder = OutcomeBuilder(PriceTable(), lambda: 1)
+    guard = ReplayGuard(_RecordingStore(events), 300.0)
+    completion = Completion(
+        publisher=_Publisher(events),
+        codec=Codec(),
+        builder=builder,
+        deliveries=deliveries,
+        reporter=Reporter(Metrics()),
+        guard=guard,
+        config=CompletionConfig(),
+    )
+    record = SourceRecord("claude.requests.acme", 0, 3, b"r1", b"v", [])
+
+    async def ack() -> None:
+        events.append("acked")
+
+    deliveries.arrive(record.position, ack)
+    job = Job(_admitted(Partner("acme", "env:S")))
+    outcome = builder.failure(record, InvalidRequest("x"), partner_id="acme", request_id="r1")
+    await completion.finish(outcome, job)
+    assert events == ["published", "durable done", "acked"]
