@@ -132,6 +132,7 @@ def create_app(
         canonical_url=f"http://{socket.gethostname()}.pid{os.getpid()}.invalid:6066",
         topic_disable_leader=True,
         store="memory://",
+        TableManager=faustadapter.table_manager(),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
     )

@@ -17,7 +17,10 @@ What we touch, and why:
   request partitions (each worker plans with 1/N of an upstream key);
 - a table's `data` and `send_changelog` (`TableStore`): a request outlives the
   stream event that admitted it, and Faust's `table[key] = value` only works
-  inside one.
+  inside one;
+- the table manager's start (`TableManager`): Faust sleeps a second there so that
+  tables defined after the app starts can register; ours all exist before it
+  starts, and every worker start (every test, every restart) paid that second.
 
 The consumer fixes, all measured here. Fix 1 is a quirk of the embedded broker
 and applies only with its broker profile (`Settings.broker`); the others are
@@ -208,6 +211,7 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("faust.transport.drivers.aiokafka", "Transport", ("Consumer",)),
     ("faust.transport.conductor", "Conductor", ("_resubscribe_sleep_lock_seconds",)),
     ("faust.tables.base", "Collection", ("data", "send_changelog")),
+    ("faust.tables.manager", "TableManager", ("on_start", "_update_channels", "recovery")),
     ("faust.assignor.partition_assignor", "PartitionAssignor", ("external_topic_distribution",)),
 )
 #: Instance attributes that only exist once an object runs: (module, class, name),
@@ -306,6 +310,19 @@ def install(app: Any, aiokafka_config: Mapping[str, Any], *, verify_end_offsets:
     Consumer.logger = driver.Consumer.logger  # Faust's own lines keep Faust's logger name
     Transport.Consumer = Consumer
     app._transport = Transport(app.conf.broker_consumer, app)
+
+
+def table_manager() -> type:
+    """Faust's TableManager without the second it waits at start for late tables."""
+    from faust.tables.manager import TableManager as FaustTableManager
+
+    class TableManager(FaustTableManager):
+        async def on_start(self) -> None:
+            if not self.should_stop:
+                await self._update_channels()
+                await self.recovery.start()
+
+    return TableManager
 
 
 def set_resubscribe_delay(app: Any, seconds: float) -> None:

@@ -273,3 +273,35 @@ def test_private_faust_names_live_in_the_adapter_only() -> None:
         if private.search(line)
     ]
     assert offenders == []
+
+
+async def test_the_table_manager_starts_recovery_without_waiting_a_second(monkeypatch: Any) -> None:
+    from faust.tables.manager import TableManager as FaustTableManager
+
+    from pipeline.faustadapter import table_manager
+
+    slept: list[float] = []
+    started: list[str] = []
+
+    async def sleep(self: Any, seconds: float) -> None:
+        slept.append(seconds)
+
+    async def update_channels(self: Any) -> None:
+        started.append("channels")
+
+    monkeypatch.setattr(FaustTableManager, "sleep", sleep)
+    monkeypatch.setattr(FaustTableManager, "_update_channels", update_channels)
+    app = _app("tables-test")
+    try:
+        ours, faust_own = table_manager()(app), FaustTableManager(app)
+        for manager in (faust_own, ours):
+            monkeypatch.setattr(manager.recovery, "start", _noop)
+            await manager.on_start()
+        assert slept == [1.0]  # Faust's own waits; ours does not
+        assert started == ["channels", "channels"]
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+async def _noop() -> None:
+    pass
