@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from email.utils import parsedate_to_datetime
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import anthropic
-import httpx2
-from anthropic import AsyncAnthropic, DefaultAioHttpClient
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic import AsyncAnthropic
 
 from pipeline.errors import UpstreamError
 
@@ -53,8 +57,11 @@ class UpstreamResult:
     web_search_requests: int = 0
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds)."""
+def parse_retry_after(
+    headers: Mapping[str, str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `retry-after` as seconds or as an
+    HTTP date (RFC 9110 allows both; a date in the past means now)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = headers.get(name)
         if raw is None:
@@ -62,15 +69,44 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         try:
             value = float(raw) * scale
         except ValueError:
-            continue
+            if name == "retry-after-ms":
+                continue
+            try:
+                value = max(0.0, parsedate_to_datetime(raw).timestamp() - now())
+            except (TypeError, ValueError, IndexError):
+                continue
         if value >= 0:
             return value
     return None
 
 
+def sdk() -> ModuleType:
+    """The anthropic SDK, imported on first use.
+
+    Importing it costs about 1.4 s of CPU (its types package is large); a worker
+    starts importing it in a thread (`preload`) while it waits for the broker.
+    """
+    import anthropic
+
+    return anthropic
+
+
+def preload() -> threading.Thread:
+    """Import the SDK and its HTTP stack in the background; `sdk()` then finds it."""
+
+    def load() -> None:
+        import anthropic
+        import anthropic.lib.streaming  # noqa: F401
+
+    thread = threading.Thread(target=load, name="import-anthropic", daemon=True)
+    thread.start()
+    return thread
+
+
 def classify(exc: anthropic.APIError) -> UpstreamError:
     """Turn one of the SDK's errors into our error model. (Any other exception is
     not Claude's: it is a bug of ours, and the caller's error policy treats it so.)"""
+    anthropic = sdk()
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamError("Claude did not answer in time", error_class="timeout", retriable=True)
     if isinstance(exc, anthropic.APIConnectionError):
@@ -105,6 +141,7 @@ def classify(exc: anthropic.APIError) -> UpstreamError:
 def _is_transport_failure(cause: BaseException | None) -> bool:
     """Whether what the SDK reports as a connection error is the network's doing."""
     import aiohttp
+    import httpx2
 
     return cause is None or isinstance(
         cause, httpx2.TransportError | aiohttp.ClientError | OSError | TimeoutError
@@ -152,19 +189,23 @@ class ClaudeClient:
     def _client(self, api_key: str) -> AsyncAnthropic:
         client = self._clients.get(api_key)
         if client is None:
-            client = AsyncAnthropic(
+            anthropic = sdk()
+            client = anthropic.AsyncAnthropic(
                 api_key=api_key,
                 base_url=self._base_url,
                 max_retries=0,
                 # An explicit timeout also lifts the SDK's refusal of large
                 # non-streaming max_tokens: our deadline handling owns that.
                 timeout=self._timeout_s,
-                http_client=DefaultAioHttpClient(timeout=self._timeout_s),
+                http_client=anthropic.DefaultAioHttpClient(timeout=self._timeout_s),
             )
             self._clients[api_key] = client
         return client
 
     async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
+        import httpx2
+
+        anthropic = sdk()
         try:
             response = await self._client(api_key).post(
                 "/v1/messages", cast_to=httpx2.Response, body=dict(params)

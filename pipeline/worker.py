@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import faust
 from mode import Service
 
-from pipeline import eventloop, failpoints
+from pipeline import claude, eventloop, failpoints
 from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
@@ -223,6 +223,7 @@ def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def run_worker(settings: Settings) -> int:
+    claude.preload()  # while the worker connects and joins its group
     loop = eventloop.install(settings.event_loop)  # before Faust makes any loop
     redactor = Redactor(settings.secret_values())
     setup_logging(settings.log_level, redactor)

@@ -42,7 +42,12 @@ def test_transport_errors() -> None:
 def test_retry_after_parsing() -> None:
     assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert parse_retry_after({"retry-after": "3"}) == 3.0
-    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    # an HTTP date (before: ignored): seconds from now until then, 0 if past
+    at = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    date = {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    assert parse_retry_after(date, now=lambda: at - 12.5) == 12.5
+    assert parse_retry_after(date, now=lambda: at + 60) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
 
 
