@@ -28,6 +28,7 @@ log = logging.getLogger("pipeline.app")
 Handler = Callable[[SourceRecord, AckFn], Awaitable[None]]
 RevokedHook = Callable[[Iterable[tuple[str, int]]], None]
 AssignedHook = Callable[[], None]
+RecoveredHook = Callable[[], None]
 
 
 class RequestTopics(faust.Topic):
@@ -51,17 +52,16 @@ class PipelineApp:
         """Set the consumer's fetch wait, which Faust hard-codes to 1,500 ms."""
         faustadapter.set_fetch_wait(self.app, ms)
 
-    def owned_partitions(self) -> dict[str, int]:
-        """How many partitions of each request topic this worker consumes."""
-        try:
-            assignment = self.app.consumer.assignment()
-        except Exception:  # not started yet
-            return {}
-        counts: dict[str, int] = {}
-        for tp in assignment:
-            if tp.topic.startswith(REQUESTS_PREFIX):
-                counts[tp.topic] = counts.get(tp.topic, 0) + 1
-        return counts
+    def owned_partitions(self) -> set[tuple[str, int]]:
+        """The request topic partitions this worker consumes."""
+        assignment = self.app.consumer.assignment()
+        return {
+            (tp.topic, tp.partition) for tp in assignment if tp.topic.startswith(REQUESTS_PREFIX)
+        }
+
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions `topic` really has (from the consumer's metadata)."""
+        return self.app.consumer.topic_partitions(topic)
 
     def workers_consuming(self) -> int:
         """Members of the group that own request partitions."""
@@ -90,6 +90,7 @@ def create_app(
     request_topics: Iterable[str],
     on_revoked: RevokedHook | None = None,
     on_assigned: AssignedHook | None = None,
+    on_recovered: RecoveredHook | None = None,
 ) -> PipelineApp:
     faustadapter.check()  # the Faust we rely on, or stop now, saying what is missing
     t = settings.timings
@@ -198,6 +199,14 @@ def create_app(
             assigned_hook()
 
         cast(Any, app.on_partitions_assigned).connect(_assigned)
+
+    if on_recovered is not None:
+        recovered_hook = on_recovered
+
+        async def _recovered(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+            recovered_hook()
+
+        cast(Any, app.on_rebalance_complete).connect(_recovered)
 
     # Changelog-backed state, partitioned like the request topics: an entry is
     # written to the partition of the record that caused it (see state.py).

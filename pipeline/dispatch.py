@@ -121,6 +121,8 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._tasks = Supervisor("dispatcher", on_fatal)
         self._stopping = False
+        #: Partitions taken away from this worker and not given back.
+        self._revoked: set[tuple[str, int]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -171,8 +173,10 @@ class Dispatcher:
             self._wakeup.set()
 
     def on_partitions_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
-        """Drop queued work of partitions we no longer own: their new owner re-reads it."""
+        """Drop queued work of partitions we no longer own: their new owner re-reads it.
+        (Retries waiting out their backoff are dropped when it ends: see `_requeue`.)"""
         revoked = set(positions)
+        self._revoked |= revoked
         dropped = self._backlog.remove(
             lambda job: (job.record.topic, job.record.partition) in revoked
         )
@@ -181,7 +185,8 @@ class Dispatcher:
         if dropped:
             log.info("dropped queued requests of revoked partitions", extra={"count": len(dropped)})
 
-    def on_partitions_assigned(self) -> None:
+    def on_partitions_assigned(self, assigned: Iterable[tuple[str, int]] = ()) -> None:
+        self._revoked -= set(assigned)
         self._s.pausing.reapply()
 
     def _expired(self, job: Job) -> None:
@@ -190,9 +195,12 @@ class Dispatcher:
         self._end(self._failure(job, err), job)
 
     def _requeue(self, job: Job) -> None:
-        """A retry's backoff is over: back to the head of its partner's lane."""
-        if self._stopping:
-            self._s.deliveries.forget(job.record.position)
+        """A retry's backoff is over: back to the head of its partner's lane, unless
+        its partition went to another worker meanwhile (which re-reads the record:
+        calling Claude here too would be a second call)."""
+        record = job.record
+        if self._stopping or (record.topic, record.partition) in self._revoked:
+            self._s.deliveries.forget(record.position)
             return
         self._backlog.push(job, front=True)
         self._wakeup.set()

@@ -7,10 +7,7 @@ statuses, reasons and classes.
 
 from __future__ import annotations
 
-import threading
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -73,22 +70,15 @@ class Metrics:
             ["partner"],
             registry=r,
         )
-        # Not in the contract's list: lets scripts wait until a worker consumes.
         self.ready = Gauge(
             "claude_worker_ready",
-            "1 once the worker has partitions assigned and consumes",
+            "1 while the worker consumes: partitions assigned and recovered; 0 while it "
+            "starts, rebalances or drains (what /readyz says)",
             registry=r,
         )
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 (scraped by Prometheus)
-        """Expose /metrics on `port` (0 picks a free one); return the bound port."""
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self.duplicates = Counter(
+            "claude_partner_duplicates",
+            "Later copies of a request_id, left as audit dead letters (never served again)",
+            ["partner"],
+            registry=r,
+        )

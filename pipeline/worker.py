@@ -23,6 +23,7 @@ from pipeline.errors import AdapterError, SecretError
 from pipeline.factory import Parts
 from pipeline.faustadapter import TableStore
 from pipeline.follower import PartnerFollower, load_registry
+from pipeline.health import Health, HttpEndpoint
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
 from pipeline.keys import ApiKeys
@@ -64,7 +65,10 @@ class WorkerRuntime(Service):
         prices = (
             PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable()
         )
-        self._owned: dict[str, int] = {}
+        self._owned: set[tuple[str, int]] = set()
+        self._partitions: dict[str, int] = {}
+        self.health = Health(self.metrics.ready)
+        self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
         self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
         self.wiring = create_app(
@@ -73,6 +77,7 @@ class WorkerRuntime(Service):
             request_topics=[requests_topic(p.partner_id) for p in registry],
             on_revoked=self._on_revoked,
             on_assigned=self._on_assigned,
+            on_recovered=self._on_recovered,
         )
         self.app = self.wiring.app
         stages = assemble(
@@ -113,13 +118,18 @@ class WorkerRuntime(Service):
         self._pending_topics: set[str] = set()
         self._subscribe_task: asyncio.Task[None] | None = None
         self._crash_task: asyncio.Future[None] | None = None
+        self._heartbeat: asyncio.Future[None] | None = None
 
     async def _handle(self, record: SourceRecord, ack: AckFn) -> None:
         await self.dispatcher.handle(record, ack)
 
     def _on_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
-        self._owned = {}
-        self.dispatcher.on_partitions_revoked(positions)
+        revoked = set(positions)
+        # Only what left: a budget share of partitions still owned stays valid, so
+        # retries re-queued during the rebalance are not refused as over budget.
+        self._owned -= revoked
+        self.health.set_not_ready("rebalancing")
+        self.dispatcher.on_partitions_revoked(revoked)
 
     def _seal(self, partner_id: str | None, payload: bytes, aad: bytes) -> bytes:
         """Seal a dead letter's payload with its partner's secret, or withhold it."""
@@ -133,21 +143,31 @@ class WorkerRuntime(Service):
         return seal_payload(secret, payload, aad)
 
     def _owned_fraction(self, partner_id: str) -> float:
-        owned = self._owned.get(requests_topic(partner_id), 0)
-        return min(1.0, owned / max(1, self.settings.topic_partitions))
+        """The part of a partner's budgets this worker may spend: its share of the
+        partner's request partitions, counted as the topic really has them."""
+        topic = requests_topic(partner_id)
+        owned = sum(1 for t, _ in self._owned if t == topic)
+        total = self._partitions.get(topic) or self.wiring.partition_count(topic)
+        if total:
+            self._partitions[topic] = total
+        return min(1.0, owned / max(1, total or self.settings.topic_partitions))
 
     def _on_assigned(self) -> None:
         self._owned = self.wiring.owned_partitions()
+        self._partitions = {}
         try:
             self.wiring.tune_fetch_wait(self.settings.broker_profile.fetch_max_wait_ms)
         except AdapterError as exc:
             self._fatal(exc)
             return
-        self.dispatcher.on_partitions_assigned()
+        self.dispatcher.on_partitions_assigned(self._owned)
         workers = self.wiring.workers_consuming()
         self.limiter.set_share(1.0 / max(1, workers))
         log.info("partitions assigned", extra={"workers": workers, "key_share": self.limiter.share})
-        self.metrics.ready.set(1)
+
+    def _on_recovered(self) -> None:
+        """Tables recovered, streams resumed: consuming."""
+        self.health.set_ready()
 
     def _fatal(self, exc: BaseException) -> None:
         log.critical("fatal error: stopping the worker", exc_info=exc)
@@ -185,20 +205,25 @@ class WorkerRuntime(Service):
 
     async def on_start(self) -> None:
         if self.settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.settings.metrics_port)
+            self.metrics_port = self.endpoint.serve(self.settings.metrics_port)
             log.info("metrics listening", extra={"port": self.metrics_port})
+        self._heartbeat = asyncio.ensure_future(self.health.heartbeat())
         await self.follower.start()
         await self.dispatcher.start()
 
     async def drain(self) -> None:
         """Stop taking records and let in-flight requests publish, while Kafka is up."""
+        self.health.set_not_ready("draining")
         await self.dispatcher.stop(self.settings.shutdown_grace_s)
 
     async def on_stop(self) -> None:
+        self.health.set_not_ready("stopping")
         await self.dispatcher.stop(0)
         await self.follower.stop()
         await self.claude.close()
-        self.metrics.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self.endpoint.close()
 
 
 def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:

@@ -370,3 +370,21 @@ async def test_the_served_line_says_where_the_time_went(
     assert 250 <= fields["intake_lag_ms"] < 5_000
     assert 0 <= fields["queued_ms"] < 5_000
     assert 0 <= fields["upstream_ms"] < 5_000
+
+
+async def test_a_retry_whose_partition_was_revoked_during_its_backoff_is_not_sent() -> None:
+    # Before: the retry went to Claude after its backoff although the partition's
+    # new owner re-reads the record and calls Claude too.
+    claude = FakeClaude({"hello": [_retriable(retry_after=0.2)]})
+    h = Harness(claude)
+    await h.dispatcher.start()
+    await h.send(h.record("hello"))
+    async with asyncio.timeout(5):
+        while not claude.calls:
+            await asyncio.sleep(0.01)
+    h.dispatcher.on_partitions_revoked([("claude.requests.acme", 0)])
+    await asyncio.sleep(0.5)  # past the backoff the first attempt asked for
+    await h.dispatcher.stop(0)
+    assert claude.calls == ["hello"]  # one call: the new owner makes the next one
+    assert h.acked == []  # not acked: the new owner serves it
+    assert h.responses() == []
