@@ -115,6 +115,7 @@ class Dispatcher:
             guard=stages.guard,
             builder=stages.builder,
             completion=stages.completion,
+            metrics=stages.metrics,
             spawn=lambda coro, name: self._tasks.spawn(coro, name),
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)

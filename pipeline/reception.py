@@ -16,8 +16,9 @@ from typing import Any
 
 from pipeline.attempt import job_fields
 from pipeline.completion import Arrival, Completion, Deliveries, record_fields
-from pipeline.errors import AuthFailed, Stage, internal
+from pipeline.errors import Duplicate, Stage, internal
 from pipeline.intake import Intake, Rejected, key_request_id
+from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import partner_of_requests_topic
 from pipeline.records import AckFn, Admitted, Job, SourceRecord
@@ -39,8 +40,10 @@ class Reception:
         guard: ReplayGuard | None,
         builder: OutcomeBuilder,
         completion: Completion,
+        metrics: Metrics,
         spawn: Spawn,
     ) -> None:
+        self._metrics = metrics
         self._deliveries = deliveries
         self._codec = codec
         self._intake = intake
@@ -102,9 +105,17 @@ class Reception:
             log.info("redelivered record already served", extra=job_fields(job))
             return False
         if verdict.seen is Seen.REPLAY:
+            # A producer retry without idempotence, or a replayed record: the
+            # original's outcome is the partner's; this copy leaves only an audit
+            # entry (no response, no usage record, no call to Claude).
             first = verdict.first
             where = f"{first[0]}[{first[1]}]@{first[2]}" if first else "earlier"
-            err = AuthFailed(f"replayed request_id: already received at {where}")
+            err = Duplicate(
+                f"a later copy of request_id {job.request_id!r}, first received at {where}: "
+                "not served again"
+            )
+            self._metrics.duplicates.labels(job.partner_id).inc()
+            log.info("duplicate request_id: audit entry only", extra=job_fields(job))
             # no job: the guard's entry belongs to the first record, not this one
             self._end(
                 self._builder.failure(
@@ -114,6 +125,7 @@ class Reception:
                     request_id=job.request_id,
                     request=job.request,
                     replay_count=job.replay_count,
+                    respond=False,
                 )
             )
             return False

@@ -141,14 +141,16 @@ def test_forged_stale_replayed_and_cross_partner_records_are_refused(stack: Stac
     )
     honest_keys.append(honest())
     got = _wait(stack, [k for k, _ in attacks] + honest_keys + [first])
+    got = stack.outcomes(["sec"], lambda o: first in o.dead, 20)  # the copy's audit entry
     for key, fragment in attacks:
         (dead,) = got.dead[key]
         assert dead["reason"] == "auth_failed"
         assert fragment in dead["detail"], dead["detail"]
-    replays = [d for d in got.dead.get(first, [])]
-    assert [d["reason"] for d in replays] == ["auth_failed"]
-    assert "replayed request_id" in replays[0]["detail"]
-    assert [r["status"] for r in got.responses[first]] == ["ok", "error"]
+    copies = got.dead.get(first, [])
+    assert [d["reason"] for d in copies] == ["duplicate"]
+    assert "a later copy of request_id" in copies[0]["detail"]
+    assert [r["status"] for r in got.responses[first]] == ["ok"]  # one request_id, one response
+    assert len(got.usage[first]) == 1
     for key in honest_keys:
         assert got.responses[key][0]["status"] == "ok"
 

@@ -296,15 +296,35 @@ async def test_full_partner_queue_pauses_its_topic() -> None:
     assert resumed == ["acme"]
 
 
-async def test_a_replayed_request_id_is_refused_and_claude_called_once(harness: Harness) -> None:
+async def test_a_later_copy_of_a_request_id_leaves_only_an_audit_entry(harness: Harness) -> None:
+    # Before: the copy got an error response (auth_failed), which a partner that
+    # keeps the first response per request_id could read before the real one.
     await harness.send(harness.record("once", request_id="same"))
     await harness.settle(1)
     await harness.send(harness.record("once", request_id="same"))  # a new record, same id
     await harness.settle(2)
     (dead,) = harness.dead_letters()
-    assert dead["reason"] == "auth_failed"
-    assert "replayed request_id" in dead["detail"]
+    assert dead["reason"] == "duplicate"
+    assert "a later copy of request_id 'same'" in dead["detail"]
+    assert [r["status"] for r in harness.responses()] == ["ok"]  # one response, the original's
+    assert len(harness.publisher.decoded("claude.usage", "UsageRecord")) == 1
     assert harness.claude.calls == ["once"]
+
+
+async def test_a_copy_arriving_while_the_original_is_in_flight_is_a_duplicate_too() -> None:
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    h = Harness(claude)
+    await h.dispatcher.start()
+    await h.send(h.record("slow", request_id="twin"))
+    await h.send(h.record("slow", request_id="twin"))
+    await h.settle(1)  # the copy's audit entry
+    claude.gate.set()
+    await h.settle(2)
+    await h.dispatcher.stop(0)
+    assert [d["reason"] for d in h.dead_letters()] == ["duplicate"]
+    assert [r["status"] for r in h.responses()] == ["ok"]
+    assert claude.calls == ["slow"]
 
 
 async def test_a_redelivery_after_a_restart_is_not_served_twice() -> None:
