@@ -39,11 +39,13 @@ class FakeClaude:
     def __init__(self, script: dict[str, list[UpstreamError]] | None = None) -> None:
         self.script = script or {}
         self.calls: list[str] = []
+        self.called = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
     async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
         prompt = params["messages"][-1]["content"]
         self.calls.append(prompt)
+        self.called.set()
         if self.gate is not None:
             await self.gate.wait()
         errors = self.script.get(prompt)
@@ -400,8 +402,7 @@ async def test_a_retry_whose_partition_was_revoked_during_its_backoff_is_not_sen
     await h.dispatcher.start()
     await h.send(h.record("hello"))
     async with asyncio.timeout(5):
-        while not claude.calls:
-            await asyncio.sleep(0.01)
+        await claude.called.wait()
     h.dispatcher.on_partitions_revoked([("claude.requests.acme", 0)])
     await asyncio.sleep(0.5)  # past the backoff the first attempt asked for
     await h.dispatcher.stop(0)
