@@ -145,7 +145,7 @@ class Attempts:
         if deadline is not None and self._wall() * 1000 >= deadline:
             raise DeadlineExpired("deadline passed while queued", attempts=job.attempts)
         try:
-            api_key = self._keys.for_partner(partner)
+            api_key = self._keys.for_attempt(partner, job.progress, int(self._wall() * 1000))
         except SecretError as exc:
             raise UpstreamRejected(str(exc), attempts=job.attempts) from None
         refused = self._limiter.key_refused(key_id(api_key))

@@ -54,7 +54,7 @@ class Backlog:
         """Queue a request (a retry goes to the `front` of its partner's lane)."""
         partner_id = job.partner_id
         partner = self._registry.get(partner_id) or job.admitted.partner
-        job.progress.key_id = self._keys.queue_key(partner)
+        job.progress.key_id = self._keys.queue_key(partner, job.progress, int(self._wall() * 1000))
         cost = self.fairness.cost(partner_id, job.admitted)
         self._queue.push(job.progress.key_id, partner_id, job, cost, partner.weight, front=front)
         self._changed(partner_id)
@@ -72,6 +72,14 @@ class Backlog:
             self._changed(partner_id)
             disarm(job)
         return picked
+
+    def rekey(self, partner_id: str) -> None:
+        """The partner's upstream key changed: its queued requests move to the new
+        key's lane (in their order), but for those pinned to the old one."""
+        jobs = self._queue.remove_where(lambda job: job.partner_id == partner_id)
+        for job in jobs:
+            disarm(job)
+            self.push(job)
 
     def remove(self, predicate: Callable[[Job], bool]) -> list[Job]:
         removed = self._queue.remove_where(predicate)

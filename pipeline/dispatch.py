@@ -190,6 +190,11 @@ class Dispatcher:
         self._revoked -= set(assigned)
         self._s.pausing.reapply()
 
+    def on_partner_changed(self, partner_id: str) -> None:
+        """A partner's registration changed: requests waiting for it follow its key."""
+        self._backlog.rekey(partner_id)
+        self._wakeup.set()
+
     def _expired(self, job: Job) -> None:
         """A queued request reached its deadline: it is not sent."""
         err = DeadlineExpired("deadline passed while queued", attempts=job.attempts)

@@ -67,6 +67,9 @@ class Partner:
     previous_signing_secret_ref: str | None = None
     previous_secret_expires_at_ms: int | None = None
     updated_at_ms: int = 0
+    #: The upstream key before the last rotate-key ("" for the default key).
+    previous_api_key_ref: str | None = None
+    previous_api_key_expires_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         check_partner_id(self.partner_id)
@@ -84,12 +87,22 @@ class Partner:
                 validate_ref(self.api_key_ref)
             if self.previous_signing_secret_ref is not None:
                 validate_ref(self.previous_signing_secret_ref)
+            if self.previous_api_key_ref:
+                validate_ref(self.previous_api_key_ref)
         except SecretError as exc:
             raise ConfigError(f"partner {self.partner_id}: {exc}") from None
 
     @property
     def has_budget(self) -> bool:
         return self.daily_token_budget is not None or self.monthly_budget_usd is not None
+
+    def api_key_in_grace(self, ref: str | None, now_ms: int) -> bool:
+        """Whether `ref` (None: the default key) is the key rotated out and still in
+        its grace window, so requests that started on it may finish on it."""
+        previous = self.previous_api_key_ref
+        if previous is None or self.previous_api_key_expires_at_ms is None:
+            return False
+        return (previous or None) == ref and now_ms < self.previous_api_key_expires_at_ms
 
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models

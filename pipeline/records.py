@@ -215,6 +215,9 @@ class Progress:
     first_dispatch_mono: float | None = None
     last_status: int | None = None
     key_id: str | None = None  # the queue it waits in
+    #: The key ref its first attempt used (None: the default key), once it made one.
+    key_ref: str | None = None
+    key_pinned: bool = False
     charge: Charge | None = None  # held between dispatch and the end of the attempt
     reservation: Reservation | None = None  # budget held while it runs
     durable: list[Awaitable[Any] | None] = field(default_factory=list)  # writes to await

@@ -176,6 +176,8 @@ class WorkerRuntime(Service):
     def _on_partner_change(
         self, partner_id: str, before: Partner | None, after: Partner | None
     ) -> None:
+        if before is not None and after is not None and before.api_key_ref != after.api_key_ref:
+            self.dispatcher.on_partner_changed(partner_id)
         if after is not None and before is None:
             # A new partner: create its topics, then add them to the subscription.
             self._pending_topics.add(partner_id)

@@ -134,6 +134,22 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
     rot.add_argument("--grace", default="10m", help="how long the old secret stays valid (10m)")
     rot.set_defaults(func=cmd_partners_rotate)
 
+    key = psub.add_parser(
+        "rotate-key",
+        help="switch a partner to a new upstream (Anthropic) API key, without a restart",
+        description=(
+            "Make REF the partner's Anthropic API key. New requests use it at once; a request "
+            "that already made an attempt with the old key finishes on it (its retries "
+            "included) during the grace window; after it, nothing uses the old key. Each key "
+            "keeps its own rate-limit view. REF must be readable by the workers: a file:PATH "
+            "(re-read when it changes) or an env:NAME already set in their environment."
+        ),
+    )
+    key.add_argument("partner_id", metavar="ID")
+    key.add_argument("--new-ref", required=True, help="env:NAME or file:PATH")
+    key.add_argument("--grace", default="10m", help="how long the old key may finish calls (10m)")
+    key.set_defaults(func=cmd_partners_rotate_key)
+
     sync = psub.add_parser("sync", help="publish every partner of the file to claude.partners")
     sync.set_defaults(func=cmd_partners_sync)
 
@@ -243,6 +259,37 @@ def cmd_partners_rotate(args: argparse.Namespace) -> int:
     )
     print(
         f"partner {args.partner_id}: new signing secret; the old one is accepted for {args.grace}"
+    )
+    return 0
+
+
+def cmd_partners_rotate_key(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.admin import update_partner
+    from pipeline.ops import parse_duration
+    from pipeline.partners import load_partners
+    from pipeline.security import validate_ref
+
+    settings = load_settings()
+    grace_s = parse_duration(args.grace)
+    validate_ref(args.new_ref)
+    current = load_partners(settings.partners_file).get(args.partner_id)
+    if current is None:
+        raise UsageError(f"no partner {args.partner_id!r} in {settings.partners_file}")
+    if current.api_key_ref == args.new_ref:
+        raise UsageError("the new reference is the current one")
+    update_partner(
+        settings,
+        kafka_parts().codec,
+        args.partner_id,
+        api_key_ref=args.new_ref,
+        previous_api_key_ref=current.api_key_ref or "",  # "": the default key
+        previous_api_key_expires_at_ms=int((time.time() + grace_s) * 1000),
+    )
+    print(
+        f"partner {args.partner_id}: new upstream API key; calls already started on the old "
+        f"one may finish on it for {args.grace}"
     )
     return 0
 

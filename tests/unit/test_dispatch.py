@@ -39,12 +39,14 @@ class FakeClaude:
     def __init__(self, script: dict[str, list[UpstreamError]] | None = None) -> None:
         self.script = script or {}
         self.calls: list[str] = []
+        self.keys: list[str] = []
         self.called = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
     async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
         prompt = params["messages"][-1]["content"]
         self.calls.append(prompt)
+        self.keys.append(api_key)
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -96,12 +98,13 @@ class Harness:
         flow: Any = None,
         partner: Partner | None = None,
         store: MemoryStore | None = None,
+        env: dict[str, str] | None = None,
         **dispatch: Any,
     ) -> None:
         self.registry = Registry()
         self.registry.apply("acme", partner or Partner("acme", "env:S"))
         self.store = store or MemoryStore()
-        resolver = SecretResolver({"S": "secret-acme"})
+        resolver = SecretResolver({"S": "secret-acme", **(env or {})})
         self.claude = claude
         self.publisher = FakePublisher()
         self.acked: list[int] = []
@@ -409,3 +412,35 @@ async def test_a_retry_whose_partition_was_revoked_during_its_backoff_is_not_sen
     assert claude.calls == ["hello"]  # one call: the new owner makes the next one
     assert h.acked == []  # not acked: the new owner serves it
     assert h.responses() == []
+
+
+async def test_a_rotated_key_serves_new_requests_while_started_ones_finish_on_the_old() -> None:
+    keys = {"KEY_OLD": "sk-old-key", "KEY_NEW": "sk-new-key"}
+    old = Partner("acme", "env:S", api_key_ref="env:KEY_OLD")
+    claude = FakeClaude({"retried": [_retriable(retry_after=0.05)]})
+    claude.gate = asyncio.Event()
+    h = Harness(claude, partner=old, env=keys)
+    await h.dispatcher.start()
+    await h.send(h.record("in flight"))
+    await h.send(h.record("retried"))
+    async with asyncio.timeout(5):
+        while len(claude.calls) < 2:
+            claude.called.clear()
+            await claude.called.wait()
+    rotated = old.with_(
+        api_key_ref="env:KEY_NEW",
+        previous_api_key_ref="env:KEY_OLD",
+        previous_api_key_expires_at_ms=int(time.time() * 1000) + 60_000,
+    )
+    h.registry.apply("acme", rotated)
+    h.dispatcher.on_partner_changed("acme")
+    await h.send(h.record("after the rotation"))
+    claude.gate.set()
+    await h.settle(3)
+    await h.dispatcher.stop(0)
+    used = dict(zip(claude.calls, claude.keys, strict=False))
+    by_prompt = {p: [k for c, k in zip(claude.calls, claude.keys, strict=True) if c == p]
+                 for p in used}  # fmt: skip
+    assert by_prompt["in flight"] == ["sk-old-key"]  # the call in flight finished on the old key
+    assert by_prompt["retried"] == ["sk-old-key", "sk-old-key"]  # its retry too, within grace
+    assert by_prompt["after the rotation"] == ["sk-new-key"]  # new requests: the new key at once
