@@ -120,7 +120,10 @@ class Dispatcher:
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
+        #: The requests being worked on (what a drain waits for) ...
         self._tasks = Supervisor("dispatcher", on_fatal)
+        #: ... and the loops that run for as long as the dispatcher does.
+        self._loops = Supervisor("dispatcher loops", on_fatal)
         self._stopping = False
         #: Partitions taken away from this worker and not given back.
         self._revoked: set[tuple[str, int]] = set()
@@ -128,8 +131,8 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks.spawn(self._dispatch_loop(), "dispatch-loop")
-        self._tasks.spawn(self._sweep_loop(), "state-sweeper")
+        self._loops.spawn(self._dispatch_loop(), "dispatch-loop")
+        self._loops.spawn(self._sweep_loop(), "state-sweeper")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop dispatching; give in-flight requests `grace_s` to finish, then cancel.
@@ -137,9 +140,10 @@ class Dispatcher:
         Anything not finished is not acknowledged: Kafka redelivers it.
         """
         self._stopping = True
+        await self._loops.stop()  # nothing new is dispatched
         for job in self._backlog.remove(lambda job: True):
             self._s.deliveries.forget(job.record.position)
-        await self._tasks.stop(grace_s)
+        await self._tasks.stop(grace_s)  # returns as soon as the requests in flight are done
 
     async def _sweep_loop(self) -> None:
         while True:
