@@ -66,6 +66,9 @@ class Failed:
 
 AttemptResult = Served | Retry | Failed
 
+#: Failures that look like the upstream is down (rather than the request at fault).
+OUTAGE_CLASSES = frozenset({"5xx", "timeout", "connection"})
+
 #: How long a key Claude refused (401/403) fails its requests fast.
 REFUSED_KEY_S = 30.0
 
@@ -163,6 +166,7 @@ class Attempts:
         except UpstreamError as err:
             self._account(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()
+            self._circuit(kid, job, outage=err.error_class in OUTAGE_CLASSES)
             self._observe(kid, err.headers, job)
             # A 429 was never charged; other failures probably were, minus the output.
             used = None if err.status == 429 else Cost(job.admitted.cost.input_tokens, 0)
@@ -171,6 +175,7 @@ class Attempts:
             self._key_trouble(job, kid, err)
             raise
         self._account(job, started, result.status)
+        self._circuit(kid, job, outage=False)
         self._observe(kid, result.headers, job)
         self._settle_charge(
             job,
@@ -178,6 +183,18 @@ class Attempts:
         )
         self._spend(job, result)
         return result
+
+    def _circuit(self, kid: str, job: Job, *, outage: bool) -> None:
+        """Tell the key's circuit how the upstream answered; log and show a change."""
+        if outage and self._limiter.outage(kid):
+            self._metrics.circuit_open.labels(kid).set(1)
+            log.warning(
+                "circuit open: the upstream is down, one probe per backoff step",
+                extra={**job_fields(job), "key": kid},
+            )
+        elif not outage and self._limiter.answered(kid):
+            self._metrics.circuit_open.labels(kid).set(0)
+            log.info("circuit closed: the upstream answers again", extra={"key": kid})
 
     def _key_trouble(self, job: Job, kid: str, err: UpstreamError) -> None:
         if err.status in (401, 403):

@@ -76,6 +76,12 @@ class Metrics:
             "starts, rebalances or drains (what /readyz says)",
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "claude_upstream_circuit_open",
+            "1 while the upstream key's circuit is open (an outage: one probe per backoff step)",
+            ["key"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "claude_partner_duplicates",
             "Later copies of a request_id, left as audit dead letters (never served again)",

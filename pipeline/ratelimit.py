@@ -36,6 +36,7 @@ from enum import StrEnum
 
 from aiolimiter import AsyncLimiter
 
+from pipeline.circuit import Circuit
 from pipeline.partners import Partner
 
 Clock = Callable[[], float]
@@ -226,6 +227,8 @@ class KeyState:
     #: Our requests on this key not answered yet, by dispatch number.
     pending: dict[int, Cost] = field(default_factory=dict)
     next_seq: int = 0
+    #: Open while the upstream is down (see pipeline/circuit.py).
+    circuit: Circuit = field(default_factory=Circuit)
 
     @property
     def in_flight(self) -> int:
@@ -260,6 +263,7 @@ class Throttle(StrEnum):
     KEY_OUTPUT_TOKENS = "key_output_tokens"
     PAUSED = "paused"  # a 429 paused the key
     PROBING = "probing"  # one request learns the key's limits first
+    CIRCUIT_OPEN = "circuit_open"  # the upstream is down: one probe per backoff step
 
     @property
     def scope(self) -> str:
@@ -270,6 +274,8 @@ class Throttle(StrEnum):
             return "its budget"
         if self is Throttle.PAUSED:
             return "a 429 pause"
+        if self is Throttle.CIRCUIT_OPEN:
+            return "an upstream outage"
         return "the upstream key's limit"
 
 
@@ -316,7 +322,8 @@ class Limiter:
                 {
                     r: _Resource(self.upstream.get(r), self.clock, self.share, r == "requests")
                     for r in RESOURCES
-                }
+                },
+                circuit=Circuit(self.clock),
             )
             # Configured limits are enough to start; otherwise probe until a response.
             state.probed = any(res.known for res in state.resources.values())
@@ -368,6 +375,9 @@ class Limiter:
         """
         state = self.key(kid)
         now = self.clock()
+        outage = state.circuit.wait()
+        if outage > 0:
+            return Verdict(outage, Throttle.CIRCUIT_OPEN)
         if state.paused_until > now:
             return Verdict(state.paused_until - now, Throttle.PAUSED)
         if not state.probed and state.in_flight >= 1:
@@ -389,6 +399,7 @@ class Limiter:
         if buckets.tpm is not None:
             buckets.tpm.consume(cost.tokens)
         state = self.key(kid)
+        state.circuit.sent()
         seq = state.next_seq
         state.next_seq += 1
         state.pending[seq] = cost
@@ -441,6 +452,18 @@ class Limiter:
         # limits; without (a gateway that sends none) there is nothing to learn.
         state.probed = True
         return seen
+
+    def outage(self, kid: str) -> bool:
+        """The upstream failed as in an outage (5xx, timeout, connection). True if
+        that opened the key's circuit."""
+        return self.key(kid).circuit.failed()
+
+    def answered(self, kid: str) -> bool:
+        """The upstream answered (success or a 4xx). True if that closed the circuit."""
+        return self.key(kid).circuit.succeeded()
+
+    def circuit_open(self, kid: str) -> bool:
+        return self.key(kid).circuit.open
 
     def refuse_key(self, kid: str, reason: str, seconds: float) -> None:
         """Claude refused the key itself (401/403): fail its requests fast for a while."""
