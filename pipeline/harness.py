@@ -376,6 +376,26 @@ class Stack:
         exchanges: list[dict[str, Any]] = self._sim_get("/_sim/exchanges")
         return exchanges
 
+    def sim_faults(self, rates: Mapping[str, float]) -> None:
+        """Change the simulator's fault rates now (`{}`: none)."""
+        req = urllib.request.Request(  # noqa: S310 (loopback)
+            f"{self.sim_url}/_sim/faults",
+            data=json.dumps(dict(rates)).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5):  # noqa: S310
+            pass
+
+    def stop_sim(self) -> None:
+        """Stop the simulator: connections to it are refused until `restart_sim`."""
+        self.sim.stop()
+
+    def restart_sim(self) -> None:
+        """The simulator again, on the same port, with the same flags (state forgotten)."""
+        self.sim = self.spawn("sim-restarted", self.sim.args)
+        self.sim.wait_http(f"{self.sim_url}/_sim/health", 20)
+
     def sim_reset(self) -> None:
         req = urllib.request.Request(f"{self.sim_url}/_sim/reset", method="POST")  # noqa: S310
         with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (loopback)

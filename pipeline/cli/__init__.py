@@ -15,7 +15,7 @@ from pipeline.cli.admin import add_partners, add_topics
 from pipeline.cli.common import Parser, UsageError
 from pipeline.cli.ops import add_dlq, add_usage
 from pipeline.cli.partner import add_responses, add_send
-from pipeline.cli.run import add_bench, add_broker, add_demo, add_sim, add_worker
+from pipeline.cli.run import add_bench, add_broker, add_chaos, add_demo, add_sim, add_worker
 from pipeline.errors import ConfigError, PipelineError, SecretError
 from pipeline.factory import RDKAFKA_LOG
 
@@ -39,6 +39,7 @@ def build_parser() -> Parser:
     add_dlq(sub)
     add_usage(sub)
     add_bench(sub)
+    add_chaos(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from pipeline import tokens
 from pipeline.sim.batches import BatchStore
 from pipeline.sim.cache import CacheUsage, PromptCache
 from pipeline.sim.catalog import MODELS, find_model
-from pipeline.sim.config import SimConfig
+from pipeline.sim.config import FAULT_KINDS, SimConfig
 from pipeline.sim.errors import ApiError, invalid
 from pipeline.sim.faults import FaultInjector
 from pipeline.sim.generate import Generated, generate
@@ -103,6 +103,19 @@ class Simulator:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self.batches = BatchStore(self)
+
+    def set_faults(self, rates: Mapping[str, float]) -> None:
+        """Replace the fault rates of every key, now (POST /_sim/faults): the chaos
+        run turns an outage on and off this way. ValueError names a bad rate."""
+        for kind, p in rates.items():
+            if kind not in FAULT_KINDS:
+                raise ValueError(f"unknown fault kind {kind!r}")
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"fault rate {kind}={p} is not within [0, 1]")
+        if sum(float(p) for p in rates.values()) > 1.0 + 1e-9:
+            raise ValueError("fault rates add up to more than 1")
+        self._faults = FaultInjector({k: float(p) for k, p in rates.items()}, self.config.seed)
+        self._key_faults = {}
 
     def now(self) -> float:
         return self._clock()

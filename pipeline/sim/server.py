@@ -311,6 +311,21 @@ async def sim_exchanges(request: web.Request) -> web.Response:
     return _json(list(request.app[SIM_KEY].exchanges), {})
 
 
+async def sim_faults(request: web.Request) -> web.Response:
+    """{"529": 1.0, ...}: the fault rates every key suffers from now on ({} for none)."""
+    try:
+        rates = await request.json()
+    except ValueError:
+        rates = None
+    if not isinstance(rates, dict):
+        return _json({"error": "expected a JSON object of fault kind -> probability"}, {}, 400)
+    try:
+        request.app[SIM_KEY].set_faults(rates)
+    except ValueError as exc:
+        return _json({"error": str(exc)}, {}, 400)
+    return _json({"faults": rates}, {})
+
+
 async def sim_reset(request: web.Request) -> web.Response:
     request.app[SIM_KEY].reset()
     return _json({"reset": True}, {})
@@ -342,6 +357,7 @@ def create_sim_app(config: SimConfig, simulator: Simulator | None = None) -> web
     r.add_get("/v1/models/{model_id}", get_model)
     r.add_get("/_sim/stats", sim_stats)
     r.add_post("/_sim/reset", sim_reset)
+    r.add_post("/_sim/faults", sim_faults)
     r.add_get("/_sim/exchanges", sim_exchanges)
     r.add_get("/_sim/health", sim_health)
     r.add_route("*", "/{tail:.*}", not_found)

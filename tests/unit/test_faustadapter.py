@@ -305,3 +305,36 @@ async def test_the_table_manager_starts_recovery_without_waiting_a_second(monkey
 
 async def _noop() -> None:
     pass
+
+
+def test_nothing_is_committed_past_a_record_that_is_not_acked() -> None:
+    from faust.transport.drivers import aiokafka as driver
+    from faust.types import TP
+
+    app = _app("commit-test")
+    consumer: Any = app.consumer
+    tp = TP("claude.requests.acme", 3)
+
+    def acked(*offsets: int) -> None:
+        consumer._acked[tp] = list(offsets)
+        consumer._acked_index[tp] = set(offsets)
+
+    try:
+        # 17 is the committed position (the next to read) and is not acked: a
+        # request a draining worker left for redelivery; 18 and 19 are.
+        consumer._committed_offset[tp] = 17
+        acked(18, 19)
+        assert driver.Consumer._new_offset(consumer, tp) == 20  # unpatched: 17 is lost
+        acked(18, 19)
+        assert consumer._new_offset(tp) is None  # ours: wait for 17
+        acked(17, 18, 19)
+        assert consumer._new_offset(tp) == 20
+        # before the first commit Faust knows no position and checks nothing
+        consumer._committed_offset[tp] = None
+        consumer._positions[tp] = 40
+        acked(41)
+        assert driver.Consumer._new_offset(consumer, tp) == 42  # unpatched: 40 is lost
+        acked(41)
+        assert consumer._new_offset(tp) is None
+    finally:
+        consumer._thread.thread_loop.close()
