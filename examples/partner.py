@@ -40,7 +40,7 @@ fastavro.schemaless_writer(body, request_schema, request)
 value, ts = header + body.getvalue(), str(int(time.time()))
 signature = hmac.new(secret, ts.encode() + b"." + value, hashlib.sha256).hexdigest()
 headers = {"x-partner-id": partner, "x-timestamp": ts, "x-signature": signature}
-producer = Producer(kafka)
+producer = Producer({**kafka, "partitioner": "murmur2_random"})  # Kafka's default, as Java's
 producer.produce(
     f"claude.requests.{partner}", key=request["request_id"], value=value, headers=headers
 )

@@ -18,6 +18,7 @@ from pipeline.partners import (
     PARTNERS_TOPIC,
     REQUESTS_PREFIX,
     RESPONSES_PREFIX,
+    STATE_TOPIC,
     USAGE_TOPIC,
     requests_topic,
     responses_topic,
@@ -75,7 +76,11 @@ def worker_bindings(principal: str, group_id: str) -> list[Binding]:
         Binding(principal, "TOPIC", PARTNERS_TOPIC, "LITERAL", "DESCRIBE"),
         Binding(principal, "GROUP", group_id, "LITERAL", "READ"),
     ]
-    # Faust's own topics (table changelogs) are named after the group id.
+    out += [
+        Binding(principal, "TOPIC", STATE_TOPIC, "LITERAL", op)
+        for op in ("READ", "WRITE", "DESCRIBE")
+    ]
+    # Faust's own topics (its assignor's leader topic) are named after the group id.
     out += [
         Binding(principal, "TOPIC", f"{group_id}-", "PREFIXED", op)
         for op in ("READ", "WRITE", "DESCRIBE", "CREATE")

@@ -26,7 +26,7 @@ from pipeline.records import AckFn, OutMessage, SourceRecord
 log = logging.getLogger("pipeline.app")
 
 Handler = Callable[[SourceRecord, AckFn], Awaitable[None]]
-RevokedHook = Callable[[Iterable[tuple[str, int]]], None]
+RevokedHook = Callable[[Iterable[tuple[str, int]]], Awaitable[None]]
 AssignedHook = Callable[[], None]
 RecoveredHook = Callable[[], None]
 
@@ -41,9 +41,6 @@ class PipelineApp:
 
     app: faust.App
     requests: RequestTopics
-    #: request_ids seen per partner (replay protection), and spend per partner
-    seen: Any
-    spend: Any
 
     def request_topics(self) -> list[str]:
         return list(self.requests.topics)
@@ -61,7 +58,7 @@ class PipelineApp:
 
     def partition_count(self, topic: str) -> int | None:
         """How many partitions `topic` really has (from the consumer's metadata)."""
-        return self.app.consumer.topic_partitions(topic)
+        return faustadapter.partitions_of(self.app, topic)
 
     def workers_consuming(self) -> int:
         """Members of the group that own request partitions."""
@@ -138,11 +135,7 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
     )
     # Before anything creates Faust's consumer (see faustadapter.py for why).
-    faustadapter.install(
-        app,
-        settings.aiokafka_config(),
-        verify_end_offsets=settings.broker_profile.verify_end_offsets,
-    )
+    faustadapter.install(app)
     faustadapter.set_resubscribe_delay(app, t.resubscribe_delay_s)
     channel = RequestTopics(
         app,
@@ -188,7 +181,8 @@ def create_app(
 
         async def _revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
             revoked: set[TP] = args[0] if args else kw.get("revoked", set())
-            hook((tp.topic, tp.partition) for tp in revoked)
+            # Awaited: the group's rebalance goes on when the hook returns.
+            await hook((tp.topic, tp.partition) for tp in revoked)
 
         cast(Any, app.on_partitions_revoked).connect(_revoked)
 
@@ -208,24 +202,7 @@ def create_app(
 
         cast(Any, app.on_rebalance_complete).connect(_recovered)
 
-    # Changelog-backed state, partitioned like the request topics: an entry is
-    # written to the partition of the record that caused it (see state.py).
-    state_schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
-    seen = app.Table(
-        "request-ids",
-        default=None,
-        partitions=settings.topic_partitions,
-        schema=state_schema,
-        help="request_ids seen per partner, for as long as their signatures are valid",
-    )
-    spend = app.Table(
-        "spend",
-        default=None,
-        partitions=settings.topic_partitions,
-        schema=state_schema,
-        help="tokens per day and dollars per month spent, per partner and partition",
-    )
-    return PipelineApp(app, channel, seen, spend)
+    return PipelineApp(app, channel)
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes]]:

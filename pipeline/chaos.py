@@ -68,7 +68,7 @@ class Plan:
     def of(cls, quick: bool) -> Plan:
         if quick:
             return cls(
-                requests=1_500, rate_per_s=50, kill_every_s=10, outage_s=10, outage_requests=60
+                requests=1_500, rate_per_s=40, kill_every_s=8, outage_s=10, outage_requests=60
             )
         return cls(
             requests=10_000, rate_per_s=60, kill_every_s=20, outage_s=30, outage_requests=200

@@ -140,11 +140,14 @@ class PartnerClient:
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
         topic: str | None = None,
+        partition: int | None = None,
     ) -> None:
         """Produce bytes as-is; signed unless `headers` are given."""
         if headers is None:
             headers = signed_headers(self.partner_id, self._secret, value)
-        self._producer.produce(topic or requests_topic(self.partner_id), value, key, headers)
+        self._producer.produce(
+            topic or requests_topic(self.partner_id), value, key, headers, partition
+        )
 
     def flush(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout)

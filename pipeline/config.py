@@ -23,11 +23,9 @@ BROKERS = ("kafka", "embedded")
 @dataclass(frozen=True)
 class BrokerProfile:
     """What the broker needs worked around. Real Kafka (and Confluent Cloud, MSK,
-    Redpanda) needs nothing; the embedded broker (Tansu) needs three things,
+    Redpanda) needs nothing; the embedded broker (Tansu) needs two things,
     each measured here (see README, "The embedded broker and its limits")."""
 
-    #: ListOffsets(latest) may answer short: check end offsets with a fetch.
-    verify_end_offsets: bool
     #: Producers may use idempotence (Tansu lacks InitProducerId).
     idempotent_producers: bool
     #: How long a fetch may wait for data. Kafka answers a waiting fetch as soon as
@@ -36,12 +34,8 @@ class BrokerProfile:
 
 
 BROKER_PROFILES = {
-    "kafka": BrokerProfile(
-        verify_end_offsets=False, idempotent_producers=True, fetch_max_wait_ms=500
-    ),
-    "embedded": BrokerProfile(
-        verify_end_offsets=True, idempotent_producers=False, fetch_max_wait_ms=10
-    ),
+    "kafka": BrokerProfile(idempotent_producers=True, fetch_max_wait_ms=500),
+    "embedded": BrokerProfile(idempotent_producers=False, fetch_max_wait_ms=10),
 }
 
 

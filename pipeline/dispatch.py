@@ -15,11 +15,12 @@ never lose it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
@@ -83,6 +84,8 @@ class Stages:
     metrics: Metrics
     guard: ReplayGuard | None = None
     ledger: BudgetLedger | None = None
+    #: Waits until the durable state is read up to now (after a rebalance).
+    state_synced: Callable[[], Awaitable[None]] | None = None
 
 
 class Dispatcher:
@@ -113,6 +116,7 @@ class Dispatcher:
             codec=stages.codec,
             intake=stages.intake,
             guard=stages.guard,
+            state_synced=stages.state_synced,
             builder=stages.builder,
             completion=stages.completion,
             metrics=stages.metrics,
@@ -127,6 +131,9 @@ class Dispatcher:
         self._stopping = False
         #: Partitions taken away from this worker and not given back.
         self._revoked: set[tuple[str, int]] = set()
+        #: Requests being attempted (called, then their outcome written), by partition.
+        self._running: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._ran = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -190,6 +197,22 @@ class Dispatcher:
         if dropped:
             log.info("dropped queued requests of revoked partitions", extra={"count": len(dropped)})
 
+    async def finish_revoked(self, positions: Iterable[tuple[str, int]], timeout_s: float) -> int:
+        """Wait (at most `timeout_s`) for the attempts under way on these partitions
+        to finish; returns how many are still running."""
+        revoked = set(positions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        def running() -> int:
+            return sum(self._running[tp] for tp in revoked)
+
+        while running() and loop.time() < deadline:
+            self._ran.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ran.wait(), deadline - loop.time())
+        return running()
+
     def on_partitions_assigned(self, assigned: Iterable[tuple[str, int]] = ()) -> None:
         self._revoked -= set(assigned)
         self._s.pausing.reapply()
@@ -226,6 +249,7 @@ class Dispatcher:
                 self._end(self._failure(job, verdict.error), job)
                 continue
             self._charge(job)
+            self._running[job.record.topic, job.record.partition] += 1
             self._tasks.spawn(self._run(job), f"request-{job.request_id}")
 
     async def _next(self) -> tuple[Job, AdmissionVerdict]:
@@ -291,6 +315,16 @@ class Dispatcher:
             )
 
     async def _run(self, job: Job) -> None:
+        tp = (job.record.topic, job.record.partition)
+        try:
+            await self._attempt(job)
+        finally:
+            self._running[tp] -= 1
+            if self._running[tp] <= 0:
+                del self._running[tp]
+            self._ran.set()
+
+    async def _attempt(self, job: Job) -> None:
         """One attempt. Holds a concurrency slot only while Claude is being called."""
         if job.progress.first_dispatch_mono is None:
             job.progress.first_dispatch_mono = self._mono()
@@ -353,6 +387,7 @@ def assemble(
     limiter: Limiter | None = None,
     guard: ReplayGuard | None = None,
     ledger: BudgetLedger | None = None,
+    state_synced: Callable[[], Awaitable[None]] | None = None,
     prices: PriceTable | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
@@ -397,4 +432,5 @@ def assemble(
         metrics=metrics,
         guard=guard,
         ledger=ledger,
+        state_synced=state_synced,
     )

@@ -8,39 +8,24 @@ a silent fallback. Each consumer fix is pinned by a contract test
 
 What we touch, and why:
 
-- the aiokafka driver's `Consumer` (subclassed, `install`): the five fixes below;
+- the aiokafka driver's `Consumer` (subclassed, `install`): the fixes below, and no
+  subscription while there is no topic to subscribe to (aiokafka refuses it);
 - the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription
   changes for 45 s; a new partner should not wait that long;
 - the consumer thread's aiokafka `Fetcher._fetch_max_wait_ms`: Faust hard-codes
   1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
 - the assignor's `external_topic_distribution`: how many group members consume
   request partitions (each worker plans with 1/N of an upstream key);
-- a table's `data` and `send_changelog` (`TableStore`): a request outlives the
-  stream event that admitted it, and Faust's `table[key] = value` only works
-  inside one;
 - the table manager's start (`TableManager`): Faust sleeps a second there so that
-  tables defined after the app starts can register; ours all exist before it
-  starts, and every worker start (every test, every restart) paid that second.
+  tables defined after the app starts can register; we define none (our state
+  is in `pipeline.statelog`), and every worker start paid that second.
 
-The consumer fixes, all measured here. Fix 1 is a quirk of the embedded broker
-and applies only with its broker profile (`Settings.broker`); the others are
-Faust's own and apply on any broker:
+The consumer fixes, all measured here, all Faust's own (they apply on any broker).
+They are numbered as they were found; fix 1 (end offsets for table recovery
+on the embedded broker) went with the tables, when state moved to
+`pipeline.statelog`.
 
-1. End offsets that a changelog recovery can trust. Tansu 0.6, our embedded
-  broker, answers ListOffsets(latest) with the base offset of a partition's
-  last record batch plus one, not the offset after its last record: five
-  records produced in one batch at offsets 0-4, ListOffsets says 1, a Fetch
-  says 5. Faust's table recovery reads each changelog partition up to that
-  end, so a worker restarted after a crash lost the last entries of a
-  changelog partition, among them "this request is done" markers, and called
-  Claude a second time for requests served just before the crash.
-  `verified_end_offsets` asks a Fetch instead: for every partition with
-  records it reads from the listed end minus one (the last batch's base) and
-  takes the fetch's high watermark, never lower than the listed end. On
-  brokers that answer correctly this changes nothing and costs one short
-  fetch per changelog partition per rebalance.
-
-2. No record lost at a rebalance (any broker). During table recovery the
+2. No record lost at a rebalance. During Faust's recovery step the
   consumer may already fetch request records; Faust abandons those it
   cannot hand to the stream while its flow is stopped, and relies on seeking
   back to the committed offset afterwards. aiokafka seeks only where an
@@ -62,11 +47,11 @@ Faust's own and apply on any broker:
 4. No record cleared from the stream's queue after the seek. Faust resumes a
   worker after a rebalance in this order: seek the stream partitions to their
   committed offsets, resume flow control (which empties every stream queue),
-  resume the consumer. But the consumer may already be running then (it
-  reads changelogs during recovery), so records handed over between the seek
-  and the emptying were thrown away; none of them is fetched again, and the
-  commit passed over them (seen here: the record at the committed offset
-  refetched 4 ms after the seek, gone 80 ms later, the next six served).
+  resume the consumer. But the consumer may already be running then, so
+  records handed over between the seek and the emptying were thrown away;
+  none of them is fetched again, and the commit passed over them (seen
+  here: the record at the committed offset refetched 4 ms after the seek,
+  gone 80 ms later, the next six served).
   `perform_seek` here stops the consumer's flow first: nothing reaches a
   queue until Faust resumes it, and everything past the committed offsets is
   fetched again.
@@ -97,78 +82,15 @@ by the replay guard (by request_id).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
 
 from pipeline.errors import AdapterError
 
 log = logging.getLogger("pipeline.faustadapter")
 
 TPKey = TypeVar("TPKey", bound=tuple[str, int])
-
-
-class FetchingConsumer(Protocol):
-    """The part of aiokafka's AIOKafkaConsumer used here."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def assign(self, partitions: list[Any]) -> None: ...
-
-    def seek(self, partition: Any, offset: int) -> None: ...
-
-    def pause(self, *partitions: Any) -> None: ...
-
-    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> Mapping[Any, Any]: ...
-
-    def highwater(self, partition: Any) -> int | None: ...
-
-
-async def verified_end_offsets(
-    listed: Mapping[TPKey, int | None],
-    new_consumer: Callable[[], FetchingConsumer],
-    *,
-    timeout_s: float = 5.0,
-) -> dict[TPKey, int | None]:
-    """The end offset of each partition: the larger of `listed` and a fetch's high watermark."""
-    ends = dict(listed)
-    pending = {tp: end for tp, end in listed.items() if isinstance(end, int) and end > 0}
-    if not pending:
-        return ends
-    from aiokafka import TopicPartition
-
-    wanted = {TopicPartition(tp[0], tp[1]): tp for tp in pending}
-    consumer = new_consumer()
-    await consumer.start()
-    try:
-        consumer.assign(list(wanted))
-        for atp, tp in wanted.items():
-            consumer.seek(atp, pending[tp] - 1)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while wanted and loop.time() < deadline:
-            await consumer.getmany(*wanted, timeout_ms=100)
-            for atp in [atp for atp in wanted if consumer.highwater(atp) is not None]:
-                tp = wanted.pop(atp)
-                ends[tp] = max(pending[tp], int(consumer.highwater(atp) or 0))
-                consumer.pause(atp)
-    finally:
-        await consumer.stop()
-    corrected = {tp: (listed[tp], ends[tp]) for tp in listed if ends[tp] != listed[tp]}
-    if corrected:
-        log.info(
-            "end offsets corrected by fetch",
-            extra={"corrected": {f"{tp[0]}[{tp[1]}]": v for tp, v in corrected.items()}},
-        )
-    if wanted:
-        log.warning(
-            "no fetch answered for some partitions: using their listed end offsets",
-            extra={"partitions": [f"{tp[0]}[{tp[1]}]" for tp in wanted.values()]},
-        )
-    return ends
 
 
 class _Floor(int):
@@ -222,7 +144,6 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", ("_ensure_consumer",)),
     ("faust.transport.drivers.aiokafka", "Transport", ("Consumer",)),
     ("faust.transport.conductor", "Conductor", ("_resubscribe_sleep_lock_seconds",)),
-    ("faust.tables.base", "Collection", ("data", "send_changelog")),
     ("faust.tables.manager", "TableManager", ("on_start", "_update_channels", "recovery")),
     ("faust.assignor.partition_assignor", "PartitionAssignor", ("external_topic_distribution",)),
 )
@@ -301,19 +222,9 @@ def commit_offset(
     return int(batch[-1]) + 1
 
 
-def install(app: Any, aiokafka_config: Mapping[str, Any], *, verify_end_offsets: bool) -> None:
-    """Give the Faust app our consumer (call before anything creates Faust's).
-
-    `verify_end_offsets` turns on fix 1, for the embedded broker only.
-    """
-    import aiokafka
+def install(app: Any) -> None:
+    """Give the Faust app our consumer (call before anything creates Faust's)."""
     from faust.transport.drivers import aiokafka as driver
-
-    def new_consumer() -> FetchingConsumer:
-        consumer: FetchingConsumer = aiokafka.AIOKafkaConsumer(
-            enable_auto_commit=False, fetch_max_wait_ms=50, **aiokafka_config
-        )
-        return consumer
 
     class Consumer(driver.Consumer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -321,6 +232,14 @@ def install(app: Any, aiokafka_config: Mapping[str, Any], *, verify_end_offsets:
             self._read_offset = ReadOffsets()
             #: Where reading started after the last seek, by partition (fix 6).
             self._positions: dict[Any, int] = {}
+
+        async def subscribe(self, topics: Any) -> None:
+            topics = set(topics)
+            if not topics:
+                # No partner yet (a fresh cluster): aiokafka refuses an empty
+                # subscription, and there is nothing to join a group for.
+                return
+            await super().subscribe(topics)
 
         def _new_offset(self, tp: Any) -> int | None:
             position = self._committed_offset[tp]
@@ -330,16 +249,6 @@ def install(app: Any, aiokafka_config: Mapping[str, Any], *, verify_end_offsets:
                 self._gap[tp],
                 self._positions.get(tp) if position is None else position,
             )
-
-        async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
-            listed = await super().highwaters(*partitions)
-            if not verify_end_offsets:
-                return listed
-            try:
-                return cast(Mapping[Any, int], await verified_end_offsets(listed, new_consumer))
-            except Exception:  # never worse than Faust alone
-                log.warning("cannot verify end offsets", exc_info=True)
-                return listed
 
         async def _wait_next_records(self, timeout: Any) -> tuple[Any, Any]:  # noqa: ASYNC109 (Faust's signature)
             records, active = await super()._wait_next_records(timeout)
@@ -391,12 +300,27 @@ def set_resubscribe_delay(app: Any, seconds: float) -> None:
     app.topics._resubscribe_sleep_lock_seconds = seconds
 
 
-def set_fetch_wait(app: Any, ms: int) -> None:
-    """The consumer's fetch max-wait (Faust hard-codes 1,500 ms). Call once it consumes."""
+def _aiokafka_consumer(app: Any) -> Any:
+    """The aiokafka consumer under Faust's consumer thread."""
     try:
-        fetcher = app.consumer._thread._ensure_consumer()._fetcher
+        return app.consumer._thread._ensure_consumer()
     except AttributeError as exc:
         raise _missing("the Faust consumer thread's aiokafka consumer", str(exc.name)) from exc
+
+
+def partitions_of(app: Any, topic: str) -> int | None:
+    """How many partitions `topic` has, from the consumer's cluster metadata.
+
+    (Faust's own `topic_partitions` reads the group coordinator's metadata
+    snapshot, which only the group leader fills in: seen here, a second worker
+    got None for a topic it consumed.)"""
+    partitions = _aiokafka_consumer(app).partitions_for_topic(topic)
+    return len(partitions) if partitions else None
+
+
+def set_fetch_wait(app: Any, ms: int) -> None:
+    """The consumer's fetch max-wait (Faust hard-codes 1,500 ms). Call once it consumes."""
+    fetcher = _aiokafka_consumer(app)._fetcher
     if not hasattr(fetcher, "_fetch_max_wait_ms"):
         raise _missing("aiokafka's Fetcher", "_fetch_max_wait_ms")
     fetcher._fetch_max_wait_ms = ms
@@ -412,29 +336,3 @@ def members_consuming(app: Any, topic_prefix: str) -> int:
         if any(t.startswith(topic_prefix) and parts for t, parts in topics.items())
     }
     return max(1, len(owners))
-
-
-class TableStore:
-    """A `pipeline.state.Store` over a Faust table: local data plus an explicit
-    changelog partition, usable outside the stream that admitted the request."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-
-    def get(self, key: str) -> Any:
-        return self._table.data.get(key)
-
-    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any]:
-        self._table.data[key] = value
-        future: Awaitable[Any] = self._table.send_changelog(partition, key, value)
-        return future
-
-    def put_local(self, key: str, value: Any) -> None:
-        self._table.data[key] = value
-
-    def delete(self, partition: int, key: str) -> None:
-        if self._table.data.pop(key, None) is not None:
-            self._table.send_changelog(partition, key, None, value_serializer="raw")
-
-    def items(self) -> Iterable[tuple[str, Any]]:
-        return list(self._table.data.items())

@@ -7,6 +7,7 @@ the raw bytes, and only then parse what an authenticated partner sent.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,6 +24,7 @@ from pipeline.errors import (
     UnknownPartner,
 )
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
+from pipeline.placement import partition_for
 from pipeline.pricing import PriceTable
 from pipeline.records import Admitted, ClaudeRequest, SourceRecord
 from pipeline.schemas import Codec
@@ -38,12 +40,17 @@ class Rejected(Exception):
         partner_id: str | None,
         request_id: str | None,
         request: dict[str, Any] | None = None,
+        *,
+        respond: bool = True,
     ) -> None:
         super().__init__(error.detail)
         self.error = error
         self.partner_id = partner_id
         self.request_id = request_id
         self.request = request
+        #: False when the record may be a copy of a genuine request: the
+        #: original's outcome is the partner's, this one leaves a dead letter only.
+        self.respond = respond
 
 
 def key_request_id(record: SourceRecord) -> str | None:
@@ -70,6 +77,23 @@ def partner_secrets(partner: Partner, resolver: SecretResolver, now_ms: int) -> 
     return secrets
 
 
+def check_envelope(record: SourceRecord, max_value_bytes: int) -> None:
+    """Limits on what surrounds the value, before anything reads it: one copy of
+    each header, headers and key within bounds. (AuthFailed: the envelope carries
+    the credentials.)"""
+    names = [name for name, _ in record.headers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise AuthFailed(f"header {twice[0]} appears more than once")
+    size = sum(len(name.encode()) + len(value) for name, value in record.headers)
+    if size > MAX_HEADER_BYTES:
+        raise AuthFailed(f"headers of {size} bytes exceed the {MAX_HEADER_BYTES}-byte limit")
+    if record.key is not None and len(record.key) > MAX_REQUEST_ID_BYTES:
+        raise AuthFailed(f"a record key of {len(record.key)} bytes: a request_id is at most 256")
+    if record.value is not None and len(record.value) > max_value_bytes:
+        raise AuthFailed(f"a value of {len(record.value)} bytes exceeds the record limit")
+
+
 def check_identity(request: dict[str, Any], topic_partner: str) -> None:
     if request["partner_id"] != topic_partner:
         raise AuthFailed(
@@ -81,6 +105,11 @@ def check_identity(request: dict[str, Any], topic_partner: str) -> None:
 #: The longest request_id the pipeline accepts (it is the record key and
 #: travels in every output record).
 MAX_REQUEST_ID_BYTES = 256
+
+#: Headers a record may carry, all together (name and value bytes).
+MAX_HEADER_BYTES = 16 * 1024
+#: Characters a request_id may not contain: it is a record key and a log field.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Cache breakpoint TTLs and their prices are known; others cannot be budgeted.
 CACHE_TTLS = ("5m", "1h")
@@ -113,6 +142,8 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
         raise InvalidRequest("request_id is empty")
     if len(request_id.encode("utf-8", "surrogatepass")) > MAX_REQUEST_ID_BYTES:
         raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")
+    if _CONTROL.search(request_id):
+        raise InvalidRequest("request_id contains control characters")
     if not partner.allows_model(request["model"]):
         raise InvalidRequest(f"model {request['model']!r} is not allowed for this partner")
     max_tokens = request["max_tokens"]
@@ -154,14 +185,35 @@ class Intake:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         prices: PriceTable | None = None,
+        max_value_bytes: int = 32 * 1024 * 1024,
+        partitions: Callable[[str], int | None] = lambda topic: None,
     ) -> None:
+        self._partitions = partitions
         self._prices = prices or PriceTable()
+        self._max_value = max_value_bytes
         self._registry = registry
         self._codec = codec
         self._secrets = secrets
         self._max_age = signature_max_age_s
         self._wall = wall
         self._mono = mono
+
+    def _check_placement(self, record: SourceRecord, request: dict[str, Any]) -> None:
+        """Every copy of a request_id must land in one partition, so one worker reads
+        them all in order: the key is the signed request_id, in the partition that
+        Kafka's default partitioner gives it."""
+        signed_id = str(request.get("request_id") or "").encode("utf-8", "surrogatepass")
+        if record.key is None or record.key != signed_id:
+            # The signature covers the value, not the key: a signed record moved
+            # to another key (and so another partition) is a replay in disguise.
+            raise AuthFailed("the record key must be the request_id the value was signed with")
+        count = self._partitions(record.topic)
+        if count and record.partition != (home := partition_for(record.key, count)):
+            raise AuthFailed(
+                f"record in partition {record.partition}, but its key belongs in partition "
+                f"{home} of {count} (Kafka's default partitioner, murmur2; librdkafka "
+                "clients need partitioner=murmur2_random)"
+            )
 
     def admit(self, record: SourceRecord) -> Admitted:
         """Admit a record or raise Rejected (which carries the dead-letter reason)."""
@@ -178,6 +230,10 @@ class Intake:
             )
         if record.value is None:
             raise Rejected(SchemaError("empty record value (tombstone)"), topic_partner, key_id)
+        try:
+            check_envelope(record, self._max_value)
+        except AuthFailed as exc:
+            raise Rejected(exc, topic_partner, key_id) from None
         now = self._wall()
         try:
             secrets = partner_secrets(partner, self._secrets, int(now * 1000))
@@ -204,6 +260,16 @@ class Intake:
         request_id = str(request.get("request_id") or "") or key_id
         try:
             check_identity(request, topic_partner)
+        except RequestError as exc:
+            raise Rejected(exc, topic_partner, request_id, request) from None
+        try:
+            self._check_placement(record, request)
+        except AuthFailed as exc:
+            # Genuine bytes where they do not belong: a replay in disguise, or a
+            # producer with the wrong key or partitioner. Either way the copy in
+            # the right place is the one served, so this one gets no response.
+            raise Rejected(exc, topic_partner, request_id, request, respond=False) from None
+        try:
             if not partner.enabled:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
             params = params_of(request)

@@ -30,12 +30,17 @@ from pipeline.factory import client_config, unreachable
 from pipeline.partners import (
     DLQ_TOPIC,
     PARTNERS_TOPIC,
+    STATE_TOPIC,
     USAGE_TOPIC,
     requests_topic,
     responses_topic,
 )
 
 Headers = list[tuple[str, bytes]]
+
+#: How long the state log keeps an entry not written again: longer than a month,
+#: the longest budget period.
+STATE_RETENTION_MS = 40 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,14 @@ def core_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(DLQ_TOPIC, n, large(settings)),
         # Compacted: the latest config per partner_id is all a worker needs.
         TopicSpec(PARTNERS_TOPIC, 1, {"cleanup.policy": "compact"}),
+        # Every worker reads all of it: one partition keeps one order. Compacted
+        # (an entry's latest value is all that counts) and bounded in time: a
+        # spend tally lives for its month, a served marker for minutes.
+        TopicSpec(
+            STATE_TOPIC,
+            1,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(STATE_RETENTION_MS)},
+        ),
     ]
 
 
@@ -126,6 +139,10 @@ class SyncProducer:
             "linger.ms": 5,
             "message.max.bytes": settings.max_message_bytes,
             "enable.idempotence": str(settings.broker_profile.idempotent_producers).lower(),
+            # Kafka's default partitioner (the Java client's, and aiokafka's), not
+            # librdkafka's CRC32 default: the worker checks a request record sits in
+            # the partition its key gives (pipeline/placement.py).
+            "partitioner": "murmur2_random",
         }
         conf.update(overrides)
         self._producer = Producer(conf)
@@ -141,7 +158,9 @@ class SyncProducer:
         value: bytes | None,
         key: bytes | None = None,
         headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
+        where: dict[str, Any] = {} if partition is None else {"partition": partition}
         while True:
             try:
                 self._producer.produce(
@@ -150,6 +169,7 @@ class SyncProducer:
                     key=key,
                     headers=list(headers or []),
                     on_delivery=self._on_delivery,
+                    **where,
                 )
                 break
             except BufferError:

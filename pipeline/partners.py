@@ -27,6 +27,8 @@ RESPONSES_PREFIX = "claude.responses."
 USAGE_TOPIC = "claude.usage"
 DLQ_TOPIC = "claude.dlq"
 PARTNERS_TOPIC = "claude.partners"
+#: The workers' durable state (see pipeline/statelog.py): not for partners.
+STATE_TOPIC = "claude.pipeline.state"
 
 
 def check_partner_id(partner_id: str) -> str:

@@ -11,7 +11,7 @@ served before a crash (acked, nothing else) from a second copy of a request_id
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from pipeline.attempt import job_fields
@@ -38,6 +38,7 @@ class Reception:
         codec: Codec,
         intake: Intake,
         guard: ReplayGuard | None,
+        state_synced: Callable[[], Awaitable[None]] | None = None,
         builder: OutcomeBuilder,
         completion: Completion,
         metrics: Metrics,
@@ -48,6 +49,7 @@ class Reception:
         self._codec = codec
         self._intake = intake
         self._guard = guard
+        self._state_synced = state_synced
         self._builder = builder
         self._completion = completion
         self._spawn = spawn
@@ -67,6 +69,9 @@ class Reception:
         if admitted is None:
             return None
         job = Job(admitted)
+        if self._state_synced is not None:
+            # After a rebalance: what the partition's last owner served is known first.
+            await self._state_synced()
         if self._guard is not None and not await self._guarded(self._guard, job):
             return None
         return job
@@ -83,6 +88,7 @@ class Reception:
                 partner_id=rej.partner_id,
                 request_id=rej.request_id,
                 request=rej.request,
+                respond=rej.respond,
             )
         except Exception as exc:  # a bug must cost one record, not the partition
             err = internal(Stage.INTAKE, exc, log, record_fields(record))

@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 from pipeline.partners import Partner
 from pipeline.ratelimit import Cost
 from pipeline.state import Reservation
+from pipeline.tokens import MAX_OUTPUT_TOKENS
 
 Headers = list[tuple[str, bytes]]
 AckFn = Callable[[], Awaitable[Any]]
@@ -193,8 +194,10 @@ class Admitted:
 
     @property
     def cost(self) -> Cost:
-        """What the rate limits are charged at dispatch (the worst case for output)."""
-        return Cost(self.est_input_tokens, self.max_tokens)
+        """What the rate limits are charged at dispatch: the worst case for output,
+        but never more than any model can write (a max_tokens of 2**31 would
+        otherwise hold the key's output bucket for days before Claude refuses it)."""
+        return Cost(self.est_input_tokens, min(self.max_tokens, MAX_OUTPUT_TOKENS))
 
 
 @dataclass(frozen=True)

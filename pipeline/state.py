@@ -1,10 +1,9 @@
-"""State a worker must not lose: request_ids it has seen, and what partners spent.
+"""State a worker must not lose: request_ids it has served, and what partners spent.
 
-Both live in Faust tables, changelog-backed and partitioned like the request
-topics (an entry is written to the changelog partition of the record that
-caused it), so they move with their partitions on a rebalance and survive a
-restart. The logic here is plain Python over a small `Store` interface: unit
-tests drive it with a dict and a fake clock.
+Both live in the state log (`pipeline.statelog`), which every worker follows in
+full, so they survive restarts and are the same whoever owns which partition.
+The logic here is plain Python over a small `Store` interface: unit tests drive
+it with a dict and a fake clock.
 """
 
 from __future__ import annotations
@@ -21,48 +20,63 @@ from pipeline.partners import Partner
 from pipeline.security import MAX_CLOCK_SKEW_S
 
 Position = tuple[str, int, int]  # topic, partition, offset
+Listener = Callable[[str, Any], None]  # (key, value or None when deleted)
 
 
 class Store(Protocol):
-    """A key-value table whose writes go to a chosen changelog partition."""
+    """A durable key-value table (values are JSON-compatible)."""
 
     def get(self, key: str) -> Any: ...
 
-    def put(self, partition: int, key: str, value: Any) -> Awaitable[Any] | None:
+    def put(self, key: str, value: Any) -> Awaitable[Any] | None:
         """Write; the awaitable (if any) completes when the write is durable."""
 
     def put_local(self, key: str, value: Any) -> None:
         """Write this worker's copy only (lost with the process, not recovered)."""
 
-    def delete(self, partition: int, key: str) -> None: ...
+    def delete(self, key: str) -> None: ...
 
     def items(self) -> Iterable[tuple[str, Any]]: ...
 
+    def watch(self, listener: Listener) -> None:
+        """Call `listener` on every change, whoever made it."""
+
 
 class MemoryStore:
-    """A Store in a dict (tests, and a worker without tables)."""
+    """A Store in a dict (tests, and a worker without a state log)."""
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
-        self.partitions: dict[str, int] = {}
+        self.durable: set[str] = set()  # keys whose last write was a durable one
+        self._listeners: list[Listener] = []
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
 
-    def put(self, partition: int, key: str, value: Any) -> None:
+    def _changed(self, key: str, value: Any) -> None:
+        for listener in self._listeners:
+            listener(key, value)
+
+    def put(self, key: str, value: Any) -> None:
         self.data[key] = value
-        self.partitions[key] = partition
+        self.durable.add(key)
+        self._changed(key, value)
 
     def put_local(self, key: str, value: Any) -> None:
         self.data[key] = value
-        self.partitions.pop(key, None)  # in no changelog partition
+        self.durable.discard(key)
+        self._changed(key, value)
 
-    def delete(self, partition: int, key: str) -> None:
-        self.data.pop(key, None)
-        self.partitions.pop(key, None)
+    def delete(self, key: str) -> None:
+        if self.data.pop(key, None) is not None:
+            self.durable.discard(key)
+            self._changed(key, None)
 
     def items(self) -> Iterable[tuple[str, Any]]:
         return list(self.data.items())
+
+    def watch(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
 
 # -- replay protection -------------------------------------------------------------
@@ -92,11 +106,16 @@ class ReplayGuard:
     """
 
     def __init__(
-        self, store: Store, signature_max_age_s: float, wall: Callable[[], float] = time.time
+        self,
+        store: Store,
+        signature_max_age_s: float,
+        wall: Callable[[], float] = time.time,
+        writer: str = "",
     ) -> None:
         self._store = store
         self.window_s = signature_max_age_s + MAX_CLOCK_SKEW_S + 60.0
         self._wall = wall
+        self._writer = writer
 
     @staticmethod
     def _key(partner_id: str, request_id: str) -> str:
@@ -127,6 +146,7 @@ class ReplayGuard:
             "r": replay_count,
             "s": state,
             "at": int(self._wall() * 1000),
+            "w": self._writer,
         }
 
     def begin(
@@ -136,7 +156,7 @@ class ReplayGuard:
 
         Nothing else needs it: after a crash its record is redelivered and served
         again, which is what a recovered "open" entry would have asked for too.
-        (One changelog write per request instead of two.)
+        (One state write per request instead of two.)
         """
         entry = self._entry(position, replay_count, "open")
         self._store.put_local(self._key(partner_id, request_id), entry)
@@ -146,7 +166,7 @@ class ReplayGuard:
     ) -> Awaitable[Any] | None:
         """Mark a request done, durably: a redelivery after a crash is not served again."""
         entry = self._entry(position, replay_count, "done")
-        return self._store.put(position[1], self._key(partner_id, request_id), entry)
+        return self._store.put(self._key(partner_id, request_id), entry)
 
     def sweep(self) -> int:
         """Forget entries whose signatures can no longer pass (their records would be stale)."""
@@ -154,8 +174,8 @@ class ReplayGuard:
         expired = [
             (k, v) for k, v in self._store.items() if isinstance(v, dict) and v["at"] < horizon
         ]
-        for key, value in expired:
-            self._store.delete(int(value["p"]), key)
+        for key, _value in expired:
+            self._store.delete(key)
         return len(expired)
 
 
@@ -199,34 +219,71 @@ def periods(now: float) -> tuple[str, str]:
     return dt.strftime("%Y-%m-%d"), dt.strftime("%Y-%m")
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """The partitions of a partner's request topic this worker owns, of how many."""
+
+    owned: frozenset[int]
+    total: int
+
+
 class BudgetLedger:
     """Daily token and monthly dollar budgets that cannot be overrun.
 
     Admission reserves the worst case (every input token, all of max_tokens,
     at the model's price) and settles to the real usage afterwards, so
     hundreds of requests in flight can never spend past a budget. What was
-    spent is durable (a table entry per partner, period and partition); what
-    is reserved lives only as long as its request.
+    spent is durable: a tally per partner, period, request partition and writer
+    (each worker incarnation writes only its own tallies, so no write can undo
+    another's: a grow-only counter). What is reserved lives only as long as its
+    request.
 
-    A worker owning k of a partner's P partitions may spend k/P of the
-    partner's budgets: workers never need to ask each other, and a partner's
-    records are spread evenly over its partitions by their request_id keys.
+    Workers never ask each other. A worker owning k of a partner's P partitions
+    may spend k/P of each budget, counting what was spent on those partitions
+    by anyone; and since partitions move between workers with what was spent
+    on them, any partition that went over its own 1/P (spent while pooled with
+    others) is a debt every other owner subtracts. With those two rules the
+    sum over all partitions stays within the budget whatever the assignment,
+    the number of workers, or the history of rebalances.
     """
 
     def __init__(
         self,
         store: Store,
         wall: Callable[[], float] = time.time,
-        owned_fraction: Callable[[str], float] = lambda partner_id: 1.0,
+        ownership: Callable[[str], Ownership | None] = lambda partner_id: None,
+        writer: str = "",
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        self._ready = ready
         self._wall = wall
-        self._owned = owned_fraction
+        self._ownership = ownership
+        self._writer = writer
         self._reserved: dict[tuple[str, str, str], float] = {}
+        # (partner, kind, period) -> partition -> writer -> spent
+        self._tallies: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+        for key, value in store.items():
+            self._index(key, value)
+        store.watch(self._index)
 
     @staticmethod
-    def _key(partner_id: str, kind: str, period: str, partition: int) -> str:
-        return f"{partner_id}|{kind}|{period}|{partition}"
+    def _key(partner_id: str, kind: str, period: str, partition: int, writer: str) -> str:
+        return f"{partner_id}|{kind}|{period}|{partition}|{writer}"
+
+    def _index(self, key: str, value: Any) -> None:
+        try:
+            partner_id, kind, period, partition, writer = key.rsplit("|", 4)
+            part = int(partition)
+            amount = None if value is None else float(value["v"])
+        except (ValueError, KeyError, TypeError):
+            return  # not a tally
+        by_partition = self._tallies.setdefault((partner_id, kind, period), {})
+        writers = by_partition.setdefault(part, {})
+        if amount is None:
+            writers.pop(writer, None)
+        else:
+            writers[writer] = amount
 
     def budgets(self, partner: Partner) -> list[Budget]:
         day, month = periods(self._wall())
@@ -237,31 +294,54 @@ class BudgetLedger:
             out.append(Budget("usd", month, float(partner.monthly_budget_usd)))
         return out
 
+    def spent_by_partition(self, partner_id: str, kind: str, period: str) -> dict[int, float]:
+        by_partition = self._tallies.get((partner_id, kind, period), {})
+        return {p: sum(writers.values()) for p, writers in by_partition.items()}
+
     def spent(self, partner_id: str, kind: str, period: str) -> float:
-        prefix = f"{partner_id}|{kind}|{period}|"
-        return sum(float(v) for k, v in self._store.items() if k.startswith(prefix))
+        """Spent on all partitions, as far as this worker has read."""
+        return sum(self.spent_by_partition(partner_id, kind, period).values())
+
+    def _room(self, partner_id: str, budget: Budget) -> tuple[float, float]:
+        """(what counts as spent here, what this worker may spend in all)."""
+        by_partition = self.spent_by_partition(partner_id, budget.kind, budget.period)
+        own = self._ownership(partner_id)
+        if own is None:  # one worker owns everything
+            return sum(by_partition.values()), budget.limit
+        fair = budget.limit / max(1, own.total)
+        mine = sum(v for p, v in by_partition.items() if p in own.owned)
+        debt = sum(max(0.0, v - fair) for p, v in by_partition.items() if p not in own.owned)
+        return mine + debt, fair * len(own.owned)
 
     def check(self, partner: Partner, tokens: float, usd: float) -> BudgetVerdict:
-        share = self._owned(partner.partner_id)
+        own = self._ownership(partner.partner_id)
         for budget in self.budgets(partner):
+            if not self._ready():
+                return BudgetVerdict(BudgetState.WAIT, "reading what was spent")
+            if own is not None and not own.owned:
+                # Its partitions are moving: the next owner decides.
+                return BudgetVerdict(BudgetState.WAIT, "its partition is being reassigned")
+            if own is not None and own.total < len(own.owned):
+                return BudgetVerdict(BudgetState.WAIT, "its topic's partition count is not known")
             need = tokens if budget.kind == "tokens" else usd
+            counted, allowed = self._room(partner.partner_id, budget)
             # a hair of tolerance: sums of float dollars must not refuse the last cent
-            limit = budget.limit * share * (1 + 1e-9)
-            spent = self.spent(partner.partner_id, budget.kind, budget.period)
+            limit = allowed * (1 + 1e-9)
             reserved = self._reserved.get((partner.partner_id, budget.kind, budget.period), 0.0)
-            if spent + need > limit:
+            if counted + need > limit:
+                total = self.spent(partner.partner_id, budget.kind, budget.period)
                 what = (
                     f"daily token budget of {budget.limit:,.0f}"
                     if budget.kind == "tokens"
                     else f"monthly budget of ${budget.limit:,.2f}"
                 )
-                used = f"{spent:,.0f} tokens" if budget.kind == "tokens" else f"${spent:,.4f}"
+                used = f"{total:,.0f} tokens" if budget.kind == "tokens" else f"${total:,.4f}"
                 return BudgetVerdict(
                     BudgetState.EXCEEDED,
                     f"{what} reached: {used} spent, this request may need "
                     + (f"{need:,.0f} tokens" if budget.kind == "tokens" else f"${need:,.4f}"),
                 )
-            if spent + reserved + need > limit:
+            if counted + reserved + need > limit:
                 return BudgetVerdict(BudgetState.WAIT, "requests in flight may still fit it")
         return BUDGET_GO
 
@@ -298,24 +378,28 @@ class BudgetLedger:
         for kind, period, amount in (("tokens", res.day, tokens), ("usd", res.month, usd)):
             if amount <= 0:
                 continue
-            key = self._key(res.partner_id, kind, period, res.partition)
-            current = float(self._store.get(key) or 0.0)
-            write = self._store.put(res.partition, key, current + amount)
+            key = self._key(res.partner_id, kind, period, res.partition, self._writer)
+            current = self._tallies.get((res.partner_id, kind, period), {})
+            mine = current.get(res.partition, {}).get(self._writer, 0.0)
+            write = self._store.put(key, {"v": mine + amount, "w": self._writer})
             if write is not None:
                 writes.append(write)
         return writes
 
     def prune(self, keep_days: int = 2) -> int:
-        """Drop entries of periods that are over (a day after, to be safe)."""
+        """Drop tallies of periods that are over (a day after, to be safe)."""
         _, month = periods(self._wall())
         oldest_day, _ = periods(self._wall() - 86_400 * (keep_days - 1))
-        stale: list[tuple[int, str]] = []
+        stale = []
         for key, _value in self._store.items():
-            _partner, kind, period, partition = key.rsplit("|", 3)
+            try:
+                _partner, kind, period, _partition, _writer = key.rsplit("|", 4)
+            except ValueError:
+                continue
             if (kind == "tokens" and period < oldest_day) or (kind == "usd" and period < month):
-                stale.append((int(partition), key))
-        for partition_no, key in stale:
-            self._store.delete(partition_no, key)
+                stale.append(key)
+        for key in stale:
+            self._store.delete(key)
         return len(stale)
 
 

@@ -49,6 +49,9 @@ PDF_PAGE_TOKENS_MAX = 3_000 + IMAGE_MAX_TOKENS
 DOCUMENT_TOKENS = PDF_PAGE_TOKENS
 #: No request's input can exceed the largest context window of any model.
 CONTEXT_WINDOW_MAX = 1_000_000
+#: No model writes more output than this in one call (Claude refuses a larger
+#: max_tokens); rate limits are charged at most this much output per request.
+MAX_OUTPUT_TOKENS = 128_000
 
 #: (tokens, cache_control or None, the part itself): a request in API order,
 #: split where a cache breakpoint may sit (tools, then system, then messages).

@@ -21,7 +21,6 @@ from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, SecretError
 from pipeline.factory import Parts
-from pipeline.faustadapter import TableStore
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.health import Health, HttpEndpoint
 from pipeline.intake import Intake
@@ -43,7 +42,8 @@ from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.security import seal_payload
-from pipeline.state import BudgetLedger, ReplayGuard
+from pipeline.state import BudgetLedger, Ownership, ReplayGuard
+from pipeline.statelog import StateLog
 
 log = logging.getLogger("pipeline.worker")
 
@@ -80,9 +80,18 @@ class WorkerRuntime(Service):
             on_recovered=self._on_recovered,
         )
         self.app = self.wiring.app
+        self.statelog = StateLog(settings, on_error=self._fatal)
         stages = assemble(
             registry=registry,
-            intake=Intake(registry, codec, secrets, settings.signature_max_age_s, prices=prices),
+            intake=Intake(
+                registry,
+                codec,
+                secrets,
+                settings.signature_max_age_s,
+                prices=prices,
+                max_value_bytes=settings.max_record_bytes,
+                partitions=self._partition_count,
+            ),
             claude=self.claude,
             keys=ApiKeys(secrets, settings.anthropic_api_key),
             codec=codec,
@@ -100,8 +109,18 @@ class WorkerRuntime(Service):
             ),
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,
-            guard=ReplayGuard(TableStore(self.wiring.seen), settings.signature_max_age_s),
-            ledger=BudgetLedger(TableStore(self.wiring.spend), owned_fraction=self._owned_fraction),
+            guard=ReplayGuard(
+                self.statelog.table("served"),
+                settings.signature_max_age_s,
+                writer=self.statelog.writer,
+            ),
+            ledger=BudgetLedger(
+                self.statelog.table("spend"),
+                ownership=self._ownership,
+                writer=self.statelog.writer,
+                ready=lambda: self.statelog.synced,
+            ),
+            state_synced=self.statelog.wait_synced,
             prices=prices,
         )
         self.dispatcher = Dispatcher(
@@ -119,17 +138,28 @@ class WorkerRuntime(Service):
         self._subscribe_task: asyncio.Task[None] | None = None
         self._crash_task: asyncio.Future[None] | None = None
         self._heartbeat: asyncio.Future[None] | None = None
+        self._ready_task: asyncio.Future[None] | None = None
 
     async def _handle(self, record: SourceRecord, ack: AckFn) -> None:
         await self.dispatcher.handle(record, ack)
 
-    def _on_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
+    async def _on_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
         revoked = set(positions)
         # Only what left: a budget share of partitions still owned stays valid, so
         # retries re-queued during the rebalance are not refused as over budget.
         self._owned -= revoked
         self.health.set_not_ready("rebalancing")
         self.dispatcher.on_partitions_revoked(revoked)
+        # Calls to Claude under way for those partitions finish here, outcome and
+        # "served" marker written, before their next owner reads them: otherwise
+        # it calls Claude a second time (and spends the budget twice).
+        left = await self.dispatcher.finish_revoked(revoked, self.settings.shutdown_grace_s)
+        if left:
+            log.warning(
+                "requests of revoked partitions still running: their next owner may "
+                "call Claude for them again",
+                extra={"count": left},
+            )
 
     def _seal(self, partner_id: str | None, payload: bytes, aad: bytes) -> bytes:
         """Seal a dead letter's payload with its partner's secret, or withhold it."""
@@ -142,17 +172,26 @@ class WorkerRuntime(Service):
             return b""
         return seal_payload(secret, payload, aad)
 
-    def _owned_fraction(self, partner_id: str) -> float:
-        """The part of a partner's budgets this worker may spend: its share of the
-        partner's request partitions, counted as the topic really has them."""
+    def _ownership(self, partner_id: str) -> Ownership:
+        """Which of a partner's request partitions this worker owns, of how many the
+        topic really has (the budget ledger's share of the partner's budgets)."""
         topic = requests_topic(partner_id)
-        owned = sum(1 for t, _ in self._owned if t == topic)
-        total = self._partitions.get(topic) or self.wiring.partition_count(topic)
-        if total:
-            self._partitions[topic] = total
-        return min(1.0, owned / max(1, total or self.settings.topic_partitions))
+        owned = frozenset(p for t, p in self._owned if t == topic)
+        # 0 when not known yet: the ledger holds the partner's requests until it is
+        return Ownership(owned, self._partition_count(topic) or 0)
+
+    def _partition_count(self, topic: str) -> int | None:
+        """How many partitions a request topic has (from the consumer's metadata)."""
+        total = self._partitions.get(topic)
+        if total is None:
+            total = self.wiring.partition_count(topic)
+            if total:
+                self._partitions[topic] = total
+        return total
 
     def _on_assigned(self) -> None:
+        # Records wait until what the partitions' previous owners wrote is read.
+        self.statelog.resync()
         self._owned = self.wiring.owned_partitions()
         self._partitions = {}
         try:
@@ -166,7 +205,13 @@ class WorkerRuntime(Service):
         log.info("partitions assigned", extra={"workers": workers, "key_share": self.limiter.share})
 
     def _on_recovered(self) -> None:
-        """Tables recovered, streams resumed: consuming."""
+        """Streams resumed: consuming, once the state log is read to now."""
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        self._ready_task = asyncio.ensure_future(self._ready_when_synced())
+
+    async def _ready_when_synced(self) -> None:
+        await self.statelog.wait_synced()
         self.health.set_ready()
 
     def _fatal(self, exc: BaseException) -> None:
@@ -211,7 +256,11 @@ class WorkerRuntime(Service):
             log.info("metrics listening", extra={"port": self.metrics_port})
         self._heartbeat = asyncio.ensure_future(self.health.heartbeat())
         await self.follower.start()
+        await self.statelog.start()
         await self.dispatcher.start()
+        if not self.wiring.request_topics():
+            # Nothing to consume until a partner is added (which rebalances).
+            self.health.set_ready()
 
     async def drain(self) -> None:
         """Stop taking records and let in-flight requests publish, while Kafka is up."""
@@ -221,6 +270,9 @@ class WorkerRuntime(Service):
     async def on_stop(self) -> None:
         self.health.set_not_ready("stopping")
         await self.dispatcher.stop(0)
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        await self.statelog.stop()
         await self.follower.stop()
         await self.claude.close()
         if self._heartbeat is not None:

@@ -27,6 +27,7 @@ def test_broker_serves_kafka_clients_and_stops_cleanly(tmp_path: Path) -> None:
         assert ensure_topics(settings, core_topics(settings)) == [
             "claude.dlq",
             "claude.partners",
+            "claude.pipeline.state",
             "claude.usage",
         ]
         assert ensure_topics(settings, core_topics(settings)) == []  # idempotent

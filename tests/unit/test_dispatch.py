@@ -137,7 +137,7 @@ class Harness:
         rid = request_id or f"r{self.offset}"
         value = CODEC.encode("ClaudeRequest", build_request("acme", prompt, request_id=rid, **kw))
         headers = signed_headers("acme", b"secret-acme", value)
-        return SourceRecord("claude.requests.acme", 0, self.offset, f"r{self.offset}".encode(),
+        return SourceRecord("claude.requests.acme", 0, self.offset, rid.encode(),
                             value, headers)  # fmt: skip
 
     async def send(self, record: SourceRecord) -> None:
@@ -412,6 +412,30 @@ async def test_a_retry_whose_partition_was_revoked_during_its_backoff_is_not_sen
     assert claude.calls == ["hello"]  # one call: the new owner makes the next one
     assert h.acked == []  # not acked: the new owner serves it
     assert h.responses() == []
+
+
+async def test_a_revoke_waits_for_calls_under_way_on_its_partitions_to_publish() -> None:
+    # Before: the worker let go of the partition at once; the call under way
+    # published after its next owner had re-read the record and called Claude too.
+    claude = FakeClaude()
+    claude.gate = asyncio.Event()
+    h = Harness(claude)
+    await h.dispatcher.start()
+    await h.send(h.record("slow"))
+    async with asyncio.timeout(5):
+        await claude.called.wait()
+    revoked = [("claude.requests.acme", 0)]
+    h.dispatcher.on_partitions_revoked(revoked)
+    assert await h.dispatcher.finish_revoked(revoked, 0.05) == 1  # still running
+    assert await h.dispatcher.finish_revoked([("claude.requests.other", 0)], 5) == 0
+    waiting = asyncio.ensure_future(h.dispatcher.finish_revoked(revoked, 5))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    claude.gate.set()
+    assert await waiting == 0
+    assert len(h.responses()) == 1  # published before the revoke returned
+    assert h.store.data["acme|r1"]["s"] == "done"  # and marked served
+    await h.dispatcher.stop(0)
 
 
 async def test_a_rotated_key_serves_new_requests_while_started_ones_finish_on_the_old() -> None:

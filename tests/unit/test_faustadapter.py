@@ -1,4 +1,4 @@
-"""The two corrections to Faust's consumer, with a fake aiokafka consumer."""
+"""The corrections to Faust's consumer, each pinned against the installed Faust."""
 
 from __future__ import annotations
 
@@ -7,78 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from pipeline.faustadapter import ReadOffsets, never_committed, verified_end_offsets
-
-
-class FakeConsumer:
-    """Answers fetches with the high watermarks it was given; records what was asked."""
-
-    def __init__(self, true_ends: Mapping[tuple[str, int], int], answers_per_call: int = 99):
-        self.true_ends = dict(true_ends)
-        self.answers_per_call = answers_per_call
-        self.seeks: dict[tuple[str, int], int] = {}
-        self.answered: dict[tuple[str, int], int] = {}
-        self.started = self.stopped = False
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    def assign(self, partitions: list[Any]) -> None:
-        self.assigned = [tuple(p) for p in partitions]
-
-    def seek(self, partition: Any, offset: int) -> None:
-        assert offset >= 0
-        self.seeks[tuple(partition)] = offset
-
-    def pause(self, *partitions: Any) -> None:
-        pass
-
-    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> Mapping[Any, Any]:
-        known = [tuple(p) for p in partitions if tuple(p) in self.true_ends]
-        for p in known[: self.answers_per_call]:
-            self.answered[p] = self.true_ends[p]
-        return {}
-
-    def highwater(self, partition: Any) -> int | None:
-        return self.answered.get(tuple(partition))
-
-
-async def test_the_last_batch_is_counted_to_its_last_record() -> None:
-    # Tansu says 1 after one batch of offsets 0-4: the base of the last batch plus one
-    listed = {("log", 0): 1, ("log", 1): 7, ("log", 2): 0, ("log", 3): None}
-    fake = FakeConsumer({("log", 0): 5, ("log", 1): 7})
-    ends = await verified_end_offsets(listed, lambda: fake, timeout_s=1)
-    assert ends == {("log", 0): 5, ("log", 1): 7, ("log", 2): 0, ("log", 3): None}
-    # each fetch starts at the last listed record, which exists; empty partitions are not asked
-    assert fake.seeks == {("log", 0): 0, ("log", 1): 6}
-    assert fake.started
-    assert fake.stopped
-
-
-async def test_partitions_are_asked_until_each_has_answered() -> None:
-    listed = {("log", p): 3 for p in range(4)}
-    fake = FakeConsumer({("log", p): 3 + p for p in range(4)}, answers_per_call=1)
-    ends = await verified_end_offsets(listed, lambda: fake, timeout_s=5)
-    assert ends == {("log", p): 3 + p for p in range(4)}
-
-
-async def test_no_answer_keeps_the_listed_end_and_never_goes_lower() -> None:
-    listed = {("log", 0): 4}
-    silent = FakeConsumer({("log", 0): 4}, answers_per_call=0)
-    assert await verified_end_offsets(listed, lambda: silent, timeout_s=0.3) == listed
-    assert silent.stopped
-    lower = FakeConsumer({("log", 0): 2})  # a fetch answering below the listed end
-    assert await verified_end_offsets(listed, lambda: lower, timeout_s=0.3) == {("log", 0): 4}
-
-
-async def test_nothing_to_verify_opens_no_consumer() -> None:
-    def boom() -> FakeConsumer:
-        raise AssertionError("no consumer needed")
-
-    assert await verified_end_offsets({("log", 0): 0}, boom) == {("log", 0): 0}
+from pipeline.faustadapter import ReadOffsets, never_committed
 
 
 def test_partitions_without_a_committed_offset_are_rewound_but_not_changelogs() -> None:
@@ -123,7 +52,7 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
     from pipeline.faustadapter import install
 
     app = faust.App("seek-order-test", broker="kafka://127.0.0.1:1")
-    install(app, {"bootstrap_servers": "127.0.0.1:1"}, verify_end_offsets=False)
+    install(app)
     consumer: Any = app.consumer
     flow_at_seek: list[bool] = []
 
@@ -143,13 +72,13 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
         consumer._thread.thread_loop.close()  # never started: only its loop to close
 
 
-def _app(name: str, verify: bool = False) -> Any:
+def _app(name: str) -> Any:
     import faust
 
     from pipeline.faustadapter import install
 
     app = faust.App(name, broker="kafka://127.0.0.1:1")
-    install(app, {"bootstrap_servers": "127.0.0.1:1"}, verify_end_offsets=verify)
+    install(app)
     return app
 
 
@@ -206,29 +135,6 @@ async def test_a_partition_with_nothing_committed_is_rewound_to_its_start(
         app.consumer._thread.thread_loop.close()
 
 
-@pytest.mark.parametrize("verify", [True, False])
-async def test_end_offsets_are_verified_only_with_the_embedded_broker_profile(
-    monkeypatch: Any, verify: bool
-) -> None:
-    from faust.transport.drivers import aiokafka as driver
-
-    from pipeline import faustadapter
-
-    async def highwaters(self: Any, *tps: Any) -> Mapping[Any, int]:
-        return {("t", 0): 1}
-
-    async def verified(listed: Mapping[Any, int], new_consumer: Any) -> dict[Any, int]:
-        return {("t", 0): 5}
-
-    monkeypatch.setattr(driver.Consumer, "highwaters", highwaters)
-    monkeypatch.setattr(faustadapter, "verified_end_offsets", verified)
-    app = _app("highwaters-test", verify=verify)
-    try:
-        assert await app.consumer.highwaters() == {("t", 0): 5 if verify else 1}
-    finally:
-        app.consumer._thread.thread_loop.close()
-
-
 def test_the_start_up_check_names_what_is_missing_and_the_faust_version(monkeypatch: Any) -> None:
     from pipeline import faustadapter
     from pipeline.errors import AdapterError
@@ -248,9 +154,9 @@ def test_only_the_embedded_broker_gets_workarounds() -> None:
     from pipeline.config import Settings
 
     kafka = Settings().broker_profile
-    assert (kafka.verify_end_offsets, kafka.idempotent_producers) == (False, True)
+    assert kafka.idempotent_producers
     embedded = Settings(profile="dev").broker_profile
-    assert (embedded.verify_end_offsets, embedded.idempotent_producers) == (True, False)
+    assert not embedded.idempotent_producers
     assert embedded.fetch_max_wait_ms < kafka.fetch_max_wait_ms
     assert Settings(profile="dev", broker="kafka").broker_profile == kafka
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipeline.client import build_request
 from pipeline.intake import Intake, Rejected
 from pipeline.partners import Partner, Registry
+from pipeline.placement import partition_for
 from pipeline.records import SourceRecord
 from pipeline.schemas import Codec
 from pipeline.security import SecretResolver, signed_headers
@@ -119,3 +122,25 @@ def test_previous_secret_accepted_only_during_grace() -> None:
         previous_signing_secret_ref="env:OLD", previous_secret_expires_at_ms=int(NOW * 1000)
     )
     assert _reason(expired, _record(value, secret=b"old-secret"))[0] == "auth_failed"
+
+
+def test_a_record_outside_the_partition_its_key_gives_is_refused_without_a_response() -> None:
+    registry = Registry()
+    registry.apply("acme", Partner("acme", "env:ACME"))
+    intake = Intake(
+        registry, CODEC, SecretResolver(ENV), 300.0, wall=lambda: NOW, partitions=lambda t: 4
+    )
+    home = partition_for(b"r1", 4)
+    at_home = dataclasses.replace(_record(_value()), partition=home)
+    assert intake.admit(at_home).request_id == "r1"
+    elsewhere = dataclasses.replace(at_home, partition=(home + 1) % 4)
+    with pytest.raises(Rejected) as info:
+        intake.admit(elsewhere)
+    assert info.value.error.reason == "auth_failed"
+    assert f"belongs in partition {home} of 4" in info.value.error.detail
+    assert not info.value.respond  # the copy in the right place answers the partner
+    # moved to another key: the same, whatever the partition
+    with pytest.raises(Rejected) as info:
+        intake.admit(dataclasses.replace(at_home, key=b"r2"))
+    assert "must be the request_id" in info.value.error.detail
+    assert not info.value.respond

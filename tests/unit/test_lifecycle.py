@@ -209,9 +209,9 @@ class _RecordingStore(MemoryStore):
         super().__init__()
         self.events = events
 
-    def put(self, partition: int, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any) -> None:
         self.events.append(f"durable {value['s']}")
-        super().put(partition, key, value)
+        super().put(key, value)
 
 
 async def test_the_done_marker_is_written_only_after_the_outcome_is_on_the_broker() -> None:

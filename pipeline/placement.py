@@ -1,0 +1,46 @@
+"""Where a keyed record belongs: Kafka's default partitioner, murmur2.
+
+The Java client (and librdkafka with `partitioner=murmur2_random`, which our
+producers set) puts a record with key k in partition
+`(murmur2(k) & 0x7fffffff) % partitions`. The worker checks that a request
+record sits where its key (its request_id) puts it, so that every copy of a
+request_id lands in one partition, is read by one worker, and the replay guard
+sees all of them in order: a captured record re-produced into another
+partition cannot be served twice by two workers at once.
+"""
+
+from __future__ import annotations
+
+_M = 0x5BD1E995
+_SEED = 0x9747B28C
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (as `org.apache.kafka.common.utils.Utils.murmur2`), signed 32-bit."""
+    length = len(data)
+    h = (_SEED ^ length) & _MASK
+    full = length - length % 4
+    for i in range(0, full, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    rest = length % 4
+    if rest == 3:
+        h ^= data[full + 2] << 16
+    if rest >= 2:
+        h ^= data[full + 1] << 8
+    if rest >= 1:
+        h ^= data[full]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
