@@ -86,6 +86,8 @@ class Settings:
     upstream_timeout_s: float = 600.0
     signature_max_age_s: float = 300.0
     max_replays: int = 3
+    #: A secret reference (env:/file:) to the dead-letter keyring (pipeline/sealing.py).
+    dlq_keys_ref: str | None = None
     topic_partitions: int = 4
     replication_factor: int = 1
     log_level: str = "INFO"
@@ -241,6 +243,7 @@ class Settings:
                 "PIPELINE_SIGNATURE_MAX_AGE_S", float, d.signature_max_age_s
             ),
             max_replays=number("PIPELINE_DLQ_MAX_REPLAYS", int, d.max_replays),
+            dlq_keys_ref=text("PIPELINE_DLQ_KEYS"),
             topic_partitions=number("PIPELINE_TOPIC_PARTITIONS", int, d.topic_partitions),
             replication_factor=number("PIPELINE_REPLICATION_FACTOR", int, d.replication_factor),
             log_level=(text("PIPELINE_LOG_LEVEL") or d.log_level).upper(),

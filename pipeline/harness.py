@@ -34,7 +34,8 @@ from pipeline.factory import Parts, client_config
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
 from pipeline.procs import Proc, free_port, stop_all, wait_until
 from pipeline.schemas import Codec
-from pipeline.security import open_payload
+from pipeline.sealing import Opened, load_keyring, open_sealed
+from pipeline.security import SecretResolver
 
 CLI = [sys.executable, "-m", "pipeline"]
 MODEL = "claude-haiku-4-5"
@@ -209,6 +210,7 @@ class Stack:
                 self.close()
                 raise
         upstream = {"ANTHROPIC_BASE_URL": self.sim_url} if simulate else {}
+        self.dlq_keys = f"k1:{secrets.token_urlsafe(24)}\n"
         self.env: dict[str, str] = {
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "PIPELINE_PARTNERS_FILE": str(workdir / "partners.toml"),
@@ -220,11 +222,13 @@ class Stack:
             "PIPELINE_BACKOFF_CAP_S": "0.2",
             "PIPELINE_UPSTREAM_TIMEOUT_S": "5",
             "PIPELINE_SHUTDOWN_GRACE_S": "2",
+            "PIPELINE_DLQ_KEYS": self.secret_file("dlq.keys", self.dlq_keys),
             **(worker_env or {}),
         }
         self.settings = Settings.from_env(self.env)
         self.codec: Codec = Parts(self.settings).codec  # with the registry when configured
         self.secrets: dict[str, bytes] = {}
+        self._resolver = SecretResolver(self.env)
         self.workers: dict[str, tuple[Proc, int]] = {}
         self._clients: dict[str, PartnerClient] = {}
 
@@ -289,10 +293,16 @@ class Stack:
                     f"{name} to apply the change of {partner_id}",
                 )
 
-    def opened(self, dead: Mapping[str, Any]) -> bytes:
-        """A dead letter's payload, unsealed with its partner's secret."""
+    def opened(self, dead: Mapping[str, Any]) -> Opened:
+        """A dead letter's payload, unsealed (with the dead-letter keyring)."""
         aad = f"{dead['source_topic']}|{dead['source_partition']}|{dead['source_offset']}".encode()
-        return open_payload(list(self.secrets.values()), bytes(dead["payload"]), aad)
+        keyring = load_keyring(self.env.get("PIPELINE_DLQ_KEYS"), self._resolver.resolve)
+        return open_sealed(
+            bytes(dead["payload"]),
+            aad,
+            keyring=keyring,
+            partner_secrets=list(self.secrets.values()),
+        )
 
     def client(self, partner_id: str) -> PartnerClient:
         if partner_id not in self._clients:

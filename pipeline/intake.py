@@ -10,6 +10,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pipeline import messages, tokens
@@ -42,6 +43,8 @@ class Rejected(Exception):
         request: dict[str, Any] | None = None,
         *,
         respond: bool = True,
+        verified: bool = False,
+        replay_count: int = 0,
     ) -> None:
         super().__init__(error.detail)
         self.error = error
@@ -51,6 +54,10 @@ class Rejected(Exception):
         #: False when the record may be a copy of a genuine request: the
         #: original's outcome is the partner's, this one leaves a dead letter only.
         self.respond = respond
+        #: The signature was verified before the record was refused (and so the
+        #: replay count it carries is the partner's or a replay's, not a forger's).
+        self.verified = verified
+        self.replay_count = replay_count
 
 
 def key_request_id(record: SourceRecord) -> str | None:
@@ -175,6 +182,17 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
                 )
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A record whose partner is known and whose signature holds."""
+
+    record: SourceRecord
+    partner: Partner
+    key_id: str | None
+    replay_count: int
+    now: float
+
+
 class Intake:
     def __init__(
         self,
@@ -217,6 +235,11 @@ class Intake:
 
     def admit(self, record: SourceRecord) -> Admitted:
         """Admit a record or raise Rejected (which carries the dead-letter reason)."""
+        return self.admit_verified(self.authenticate(record))
+
+    def authenticate(self, record: SourceRecord) -> Verified:
+        """The checks that come before anything is parsed: the partner, the
+        envelope's bounds, the signature. Raises Rejected."""
         topic_partner = partner_of_requests_topic(record.topic)
         key_id = key_request_id(record)
         if topic_partner is None:
@@ -253,22 +276,46 @@ class Intake:
             ) from None
         except AuthFailed as exc:
             raise Rejected(exc, topic_partner, key_id) from None
+        return Verified(record, partner, key_id, replay_count, now)
+
+    def admit_verified(self, verified: Verified) -> Admitted:
+        """Decode and check a record whose signature holds. Raises Rejected."""
+        record, partner, now = verified.record, verified.partner, verified.now
+        topic_partner = partner.partner_id
+
+        def rejected(
+            exc: RequestError,
+            request_id: str | None,
+            request: dict[str, Any] | None = None,
+            *,
+            respond: bool = True,
+        ) -> Rejected:
+            return Rejected(
+                exc,
+                topic_partner,
+                request_id,
+                request,
+                respond=respond,
+                verified=True,
+                replay_count=verified.replay_count,
+            )
+
         try:
-            request = self._codec.decode("ClaudeRequest", record.value)
+            request = self._codec.decode("ClaudeRequest", record.value or b"")
         except SchemaError as exc:
-            raise Rejected(exc, topic_partner, key_id) from None
-        request_id = str(request.get("request_id") or "") or key_id
+            raise rejected(exc, verified.key_id) from None
+        request_id = str(request.get("request_id") or "") or verified.key_id
         try:
             check_identity(request, topic_partner)
         except RequestError as exc:
-            raise Rejected(exc, topic_partner, request_id, request) from None
+            raise rejected(exc, request_id, request) from None
         try:
             self._check_placement(record, request)
         except AuthFailed as exc:
             # Genuine bytes where they do not belong: a replay in disguise, or a
             # producer with the wrong key or partitioner. Either way the copy in
             # the right place is the one served, so this one gets no response.
-            raise Rejected(exc, topic_partner, request_id, request, respond=False) from None
+            raise rejected(exc, request_id, request, respond=False) from None
         try:
             if not partner.enabled:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
@@ -280,13 +327,13 @@ class Intake:
                     f"deadline passed {now * 1000 - deadline:.0f} ms before intake"
                 )
         except RequestError as exc:
-            raise Rejected(exc, topic_partner, request_id, request) from None
+            raise rejected(exc, request_id, request) from None
         return Admitted(
             record=record,
             partner=partner,
             request=cast(ClaudeRequest, request),
             params=params,
-            replay_count=replay_count,
+            replay_count=verified.replay_count,
             received_mono=self._mono(),
             est_input_tokens=tokens.count_params(params),
             **self._worst_case(request, params),

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, SchemaError
+from pipeline.errors import ConfigError, Reason, SchemaError, SecretError
 from pipeline.kafka import SyncProducer, read_topics
-from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, load_partners, partner_of_requests_topic
+from pipeline.partners import (
+    DLQ_TOPIC,
+    USAGE_TOPIC,
+    Partner,
+    load_partners,
+    partner_of_requests_topic,
+)
 from pipeline.records import DeadLetter, UsageRecord
 from pipeline.schemas import Codec
-from pipeline.security import SecretResolver, open_payload, replay_headers
+from pipeline.sealing import Keyring, load_keyring, open_sealed
+from pipeline.security import SecretResolver, replay_headers
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -120,38 +128,45 @@ def dead_letter_row(entry: DeadLetterEntry) -> dict[str, Any]:
     }
 
 
+#: Never replayed, whatever is asked: the record was not (or not shown to be) the
+#: partner's own (auth_failed, unknown_partner), cannot be read (schema_error), or
+#: is a copy of a request that has its own outcome (duplicate).
+NEVER_REPLAYED = frozenset(
+    {Reason.AUTH_FAILED, Reason.UNKNOWN_PARTNER, Reason.SCHEMA_ERROR, Reason.DUPLICATE}
+)
+
+
 @dataclass
 class ReplayPlan:
     replay: list[DeadLetterEntry] = field(default_factory=list)
     refused: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
-    #: Dead letters whose request was served since (an earlier replay worked).
+    #: Dead letters whose request was served (by an earlier replay, or at all).
     served: list[DeadLetterEntry] = field(default_factory=list)
 
 
-def served_requests(settings: Settings, codec: Codec) -> dict[tuple[str, str], int]:
-    """When each request was last served ok, from the usage topic."""
-    served: dict[tuple[str, str], int] = {}
-    for u in usage_records(settings, codec):
-        if u["status"] == "ok":
-            key = (str(u["partner_id"]), str(u["request_id"]))
-            served[key] = max(served.get(key, 0), int(u["ts_ms"]))
-    return served
+def served_requests(settings: Settings, codec: Codec) -> set[tuple[str, str]]:
+    """Every request served ok, from the usage topic."""
+    return {
+        (str(u["partner_id"]), str(u["request_id"]))
+        for u in usage_records(settings, codec)
+        if u["status"] == "ok"
+    }
 
 
 def plan_replay(
     entries: Iterable[DeadLetterEntry],
     max_replays: int,
-    served: dict[tuple[str, str], int] | None = None,
+    served: Collection[tuple[str, str]] = (),
 ) -> ReplayPlan:
     """Pick what to replay: the latest dead letter per request, within the replay limit,
-    unless the request has been served since it failed."""
-    served = served or {}
+    never one of a request that was served (whenever that was: a replay must not
+    become a second execution), never one whose reason rules it out."""
     latest: dict[tuple[str | None, str], DeadLetterEntry] = {}
     plan = ReplayPlan()
     for entry in entries:
         request_id = entry.record.get("request_id")
         if request_id is None:
-            # No request_id: replay the record itself (once per source position).
+            # No request_id: one entry per source position.
             key: tuple[str | None, str] = (
                 entry.partner_id,
                 f"{entry.record['source_topic']}:{entry.record['source_partition']}:"
@@ -164,8 +179,9 @@ def plan_replay(
             latest[key] = entry
     for entry in latest.values():
         rid = entry.record.get("request_id")
-        served_at = served.get((entry.partner_id or "", str(rid))) if rid else None
-        if served_at is not None and served_at >= entry.record["failed_at_ms"]:
+        if entry.reason in NEVER_REPLAYED:
+            plan.refused.append((entry, f"{entry.reason} is never replayed"))
+        elif rid and (entry.partner_id or "", str(rid)) in served:
             plan.served.append(entry)
         elif partner_of_requests_topic(str(entry.record["source_topic"])) is None:
             plan.refused.append((entry, "its source is not a partner request topic"))
@@ -181,38 +197,73 @@ def plan_replay(
     return plan
 
 
-def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> int:
+@dataclass
+class ReplayResult:
+    replayed: list[DeadLetterEntry] = field(default_factory=list)
+    #: Not replayed by rule, found when opening it (say, never verified).
+    skipped: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
+    #: Could not be replayed (a missing secret, a payload that does not open).
+    failed: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
+
+
+def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> ReplayResult:
     """Re-produce each original value (unsealed) with its headers, signed afresh
-    with the partner's secret and carrying its signed replay count."""
+    with the partner's secret and carrying its signed replay count. One entry's
+    problem is that entry's: the rest are replayed, and the result says what
+    happened to each."""
     partners = load_partners(settings.partners_file)
+    keyring = load_keyring(settings.dlq_keys_ref, resolver.resolve)
     producer = SyncProducer(settings)
     now = time.time()
-    count = 0
+    result = ReplayResult()
     for entry in plan.replay:
-        r = entry.record
-        topic = str(r["source_topic"])
-        pid = partner_of_requests_topic(topic) or ""
-        partner = partners.get(pid)
-        if partner is None:
-            raise ConfigError(f"cannot replay for {pid!r}: not in {settings.partners_file}")
-        secrets = [resolver.resolve(partner.signing_secret_ref)]
-        if partner.previous_signing_secret_ref:
-            secrets.append(resolver.resolve(partner.previous_signing_secret_ref))
-        aad = f"{topic}|{r['source_partition']}|{r['source_offset']}".encode()
-        value = open_payload(secrets, bytes(r["payload"]), aad)
-        if not value:
-            raise ConfigError(
-                f"dead letter {pid}/{r['request_id']} has no payload to replay ({r['detail']})"
-            )
-        original = [(k, bytes(v)) for k, v in (r.get("headers") or {}).items()]
-        headers = replay_headers(original, pid, secrets[0], value, int(r["replay_count"]) + 1, now)
-        key = r.get("source_key")
-        if key is None and r.get("request_id"):
-            key = str(r["request_id"]).encode()
-        producer.produce(topic, value, key=key, headers=headers)
-        count += 1
+        try:
+            produced = _replay_one(entry, partners.get, keyring, resolver, producer, now)
+        except (ConfigError, SecretError) as exc:
+            result.failed.append((entry, str(exc)))
+            continue
+        if produced is None:
+            result.replayed.append(entry)
+        else:
+            result.skipped.append((entry, produced))
     producer.flush()
-    return count
+    return result
+
+
+def _replay_one(
+    entry: DeadLetterEntry,
+    partner_of: Callable[[str], Partner | None],
+    keyring: Keyring | None,
+    resolver: SecretResolver,
+    producer: SyncProducer,
+    now: float,
+) -> str | None:
+    """Produce one entry's replay; returns why it was skipped, or None if produced."""
+    r = entry.record
+    topic = str(r["source_topic"])
+    pid = partner_of_requests_topic(topic) or ""
+    partner = partner_of(pid)
+    if partner is None:
+        raise ConfigError(f"partner {pid!r} is not in the partners file")
+    secrets = [resolver.resolve(partner.signing_secret_ref)]
+    if partner.previous_signing_secret_ref:
+        with contextlib.suppress(SecretError):
+            secrets.append(resolver.resolve(partner.previous_signing_secret_ref))
+    if not r["payload"]:
+        return f"no payload kept ({r.get('payload_bytes') or 0} bytes withheld)"
+    aad = f"{topic}|{r['source_partition']}|{r['source_offset']}".encode()
+    opened = open_sealed(bytes(r["payload"]), aad, keyring=keyring, partner_secrets=secrets)
+    if not opened.verified:
+        return "its signature was never verified: it is not replayed as the partner"
+    original = [(k, bytes(v)) for k, v in (r.get("headers") or {}).items()]
+    headers = replay_headers(
+        original, pid, secrets[0], opened.payload, int(r["replay_count"]) + 1, now
+    )
+    key = r.get("source_key")
+    if key is None and r.get("request_id"):
+        key = str(r["request_id"]).encode()
+    producer.produce(topic, opened.payload, key=key, headers=headers)
+    return None
 
 
 # -- usage ---------------------------------------------------------------------------

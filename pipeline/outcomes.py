@@ -97,8 +97,8 @@ class Outcome:
         return out
 
 
-#: Seals a dead letter's payload: (partner_id, payload, aad) -> stored bytes.
-Sealer = Callable[[str | None, bytes, bytes], bytes]
+#: Seals a dead letter's payload: (partner_id, payload, aad, verified) -> stored bytes.
+Sealer = Callable[[str | None, bytes, bytes, bool], bytes]
 
 
 def source_aad(record: SourceRecord) -> bytes:
@@ -114,11 +114,11 @@ class OutcomeBuilder:
         self._wall_ms = wall_ms
         self._seal = seal
 
-    def _sealed(self, partner_id: str | None, record: SourceRecord) -> bytes:
+    def _sealed(self, partner_id: str | None, record: SourceRecord, verified: bool) -> bytes:
         payload = record.value or b""
         if self._seal is None or not payload:
             return payload
-        return self._seal(partner_id, payload, source_aad(record))
+        return self._seal(partner_id, payload, source_aad(record), verified)
 
     @staticmethod
     def _latency_ms(created_at_ms: int | None, now_ms: int) -> int:
@@ -177,9 +177,12 @@ class OutcomeBuilder:
         queued_ms: int = 0,
         replay_count: int = 0,
         respond: bool = True,
+        verified: bool = False,
     ) -> Outcome:
         """A failed request's outcome. With `respond=False` (an audit entry for a
-        duplicate), only the dead letter: the original's outcome is the partner's."""
+        duplicate), only the dead letter: the original's outcome is the partner's.
+        `verified`: the record's signature was checked (always so with a job); only
+        such a dead letter can be replayed."""
         now_ms = self._wall_ms()
         attempts = job.attempts if job is not None else error.attempts
         model = str(request.get("model", "")) if request else ""
@@ -191,7 +194,7 @@ class OutcomeBuilder:
             "source_topic": record.topic,
             "source_partition": record.partition,
             "source_offset": record.offset,
-            "payload": self._sealed(partner_id, record),
+            "payload": self._sealed(partner_id, record, verified or job is not None),
             "headers": {k: v for k, v in record.header_map().items() if k not in SIGNATURE_HEADERS},
             "attempts": attempts,
             "failed_at_ms": now_ms,

@@ -77,10 +77,13 @@ class Reception:
         return job
 
     async def _admit(self, record: SourceRecord) -> Admitted | None:
-        if record.value is not None:
-            await self._codec.prefetch(record.value)  # a new registry id: fetched off-loop
         try:
-            return self._intake.admit(record)
+            verified = self._intake.authenticate(record)
+            # Only a record whose signature holds may cost a schema-registry call
+            # (fetched off the event loop, with a timeout, then cached).
+            if record.value is not None:
+                await self._codec.prefetch(record.value)
+            return self._intake.admit_verified(verified)
         except Rejected as rej:
             outcome = self._builder.failure(
                 record,
@@ -89,6 +92,8 @@ class Reception:
                 request_id=rej.request_id,
                 request=rej.request,
                 respond=rej.respond,
+                verified=rej.verified,
+                replay_count=rej.replay_count,
             )
         except Exception as exc:  # a bug must cost one record, not the partition
             err = internal(Stage.INTAKE, exc, log, record_fields(record))
@@ -132,6 +137,7 @@ class Reception:
                     request=job.request,
                     replay_count=job.replay_count,
                     respond=False,
+                    verified=True,
                 )
             )
             return False

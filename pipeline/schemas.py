@@ -14,11 +14,11 @@ Two framings, told apart by their first bytes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import struct
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +124,12 @@ class ConfluentRegistry:
         return self._schemas[schema_id]
 
 
+#: How long a record waits for the registry to resolve a new schema id, and how
+#: long an id it could not resolve is refused without asking again.
+REGISTRY_TIMEOUT_S = 5.0
+REGISTRY_RETRY_S = 30.0
+
+
 class Codec:
     """Encode with the configured framing; decode either framing."""
 
@@ -131,6 +137,9 @@ class Codec:
         self.store = store or SchemaStore()
         self.registry = registry
         self._registry_schemas: dict[int, Any] = {}
+        #: Ids the registry did not resolve: (until when, why), so that an unknown
+        #: id costs one lookup per REGISTRY_RETRY_S, not one per record.
+        self._registry_missing: dict[int, tuple[float, str]] = {}
 
     def encode(self, name: str, record: Mapping[str, Any], topic: str | None = None) -> bytes:
         version = self.store.current[name]
@@ -192,12 +201,18 @@ class Codec:
                 raise SchemaError(
                     f"Confluent-framed record (schema id {schema_id}) but no registry"
                 )
+            missing = self._registry_missing.get(schema_id)
+            if missing is not None and time.monotonic() < missing[0]:
+                raise SchemaError(missing[1])
             try:
                 text = self.registry.schema_for(schema_id)
+                parsed = parse_schema(json.loads(text), named_schemas={})
             except Exception as exc:
-                raise SchemaError(f"schema id {schema_id} not found in the registry") from exc
-            parsed = parse_schema(json.loads(text), named_schemas={})
+                why = f"schema id {schema_id} not found in the registry"
+                self._registry_missing[schema_id] = (time.monotonic() + REGISTRY_RETRY_S, why)
+                raise SchemaError(why) from exc
             self._registry_schemas[schema_id] = parsed
+            self._registry_missing.pop(schema_id, None)
         return parsed
 
     async def prefetch(self, data: bytes) -> None:
@@ -209,5 +224,13 @@ class Codec:
             and struct.unpack(">I", data[1:5])[0] not in self._registry_schemas
         ):
             schema_id = struct.unpack(">I", data[1:5])[0]
-            with contextlib.suppress(SchemaError):  # decode() reports it in context
-                await asyncio.to_thread(self._registry_schema, schema_id)
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(self._registry_schema, schema_id), REGISTRY_TIMEOUT_S
+                )
+            except SchemaError:
+                pass  # decode() reports it in context
+            except TimeoutError:
+                # decode() must not ask again on the event loop
+                why = f"the schema registry did not answer for schema id {schema_id}"
+                self._registry_missing[schema_id] = (time.monotonic() + REGISTRY_RETRY_S, why)

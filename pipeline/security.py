@@ -233,53 +233,5 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
-# -- dead-letter payloads -------------------------------------------------------
-#
-# A dead letter keeps the original record so ops can replay it, but the record
-# holds the partner's prompt. It is stored sealed with AES-256-GCM under a key
-# derived (HKDF) from the partner's signing secret: whoever can replay (holds
-# the secret reference) can read it; a reader of the DLQ topic cannot.
-
-SEALED_MAGIC = b"CPS1"
-_HKDF_INFO = b"claude-pipeline dead-letter payload v1"
-
-
-def _payload_key(secret: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
-
-
-def seal_payload(secret: bytes, payload: bytes, aad: bytes) -> bytes:
-    """Encrypt and authenticate `payload`, bound to `aad` (where it came from)."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(12)
-    return SEALED_MAGIC + nonce + AESGCM(_payload_key(secret)).encrypt(nonce, payload, aad)
-
-
-def is_sealed(blob: bytes) -> bool:
-    return blob.startswith(SEALED_MAGIC)
-
-
-def open_payload(secrets: Iterable[bytes], blob: bytes, aad: bytes) -> bytes:
-    """Decrypt a sealed payload with the first secret that fits; SecretError if none."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    if not is_sealed(blob):
-        return blob
-    nonce, body = blob[len(SEALED_MAGIC) : len(SEALED_MAGIC) + 12], blob[len(SEALED_MAGIC) + 12 :]
-    for secret in secrets:
-        try:
-            return AESGCM(_payload_key(secret)).decrypt(nonce, body, aad)
-        except InvalidTag:
-            continue
-    raise SecretError("cannot open the dead letter's payload with the partner's secrets")
-
-
 #: Headers a dead letter never keeps: signatures are credentials for their record.
 SIGNATURE_HEADERS = frozenset({H_SIGNATURE, H_REPLAY_SIGNATURE})

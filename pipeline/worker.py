@@ -19,7 +19,7 @@ from pipeline.app import FaustFlowControl, FaustPublisher, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
-from pipeline.errors import AdapterError, SecretError
+from pipeline.errors import AdapterError, ConfigError, SecretError
 from pipeline.factory import Parts
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.health import Health, HttpEndpoint
@@ -41,7 +41,7 @@ from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.retry import RetryPolicy
-from pipeline.security import seal_payload
+from pipeline.sealing import PARTNER_KEY_ID, load_keyring, seal
 from pipeline.state import BudgetLedger, Ownership, ReplayGuard
 from pipeline.statelog import StateLog
 
@@ -161,8 +161,16 @@ class WorkerRuntime(Service):
                 extra={"count": left},
             )
 
-    def _seal(self, partner_id: str | None, payload: bytes, aad: bytes) -> bytes:
-        """Seal a dead letter's payload with its partner's secret, or withhold it."""
+    def _seal(self, partner_id: str | None, payload: bytes, aad: bytes, verified: bool) -> bytes:
+        """Seal a dead letter's payload (see pipeline/sealing.py), or withhold it."""
+        try:
+            keyring = load_keyring(self.settings.dlq_keys_ref, self.secrets.resolve)
+        except ConfigError:
+            log.exception("cannot read the dead-letter keyring: payload withheld")
+            return b""
+        if keyring is not None:
+            key_id, secret = keyring.keys[0]
+            return seal(key_id, secret, payload, aad, verified=verified)
         partner = self.registry.get(partner_id) if partner_id else None
         if partner is None:
             return b""  # no secret to seal with: the prompt is not stored in clear
@@ -170,7 +178,7 @@ class WorkerRuntime(Service):
             secret = self.secrets.resolve(partner.signing_secret_ref)
         except SecretError:
             return b""
-        return seal_payload(secret, payload, aad)
+        return seal(PARTNER_KEY_ID, secret, payload, aad, verified=verified)
 
     def _ownership(self, partner_id: str) -> Ownership:
         """Which of a partner's request partitions this worker owns, of how many the
@@ -284,6 +292,7 @@ def build_runtime(settings: Settings, redactor: Redactor | None = None) -> Worke
     """Reach the broker, read the registry, provision topics, and assemble the runtime."""
     redactor = redactor or Redactor()
     parts = Parts(settings, on_secret=redactor.add)
+    load_keyring(settings.dlq_keys_ref, parts.secrets.resolve)  # unusable: say so now
     parts.reach()
     codec = parts.codec
     ensure_topics(settings, core_topics(settings))

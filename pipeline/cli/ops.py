@@ -85,7 +85,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     )
     plan = plan_replay(entries, max_replays, served_requests(settings, codec))
     for entry in plan.served:
-        print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: served since it failed")
+        print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: already served")
     for entry, why in plan.refused:
         print(f"refused  {entry.partner_id}/{entry.record['request_id']}: {why}")
     verb = "would replay" if args.dry_run else "replaying"
@@ -101,9 +101,17 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             f"{len(plan.served)} already served"
         )
         return 0
-    count = replay(settings, plan, parts.secrets)
-    print(f"replayed {count}, refused {len(plan.refused)}, {len(plan.served)} already served")
-    return 0
+    result = replay(settings, plan, parts.secrets)
+    for entry, why in result.skipped:
+        print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: {why}")
+    for entry, why in result.failed:
+        print(f"failed   {entry.partner_id}/{entry.record['request_id']}: {why}")
+    print(
+        f"replayed {len(result.replayed)}, skipped {len(result.skipped)}, "
+        f"failed {len(result.failed)}, refused {len(plan.refused)}, "
+        f"{len(plan.served)} already served"
+    )
+    return 1 if result.failed else 0
 
 
 def add_usage(sub: argparse._SubParsersAction[Parser]) -> None:

@@ -59,8 +59,21 @@ def test_percentile_and_table() -> None:
     assert table.splitlines()[0].startswith("a")
 
 
-def test_replay_plan_skips_requests_served_since() -> None:
-    entries = [_entry("a", 10), _entry("b", 10)]
-    plan = plan_replay(entries, max_replays=3, served={("acme", "a"): 20, ("acme", "b"): 5})
-    assert [e.record["request_id"] for e in plan.served] == ["a"]
-    assert [e.record["request_id"] for e in plan.replay] == ["b"]
+def test_a_request_served_at_any_time_is_never_replayed() -> None:
+    # Before: "served since it failed" compared times, so a copy refused after the
+    # original was served (served first, failed later) was replayed: a second run.
+    entries = [_entry("a", 10), _entry("b", 10), _entry("c", 10)]
+    plan = plan_replay(entries, max_replays=3, served={("acme", "a"), ("acme", "b")})
+    assert [e.record["request_id"] for e in plan.served] == ["a", "b"]
+    assert [e.record["request_id"] for e in plan.replay] == ["c"]
+
+
+@pytest.mark.parametrize("reason", ["auth_failed", "unknown_partner", "schema_error", "duplicate"])
+def test_unauthenticated_unreadable_and_duplicate_dead_letters_are_never_replayed(
+    reason: str,
+) -> None:
+    entry = _entry("x", 10)
+    entry.record["reason"] = reason
+    plan = plan_replay([entry], max_replays=3)
+    assert plan.replay == []
+    assert plan.refused == [(entry, f"{reason} is never replayed")]

@@ -9,9 +9,7 @@ import pytest
 from pipeline.errors import AuthFailed, SecretError
 from pipeline.security import (
     SecretResolver,
-    open_payload,
     replay_headers,
-    seal_payload,
     sign,
     signed_headers,
     validate_ref,
@@ -96,17 +94,6 @@ def test_an_ops_replay_is_signed_afresh_and_its_count_cannot_be_bumped() -> None
     unsigned = [*signed_headers("acme", SECRET, VALUE, NOW), ("x-replay-count", b"2")]
     with pytest.raises(AuthFailed, match="x-replay-signature"):
         _verify(unsigned)
-
-
-def test_sealed_payloads_open_only_with_the_secret_and_their_source() -> None:
-    sealed = seal_payload(SECRET, b"the prompt", b"topic|0|7")
-    assert b"the prompt" not in sealed
-    assert open_payload([b"other", SECRET], sealed, b"topic|0|7") == b"the prompt"
-    with pytest.raises(SecretError):
-        open_payload([b"other"], sealed, b"topic|0|7")
-    with pytest.raises(SecretError):
-        open_payload([SECRET], sealed, b"topic|0|8")  # moved to another record
-    assert open_payload([SECRET], b"plain", b"x") == b"plain"
 
 
 def test_secret_references(tmp_path: Path, clock: FakeClock) -> None:
