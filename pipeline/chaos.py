@@ -110,12 +110,17 @@ class Chaos:
     def _live(self) -> dict[str, Proc]:
         return {n: p for n, (p, _) in self.stack.workers.items() if p.alive()}
 
-    def _replace(self, name: str, sig: signal.Signals) -> None:
+    def _replace(self, name: str, sig: signal.Signals) -> float:
+        """Signal a worker, wait for it to exit, start its successor; returns how
+        long the worker took to exit."""
         proc = self.stack.workers[name][0]
         self._ours.add(proc.pid)
+        signalled = time.monotonic()
         proc.signal(sig)
         proc.popen.wait(30)
+        exited_after = time.monotonic() - signalled
         self._start(name.split(".")[0])
+        return exited_after
 
     # -- phase 1 ----------------------------------------------------------------------
 
@@ -148,7 +153,8 @@ class Chaos:
             live = sorted(self._live())
             if not termed:
                 self.say(f"SIGTERM {live[0]} (graceful: drains, then leaves the group)")
-                self._replace(live[0], signal.SIGTERM)
+                drained = self._replace(live[0], signal.SIGTERM)
+                self.report.figures["drain_s"] = round(drained, 2)
                 self.terms += 1
                 termed = True
             else:
