@@ -47,7 +47,7 @@ producer.produce(
 producer.flush()
 
 response_schema, _ = load("ClaudeResponse")
-group = {"group.id": f"{partner}-example", "auto.offset.reset": "earliest"}
+group = {"group.id": f"{partner}.example", "auto.offset.reset": "earliest"}
 consumer = Consumer({**kafka, **group, "session.timeout.ms": 6000})
 consumer.subscribe([f"claude.responses.{partner}"])
 while (msg := consumer.poll(60)) is not None:

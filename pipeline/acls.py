@@ -48,14 +48,25 @@ def principal_for(template: str, partner_id: str) -> str:
     return template.format(partner=partner_id)
 
 
+#: Between a partner id and the rest of its consumer group names: a character
+#: partner ids cannot contain, so one partner's prefix never covers another's
+#: (with "-", the prefix "acme-" matched the groups of partner "acme-eu").
+GROUP_SEPARATOR = "."
+
+
+def partner_group_prefix(partner_id: str) -> str:
+    """The prefix of every consumer group a partner may use (`<id>.<anything>`)."""
+    return partner_id + GROUP_SEPARATOR
+
+
 def partner_bindings(partner_id: str, principal: str) -> list[Binding]:
-    """Write its requests, read its responses (with consumer groups named `<id>-*`)."""
+    """Write its requests, read its responses (with consumer groups named `<id>.*`)."""
     return [
         Binding(principal, "TOPIC", requests_topic(partner_id), "LITERAL", "WRITE"),
         Binding(principal, "TOPIC", requests_topic(partner_id), "LITERAL", "DESCRIBE"),
         Binding(principal, "TOPIC", responses_topic(partner_id), "LITERAL", "READ"),
         Binding(principal, "TOPIC", responses_topic(partner_id), "LITERAL", "DESCRIBE"),
-        Binding(principal, "GROUP", f"{partner_id}-", "PREFIXED", "READ"),
+        Binding(principal, "GROUP", partner_group_prefix(partner_id), "PREFIXED", "READ"),
     ]
 
 

@@ -16,19 +16,38 @@ from pipeline.partners import (
     load_partners,
     save_partners,
 )
+from pipeline.registryauth import (
+    RefPolicy,
+    admin_key,
+    check_grace,
+    policy_for,
+    registry_headers,
+)
 from pipeline.schemas import Codec
+from pipeline.security import SecretResolver
 
 
 def publish_partners(settings: Settings, codec: Codec, partners: Iterable[Partner | str]) -> None:
-    """Write partners (or a tombstone, given just an id) to the compacted topic."""
+    """Write partners (or a tombstone, given just an id) to the compacted topic,
+    signed with the registry key when there is one."""
+    key = admin_key(settings, SecretResolver(settings.secret_env()).resolve)
     producer = SyncProducer(settings)
     for item in partners:
         if isinstance(item, str):
-            producer.produce(PARTNERS_TOPIC, None, key=item.encode())
+            record_key, value = item.encode(), None
         else:
+            record_key = item.partner_id.encode()
             value = codec.encode("PartnerConfig", item.to_record(), PARTNERS_TOPIC)
-            producer.produce(PARTNERS_TOPIC, value, key=item.partner_id.encode())
+        headers = registry_headers(key, record_key, value, now_ms()) if key else []
+        producer.produce(PARTNERS_TOPIC, value, key=record_key, headers=headers)
     producer.flush()
+
+
+def checked(settings: Settings, partner: Partner) -> Partner:
+    """What workers would refuse to apply is refused here, saying why."""
+    RefPolicy.parse(settings.partner_secrets).check(partner)
+    check_grace(partner)
+    return partner
 
 
 def provision(settings: Settings, partner_ids: Iterable[str]) -> list[str]:
@@ -48,7 +67,7 @@ def add_partner(settings: Settings, codec: Codec, partner: Partner) -> list[str]
         raise ConfigError(
             f"partner {partner.partner_id!r} already exists in {settings.partners_file}"
         )
-    partner = partner.with_(updated_at_ms=now_ms())
+    partner = checked(settings, partner.with_(updated_at_ms=now_ms()))
     created = provision(settings, [partner.partner_id])
     partners[partner.partner_id] = partner
     save_partners(settings.partners_file, partners)
@@ -61,7 +80,7 @@ def update_partner(settings: Settings, codec: Codec, partner_id: str, **changes:
     check_partner_id(partner_id)
     if partner_id not in partners:
         raise ConfigError(f"no partner {partner_id!r} in {settings.partners_file}")
-    updated = partners[partner_id].with_(**changes, updated_at_ms=now_ms())
+    updated = checked(settings, partners[partner_id].with_(**changes, updated_at_ms=now_ms()))
     partners[partner_id] = updated
     save_partners(settings.partners_file, partners)
     publish_partners(settings, codec, [updated])
@@ -89,4 +108,5 @@ def partners_on_topic(settings: Settings, codec: Codec) -> dict[str, Partner]:
     """What workers see: the compacted topic, latest record per partner."""
     from pipeline.follower import load_registry
 
-    return dict(load_registry(settings, codec).partners)
+    policy = policy_for(settings, SecretResolver(settings.secret_env()).resolve)
+    return dict(load_registry(settings, codec, policy).partners)

@@ -88,6 +88,10 @@ class Settings:
     max_replays: int = 3
     #: A secret reference (env:/file:) to the dead-letter keyring (pipeline/sealing.py).
     dlq_keys_ref: str | None = None
+    #: A secret reference to the key that signs registry records (pipeline/registryauth.py).
+    registry_key_ref: str | None = None
+    #: Where partners' secret references may point (comma-separated prefixes).
+    partner_secrets: str | None = None
     topic_partitions: int = 4
     replication_factor: int = 1
     log_level: str = "INFO"
@@ -244,6 +248,8 @@ class Settings:
             ),
             max_replays=number("PIPELINE_DLQ_MAX_REPLAYS", int, d.max_replays),
             dlq_keys_ref=text("PIPELINE_DLQ_KEYS"),
+            registry_key_ref=text("PIPELINE_REGISTRY_KEY"),
+            partner_secrets=text("PIPELINE_PARTNER_SECRETS"),
             topic_partitions=number("PIPELINE_TOPIC_PARTITIONS", int, d.topic_partitions),
             replication_factor=number("PIPELINE_REPLICATION_FACTOR", int, d.replication_factor),
             log_level=(text("PIPELINE_LOG_LEVEL") or d.log_level).upper(),

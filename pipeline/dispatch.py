@@ -121,6 +121,7 @@ class Dispatcher:
             completion=stages.completion,
             metrics=stages.metrics,
             spawn=lambda coro, name: self._tasks.spawn(coro, name),
+            pausing=stages.pausing,
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()

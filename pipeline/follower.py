@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, SchemaError
+from pipeline.errors import AuthFailed, ConfigError, SchemaError
 from pipeline.kafka import read_topics
 from pipeline.partners import PARTNERS_TOPIC, Partner, Registry
+from pipeline.registryauth import RegistryPolicy
 from pipeline.schemas import Codec
 
 log = logging.getLogger("pipeline.follower")
@@ -35,15 +36,45 @@ def decode_partner(
     return partner.partner_id, partner
 
 
-def load_registry(settings: Settings, codec: Codec) -> Registry:
+def admit_partner(
+    codec: Codec,
+    policy: RegistryPolicy,
+    registry: Registry,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+) -> tuple[str, Partner | None]:
+    """Decode and check one registry record; raises if it must not be applied."""
+    pid, partner = decode_partner(codec, key, value)
+    policy.admit(key, value, list(headers or ()), partner, registry.partners)
+    return pid, partner
+
+
+def _headers(raw: object) -> list[tuple[str, bytes]]:
+    """confluent-kafka's headers (a list of pairs, values possibly None) as bytes pairs."""
+    pairs = raw.items() if isinstance(raw, dict) else (raw or [])
+    out = []
+    for name, value in pairs:  # type: ignore[attr-defined]
+        if isinstance(value, str):
+            value = value.encode()
+        out.append((str(name), value or b""))
+    return out
+
+
+def load_registry(
+    settings: Settings, codec: Codec, policy: RegistryPolicy | None = None
+) -> Registry:
     """The registry as the topic says now (synchronous, for start-up)."""
+    policy = policy or RegistryPolicy(None)
     registry = Registry()
     for msg in read_topics(settings, [PARTNERS_TOPIC]):
         try:
-            pid, partner = decode_partner(codec, msg.key(), msg.value())
-        except (SchemaError, ConfigError) as exc:
+            pid, partner = admit_partner(
+                codec, policy, registry, msg.key(), msg.value(), _headers(msg.headers())
+            )
+        except (SchemaError, ConfigError, AuthFailed) as exc:
             log.warning(
-                "skipping a bad partner record", extra={"offset": msg.offset(), "error": str(exc)}
+                "ignoring a partner record", extra={"offset": msg.offset(), "error": str(exc)}
             )
             continue
         registry.apply(pid, partner)
@@ -57,7 +88,9 @@ class PartnerFollower:
         codec: Codec,
         registry: Registry,
         on_error: Callable[[BaseException], None] | None = None,
+        policy: RegistryPolicy | None = None,
     ) -> None:
+        self._policy = policy or RegistryPolicy(None)
         self._settings = settings
         self._codec = codec
         self._registry = registry
@@ -94,15 +127,21 @@ class PartnerFollower:
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    self._apply(record.key, record.value, record.offset)
+                    self._apply(record.key, record.value, record.offset, record.headers)
 
-    def _apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+    def _apply(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         try:
-            pid, partner = decode_partner(self._codec, key, value)
-        except (SchemaError, ConfigError) as exc:
-            log.exception(
-                "skipping a bad partner record", extra={"offset": offset, "error": str(exc)}
+            pid, partner = admit_partner(
+                self._codec, self._policy, self._registry, key, value, headers
             )
+        except (SchemaError, ConfigError, AuthFailed) as exc:
+            log.warning("ignoring a partner record", extra={"offset": offset, "error": str(exc)})
             return
         before = self._registry.get(pid)
         self._registry.apply(pid, partner)

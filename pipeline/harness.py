@@ -222,7 +222,10 @@ class Stack:
             "PIPELINE_BACKOFF_CAP_S": "0.2",
             "PIPELINE_UPSTREAM_TIMEOUT_S": "5",
             "PIPELINE_SHUTDOWN_GRACE_S": "2",
-            "PIPELINE_DLQ_KEYS": self.secret_file("dlq.keys", self.dlq_keys),
+            # The pipeline's own keys, outside the directory partners' secrets come from.
+            "PIPELINE_DLQ_KEYS": self._key_file("dlq.keys", self.dlq_keys),
+            "PIPELINE_REGISTRY_KEY": self._key_file("registry.key", secrets.token_urlsafe(24)),
+            "PIPELINE_PARTNER_SECRETS": f"env:PARTNER_,file:{workdir / 'secrets'}",
             **(worker_env or {}),
         }
         self.settings = Settings.from_env(self.env)
@@ -249,6 +252,12 @@ class Stack:
         return self._collector
 
     # -- partners ------------------------------------------------------------------
+
+    def _key_file(self, name: str, value: str) -> str:
+        path = self.tmp / "keys" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(value)
+        return f"file:{path}"
 
     def secret_file(self, name: str, value: str) -> str:
         path = self.tmp / "secrets" / name

@@ -31,17 +31,38 @@ class NoFlowControl:
 
 
 class Pausing:
+    """What counts toward a partner's bound: its queued requests, and its records
+    refused at intake whose outcomes are still being published (a partner
+    flooding bad records is held back like one flooding good ones)."""
+
     def __init__(self, flow: FlowControl, max_queued: int) -> None:
         self._flow = flow
         self._max = max_queued
         self._paused: set[str] = set()
+        self._depth: dict[str, int] = {}
+        self._refusing: dict[str, int] = {}
 
     @property
     def paused(self) -> frozenset[str]:
         return frozenset(self._paused)
 
     def queued(self, partner_id: str, depth: int) -> None:
-        """A partner's queue depth changed: pause it when full, resume it when half empty."""
+        """A partner's queue depth changed."""
+        self._depth[partner_id] = depth
+        self._update(partner_id)
+
+    def refusing(self, partner_id: str, delta: int) -> None:
+        """A refused record's outcome started (+1) or finished (-1) publishing."""
+        left = self._refusing.get(partner_id, 0) + delta
+        if left > 0:
+            self._refusing[partner_id] = left
+        else:
+            self._refusing.pop(partner_id, None)
+        self._update(partner_id)
+
+    def _update(self, partner_id: str) -> None:
+        """Pause a partner when full, resume it when half empty."""
+        depth = self._depth.get(partner_id, 0) + self._refusing.get(partner_id, 0)
         if partner_id not in self._paused and depth >= self._max:
             self._paused.add(partner_id)
             self._flow.pause(partner_id)

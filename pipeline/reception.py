@@ -21,6 +21,7 @@ from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import partner_of_requests_topic
+from pipeline.pausing import Pausing
 from pipeline.records import AckFn, Admitted, Job, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.state import ReplayGuard, Seen
@@ -43,7 +44,9 @@ class Reception:
         completion: Completion,
         metrics: Metrics,
         spawn: Spawn,
+        pausing: Pausing | None = None,
     ) -> None:
+        self._pausing = pausing
         self._metrics = metrics
         self._deliveries = deliveries
         self._codec = codec
@@ -146,4 +149,16 @@ class Reception:
 
     def _end(self, outcome: Outcome) -> None:
         record = outcome.record
-        self._spawn(self._completion.finish(outcome), f"outcome-{record.partition}-{record.offset}")
+        pid = partner_of_requests_topic(record.topic)
+        if self._pausing is not None and pid:
+            self._pausing.refusing(pid, +1)
+        self._spawn(self._finish(outcome, pid), f"outcome-{record.partition}-{record.offset}")
+
+    async def _finish(self, outcome: Outcome, pid: str | None) -> None:
+        """Publish a refused record's outcome; until then it counts toward its
+        partner's bound (see Pausing)."""
+        try:
+            await self._completion.finish(outcome)
+        finally:
+            if self._pausing is not None and pid:
+                self._pausing.refusing(pid, -1)

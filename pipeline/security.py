@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -157,6 +158,9 @@ def verify(
 
 # The offending value is not echoed: a secret pasted where a reference belongs
 # must not end up in a terminal scrollback or a log.
+#: The largest secret file read (a key, a keyring): anything larger is refused.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
 _BAD_REF = "a secret reference must be env:NAME or file:PATH (the value given is not shown)"
 
 
@@ -211,14 +215,38 @@ class SecretResolver:
             if cached is not None and cached.stamp == stamp:
                 cached.checked_at = now
                 return cached.value
-            value = Path(path).read_bytes().strip()
+            if not stat.S_ISREG(st.st_mode):
+                # /dev/zero, a FIFO, a directory: reading could block or never end
+                raise SecretError(f"secret file {path} is not a regular file")
+            if st.st_size > MAX_SECRET_FILE_BYTES:
+                raise SecretError(
+                    f"secret file {path} is {st.st_size:,} bytes (at most "
+                    f"{MAX_SECRET_FILE_BYTES:,})"
+                )
+            with open(path, "rb") as f:
+                value = f.read(MAX_SECRET_FILE_BYTES + 1).strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
         if not value:
             raise SecretError(f"secret file {path} is empty")
+        if len(value) > MAX_SECRET_FILE_BYTES:
+            raise SecretError(f"secret file {path} grew past {MAX_SECRET_FILE_BYTES:,} bytes")
         self._files[path] = _FileCache(stamp, value, now)
         self._learned(value.decode("utf-8", "replace"))
         return value
+
+    def refresh(self) -> None:
+        """Re-check every file read so far (run it off the event loop, every
+        `recheck_s`): resolving on the event loop then finds them fresh."""
+        for path in list(self._files):
+            cached = self._files.get(path)
+            if cached is None:
+                continue
+            cached.checked_at = float("-inf")
+            try:
+                self._read_file(path)
+            except SecretError:
+                self._files.pop(path, None)  # the next resolve says what is wrong
 
     def _learned(self, secret: str) -> None:
         if self._on_secret is not None:

@@ -7,6 +7,7 @@ dispatcher, Claude clients); `run_worker` boots it under Faust's worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from pipeline.partners import (
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
+from pipeline.registryauth import RegistryPolicy, policy_for
 from pipeline.retry import RetryPolicy
 from pipeline.sealing import PARTNER_KEY_ID, load_keyring, seal
 from pipeline.state import BudgetLedger, Ownership, ReplayGuard
@@ -51,7 +53,13 @@ log = logging.getLogger("pipeline.worker")
 class WorkerRuntime(Service):
     """Everything a worker runs besides Faust itself."""
 
-    def __init__(self, parts: Parts, registry: Registry, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        registry: Registry,
+        redactor: Redactor,
+        policy: RegistryPolicy | None = None,
+    ) -> None:
         super().__init__()
         settings = parts.settings
         self.settings = settings
@@ -132,13 +140,16 @@ class WorkerRuntime(Service):
             ),
             on_fatal=self._fatal,
         )
-        self.follower = PartnerFollower(settings, codec, registry, on_error=self._fatal)
+        self.follower = PartnerFollower(
+            settings, codec, registry, on_error=self._fatal, policy=policy
+        )
         registry.listeners.append(self._on_partner_change)
         self._pending_topics: set[str] = set()
         self._subscribe_task: asyncio.Task[None] | None = None
         self._crash_task: asyncio.Future[None] | None = None
         self._heartbeat: asyncio.Future[None] | None = None
         self._ready_task: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     async def _handle(self, record: SourceRecord, ack: AckFn) -> None:
         await self.dispatcher.handle(record, ack)
@@ -226,9 +237,31 @@ class WorkerRuntime(Service):
         log.critical("fatal error: stopping the worker", exc_info=exc)
         self._crash_task = asyncio.ensure_future(self.app.crash(exc))
 
+    async def _refresh_secrets(self) -> None:
+        """Secret files are read and re-read here, off the event loop; the hot path
+        finds them in the resolver's cache."""
+        while True:
+            await asyncio.to_thread(self.secrets.refresh)
+            await asyncio.sleep(1.0)
+
+    async def _read_secrets(self, partner: Partner) -> None:
+        refs = [
+            partner.signing_secret_ref,
+            partner.previous_signing_secret_ref,
+            partner.api_key_ref,
+            partner.previous_api_key_ref,
+        ]
+        for ref in filter(None, refs):
+            with contextlib.suppress(SecretError):  # the request that needs it says why
+                await asyncio.to_thread(self.secrets.resolve, ref)
+
     def _on_partner_change(
         self, partner_id: str, before: Partner | None, after: Partner | None
     ) -> None:
+        if after is not None:
+            task = asyncio.ensure_future(self._read_secrets(after))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         if before is not None and after is not None and before.api_key_ref != after.api_key_ref:
             self.dispatcher.on_partner_changed(partner_id)
         if after is not None and before is None:
@@ -263,6 +296,9 @@ class WorkerRuntime(Service):
             self.metrics_port = self.endpoint.serve(self.settings.metrics_port)
             log.info("metrics listening", extra={"port": self.metrics_port})
         self._heartbeat = asyncio.ensure_future(self.health.heartbeat())
+        for partner in self.registry:
+            await self._read_secrets(partner)
+        self._background.add(asyncio.ensure_future(self._refresh_secrets()))
         await self.follower.start()
         await self.statelog.start()
         await self.dispatcher.start()
@@ -282,6 +318,8 @@ class WorkerRuntime(Service):
             self._ready_task.cancel()
         await self.statelog.stop()
         await self.follower.stop()
+        for task in self._background:
+            task.cancel()
         await self.claude.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -293,14 +331,20 @@ def build_runtime(settings: Settings, redactor: Redactor | None = None) -> Worke
     redactor = redactor or Redactor()
     parts = Parts(settings, on_secret=redactor.add)
     load_keyring(settings.dlq_keys_ref, parts.secrets.resolve)  # unusable: say so now
+    policy = policy_for(settings, parts.secrets.resolve)
+    if policy.admin_key is None and settings.profile == "production":
+        raise ConfigError(
+            "PIPELINE_REGISTRY_KEY is not set: in production, workers apply only registry "
+            "records signed with it (see README, Security)"
+        )
     parts.reach()
     codec = parts.codec
     ensure_topics(settings, core_topics(settings))
-    registry = load_registry(settings, codec)
+    registry = load_registry(settings, codec, policy)
     partner_ids = [p.partner_id for p in registry]
     ensure_topics(settings, [s for pid in partner_ids for s in partner_topics(settings, pid)])
     codec.warm(output_schemas(partner_ids))
-    return WorkerRuntime(parts, registry, redactor)
+    return WorkerRuntime(parts, registry, redactor, policy)
 
 
 def output_schemas(partner_ids: Iterable[str]) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from pipeline.cli.common import (
     Parser,
@@ -97,19 +98,16 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
         help="register a partner (file, topic and its Kafka topics)",
         description="Register a partner. Secrets are references: env:NAME or file:PATH.",
     )
-    add.add_argument("partner_id", metavar="ID")
-    add.add_argument("--weight", type=positive_int, default=1, help="fair-share weight")
-    add.add_argument("--rpm", type=positive_int, help="requests per minute limit")
-    add.add_argument("--tpm", type=positive_int, help="tokens per minute limit")
-    add.add_argument("--daily-token-budget", type=positive_int, help="tokens per UTC day")
-    add.add_argument("--monthly-budget-usd", type=non_negative_float, help="USD per month")
-    add.add_argument(
-        "--models", type=csv_list, default=(), help="allowed models, a,b (default all)"
-    )
-    add.add_argument("--max-tokens-cap", type=positive_int, help="largest max_tokens allowed")
-    add.add_argument("--signing-secret-ref", required=True, help="env:NAME or file:PATH")
-    add.add_argument("--api-key-ref", help="the partner's own Anthropic key: env:NAME or file:PATH")
+    _partner_flags(add, adding=True)
     add.set_defaults(func=cmd_partners_add)
+
+    change = psub.add_parser(
+        "set",
+        help="change a registered partner (flags as for add; only those given change)",
+        description="Change a registered partner: the flags given, nothing else.",
+    )
+    _partner_flags(change, adding=False)
+    change.set_defaults(func=cmd_partners_set)
 
     for action, helptext in (
         ("disable", "refuse the partner's requests (reaches running workers within seconds)"),
@@ -152,6 +150,51 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
 
     sync = psub.add_parser("sync", help="publish every partner of the file to claude.partners")
     sync.set_defaults(func=cmd_partners_sync)
+
+
+#: Flags of `partners add` and `partners set`, by Partner field.
+_FIELDS = (
+    "weight", "rpm", "tpm", "daily_token_budget", "monthly_budget_usd", "allowed_models",
+    "max_tokens_cap", "signing_secret_ref", "api_key_ref",
+)  # fmt: skip
+
+
+def _partner_flags(p: argparse.ArgumentParser, *, adding: bool) -> None:
+    p.add_argument("partner_id", metavar="ID")
+    p.add_argument("--weight", type=positive_int, help="fair-share weight (1)")
+    p.add_argument("--rpm", type=positive_int, help="requests per minute limit")
+    p.add_argument("--tpm", type=positive_int, help="tokens per minute limit")
+    p.add_argument("--daily-token-budget", type=positive_int, help="tokens per UTC day")
+    p.add_argument("--monthly-budget-usd", type=non_negative_float, help="USD per month")
+    p.add_argument(
+        "--models",
+        dest="allowed_models",
+        type=csv_list,
+        help="allowed models, a,b (default all)",
+    )
+    p.add_argument("--max-tokens-cap", type=positive_int, help="largest max_tokens allowed")
+    p.add_argument(
+        "--signing-secret-ref",
+        required=adding,
+        help="env:NAME or file:PATH, within PIPELINE_PARTNER_SECRETS",
+    )
+    p.add_argument("--api-key-ref", help="the partner's own Anthropic key: env:NAME or file:PATH")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+
+
+def cmd_partners_set(args: argparse.Namespace) -> int:
+    from pipeline.admin import update_partner
+
+    changes = _given(args)
+    if not changes:
+        raise UsageError("nothing to change: give at least one flag")
+    parts = kafka_parts()
+    update_partner(parts.settings, parts.codec, args.partner_id, **changes)
+    print(f"partner {args.partner_id}: set {', '.join(sorted(changes))}")
+    return 0
 
 
 def cmd_partners_list(args: argparse.Namespace) -> int:
@@ -199,18 +242,7 @@ def cmd_partners_add(args: argparse.Namespace) -> int:
     from pipeline.partners import Partner
 
     settings = load_settings()
-    partner = Partner(
-        partner_id=args.partner_id,
-        signing_secret_ref=args.signing_secret_ref,
-        weight=args.weight or 1,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        daily_token_budget=args.daily_token_budget,
-        monthly_budget_usd=args.monthly_budget_usd,
-        allowed_models=args.models,
-        max_tokens_cap=args.max_tokens_cap,
-        api_key_ref=args.api_key_ref,
-    )
+    partner = Partner(partner_id=args.partner_id, **_given(args))
     created = add_partner(settings, kafka_parts().codec, partner)
     print(
         f"added partner {partner.partner_id}"

@@ -203,7 +203,8 @@ def test_an_unreachable_broker_is_one_clear_line_within_seconds(tmp_path: Path) 
     # Before: hundreds of librdkafka lines, then a traceback, after 15 s.
     closed = free_port()
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed}",
-           "PIPELINE_PARTNERS_FILE": str(tmp_path / "partners.toml")}  # fmt: skip
+           "PIPELINE_PARTNERS_FILE": str(tmp_path / "partners.toml"),
+           "PIPELINE_REGISTRY_KEY": "env:REGISTRY_KEY", "REGISTRY_KEY": "k" * 32}  # fmt: skip
     started = time.monotonic()
     running = [
         (command, subprocess.Popen(  # all at once: each waits seconds for the broker

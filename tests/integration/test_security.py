@@ -10,15 +10,24 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipeline import tokens
 from pipeline.client import build_request
 from pipeline.harness import CLI
-from pipeline.kafka import read_topics
-from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, requests_topic, responses_topic
+from pipeline.kafka import SyncProducer, read_topics
+from pipeline.partners import (
+    DLQ_TOPIC,
+    PARTNERS_TOPIC,
+    USAGE_TOPIC,
+    Partner,
+    requests_topic,
+    responses_topic,
+)
 from pipeline.pricing import PriceTable
+from pipeline.registryauth import registry_headers
 from pipeline.security import signed_headers
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
 
@@ -343,3 +352,40 @@ def test_nothing_secret_leaks_anywhere(stack: Stack) -> None:
     assert not any(
         marker.encode() in data for name, data in haystacks.items() if name.startswith("log:")
     )
+
+
+def test_a_registry_record_without_the_admin_signature_changes_nothing(stack: Stack) -> None:
+    # Before: any record on claude.partners that decoded was applied: a writer
+    # pointed a partner's signing secret at a file it could read, then forged
+    # that partner's requests.
+    stack.add_partner("victim")
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    hijacked = Partner("victim", f"file:{readme}", updated_at_ms=int(time.time() * 1000) + 60_000)
+    value = stack.codec.encode("PartnerConfig", hijacked.to_record())
+    producer = SyncProducer(stack.settings)
+    producer.produce(PARTNERS_TOPIC, value, key=b"victim")  # unsigned
+    guessed = registry_headers(b"a guessed registry key", b"victim", value, 1)
+    producer.produce(PARTNERS_TOPIC, value, key=b"victim", headers=guessed)
+    producer.flush()
+    live = next(name for name, (proc, _) in stack.workers.items() if proc.alive())
+    stack.wait_log(
+        lambda e: (
+            e.get("msg") == "ignoring a partner record"
+            and "registry signature mismatch" in str(e.get("error"))
+        ),
+        name=live,
+    )
+    forged = _produce(
+        stack, "victim", *_signed(stack, "victim", "forged", secret=readme.read_bytes().strip())
+    )
+    honest = stack.send("victim", "still the real partner")
+    got = _wait(stack, [forged, honest])
+    assert got.reason(forged) == "auth_failed"
+    assert got.responses[honest][0]["status"] == "ok"
+    # An admin cannot point a secret outside the allowed places either.
+    out = subprocess.run(
+        [*CLI, "partners", "set", "victim", "--signing-secret-ref", "file:/dev/zero"],
+        capture_output=True, text=True, env={**os.environ, **stack.env},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "outside the allowed secret locations" in out.stderr

@@ -19,13 +19,26 @@ def test_a_partner_writes_only_its_requests_and_reads_only_its_responses() -> No
         ("TOPIC", "LITERAL", "claude.requests.acme", "DESCRIBE"),
         ("TOPIC", "LITERAL", "claude.responses.acme", "READ"),
         ("TOPIC", "LITERAL", "claude.responses.acme", "DESCRIBE"),
-        ("GROUP", "PREFIXED", "acme-", "READ"),
+        ("GROUP", "PREFIXED", "acme.", "READ"),
     }
     # nothing prefixed that could reach another partner's topics
     assert all(
         not (b.resource == "TOPIC" and b.pattern == "PREFIXED")
         for b in partner_bindings("acme", "User:acme")
     )
+
+
+def test_no_partner_group_prefix_covers_another_partners_groups() -> None:
+    # Before: "acme-" (prefixed) matched "acme-eu-responses", a group of partner
+    # acme-eu: acme could join it and read acme-eu's committed positions.
+    prefixes = {
+        pid: next(b.name for b in partner_bindings(pid, f"User:{pid}") if b.resource == "GROUP")
+        for pid in ("acme", "acme-eu", "acme_eu", "a")
+    }
+    for pid, prefix in prefixes.items():
+        for other in prefixes:
+            if other != pid:
+                assert not prefixes[other].startswith(prefix), (pid, other)
 
 
 def test_partners_do_not_see_each_other() -> None:

@@ -7,6 +7,7 @@ request lifecycle: retries, outcomes, acks after publish, redelivery dedupe.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -65,8 +66,11 @@ class FakePublisher:
     def __init__(self) -> None:
         self.published: list[OutMessage] = []
         self.fail_next = 0
+        self.gate: asyncio.Event | None = None
 
     async def publish(self, messages: list[OutMessage]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("broker unavailable")
@@ -275,6 +279,36 @@ async def test_deadline_during_retries_is_deadline_expired() -> None:
     await h.dispatcher.stop(0)
     (dead,) = h.dead_letters()
     assert dead["reason"] == "deadline_expired"
+
+
+async def test_a_partner_flooding_refused_records_is_paused_too() -> None:
+    # Before: only queued requests counted, so a partner's forged records, each
+    # costing a verification and a dead letter, were fetched without any bound.
+    paused: list[str] = []
+    resumed: list[str] = []
+
+    class Flow:
+        def pause(self, partner_id: str) -> None:
+            paused.append(partner_id)
+
+        def resume(self, partner_id: str) -> None:
+            resumed.append(partner_id)
+
+    h = Harness(FakeClaude(), flow=Flow(), max_queued_per_partner=4)
+    h.publisher.gate = asyncio.Event()  # the broker is slow to take the dead letters
+    await h.dispatcher.start()
+    for i in range(6):
+        record = h.record(f"forged {i}")
+        forged = dataclasses.replace(
+            record, headers=signed_headers("acme", b"guess", record.value or b"")
+        )
+        await h.send(forged)
+    assert paused == ["acme"]
+    h.publisher.gate.set()
+    await h.settle(6)
+    assert resumed == ["acme"]
+    assert [d["reason"] for d in h.dead_letters()] == ["auth_failed"] * 6
+    await h.dispatcher.stop(0)
 
 
 async def test_full_partner_queue_pauses_its_topic() -> None:

@@ -1,0 +1,145 @@
+"""Registry integrity: signed records, newer only, key == partner_id, secrets where allowed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import AuthFailed, ConfigError, SecretError
+from pipeline.follower import admit_partner
+from pipeline.partners import Partner, Registry
+from pipeline.registryauth import (
+    MAX_GRACE_S,
+    RefPolicy,
+    RegistryPolicy,
+    registry_headers,
+    verify_record,
+)
+from pipeline.schemas import Codec
+from pipeline.security import SecretResolver
+
+KEY = b"the-registry-key"
+CODEC = Codec()
+POLICY = RegistryPolicy(KEY, RefPolicy(("env:PARTNER_", "file:/run/secrets")))
+
+
+def _record(partner: Partner, key: bytes | None = None) -> tuple[bytes, bytes]:
+    return (key or partner.partner_id.encode()), CODEC.encode("PartnerConfig", partner.to_record())
+
+
+def _admit(registry: Registry, key: bytes, value: bytes | None, headers: list) -> Partner | None:  # type: ignore[type-arg]
+    pid, partner = admit_partner(CODEC, POLICY, registry, key, value, headers)
+    registry.apply(pid, partner)
+    return partner
+
+
+ACME = Partner("acme", "env:PARTNER_ACME", updated_at_ms=1_000)
+
+
+def test_a_signed_record_is_applied_and_anything_else_is_not() -> None:
+    registry = Registry()
+    key, value = _record(ACME)
+    assert _admit(registry, key, value, registry_headers(KEY, key, value, 1_000)) == ACME
+    evil = ACME.with_(signing_secret_ref="env:PARTNER_KNOWN", updated_at_ms=2_000)
+    key, value = _record(evil)
+    for headers in (
+        [],  # unsigned
+        registry_headers(b"a guessed key", key, value, 2_000),
+        registry_headers(KEY, key, value, 2_000)[:1],  # timestamp only
+        [*registry_headers(KEY, key, value, 2_000), ("x-registry-signature", b"00")],
+    ):
+        with pytest.raises(AuthFailed):
+            _admit(registry, key, value, headers)
+    assert registry.get("acme") == ACME
+    # a signature binds the value: another partner's config under the same signature fails
+    signed = registry_headers(KEY, key, value, 2_000)
+    other_value = CODEC.encode("PartnerConfig", evil.with_(weight=9).to_record())
+    with pytest.raises(AuthFailed, match="mismatch"):
+        verify_record(KEY, key, other_value, signed)
+
+
+def test_old_records_produced_again_change_nothing() -> None:
+    registry = Registry()
+    old_key, old_value = _record(ACME)
+    old_headers = registry_headers(KEY, old_key, old_value, 1_000)
+    _admit(registry, old_key, old_value, old_headers)
+    newer = ACME.with_(enabled=False, updated_at_ms=5_000)
+    key, value = _record(newer)
+    _admit(registry, key, value, registry_headers(KEY, key, value, 5_000))
+    with pytest.raises(ConfigError, match="older than the config applied"):
+        _admit(registry, old_key, old_value, old_headers)  # a captured enable, replayed
+    # a tombstone signed before the partner was (re-)added does not remove it
+    with pytest.raises(ConfigError, match="tombstone"):
+        _admit(registry, b"acme", None, registry_headers(KEY, b"acme", None, 4_000))
+    assert not registry.get("acme").enabled  # type: ignore[union-attr]
+    assert _admit(registry, b"acme", None, registry_headers(KEY, b"acme", None, 6_000)) is None
+    assert registry.get("acme") is None
+
+
+def test_the_key_must_be_the_partner_id() -> None:
+    # Before: a tombstone took its id from the key and an update from the value, so
+    # a record keyed "other" carrying acme's config brought acme back after compaction.
+    key, value = _record(ACME, key=b"other")
+    with pytest.raises(ConfigError, match="is not its partner_id"):
+        _admit(Registry(), key, value, registry_headers(KEY, key, value, 1_000))
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["env:HOME", "file:/app/README.md", "file:/dev/zero", "file:/run/secrets/../../etc/passwd"],
+)
+def test_secrets_come_only_from_the_allowed_places(ref: str) -> None:
+    partner = ACME.with_(signing_secret_ref=ref)
+    key, value = _record(partner)
+    with pytest.raises(ConfigError, match="outside the allowed secret locations"):
+        _admit(Registry(), key, value, registry_headers(KEY, key, value, 1_000))
+    assert RefPolicy(("file:/run/secrets",)).allows("file:/run/secrets/acme.key")
+    assert not RefPolicy(("file:/run/secrets",)).allows("file:/run/secrets-evil/acme.key")
+
+
+def test_grace_windows_are_capped() -> None:
+    far = ACME.with_(
+        previous_signing_secret_ref="env:PARTNER_OLD",
+        previous_secret_expires_at_ms=ACME.updated_at_ms + MAX_GRACE_S * 1000 + 1,
+    )
+    key, value = _record(far)
+    with pytest.raises(ConfigError, match="days after the change"):
+        _admit(Registry(), key, value, registry_headers(KEY, key, value, 1_000))
+
+
+def test_a_bad_prefix_list_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="PIPELINE_PARTNER_SECRETS"):
+        RefPolicy.parse("vault:secret/acme")
+    assert RefPolicy.parse("env:P_, file:/s").prefixes == ("env:P_", "file:/s")
+
+
+def test_secret_files_must_be_small_regular_files(tmp_path: Path) -> None:
+    # Before: file:/dev/zero read until the worker ran out of memory.
+    resolver = SecretResolver({})
+    with pytest.raises(SecretError, match="not a regular file"):
+        resolver.resolve("file:/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(SecretError, match="at most"):
+        resolver.resolve(f"file:{big}")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SecretError, match="not a regular file"):
+        resolver.resolve(f"file:{fifo}")  # would block forever
+
+
+def test_refresh_rereads_changed_files_and_forgets_removed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_text("first")
+    resolver = SecretResolver({}, recheck_s=3600)
+    assert resolver.resolve(f"file:{path}") == b"first"
+    path.write_text("second!")
+    assert resolver.resolve(f"file:{path}") == b"first"  # within recheck_s: cached
+    resolver.refresh()
+    assert resolver.resolve(f"file:{path}") == b"second!"
+    path.unlink()
+    resolver.refresh()
+    with pytest.raises(SecretError, match="cannot read"):
+        resolver.resolve(f"file:{path}")
