@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.cli.admin import add_partners, add_topics
+from pipeline.cli.admin import add_deploy, add_partners, add_topics
 from pipeline.cli.common import Parser, UsageError
 from pipeline.cli.ops import add_dlq, add_usage
 from pipeline.cli.partner import add_responses, add_send
@@ -40,6 +40,7 @@ def build_parser() -> Parser:
     add_usage(sub)
     add_bench(sub)
     add_chaos(sub)
+    add_deploy(sub)
     return parser
 
 

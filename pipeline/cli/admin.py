@@ -333,3 +333,36 @@ def cmd_partners_sync(args: argparse.Namespace) -> int:
     partners = sync_partners(parts.settings, parts.codec)
     print(f"published {len(partners)} partners to claude.partners")
     return 0
+
+
+def add_deploy(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("deploy", help="what docker-compose needs to run")
+    dsub = p.add_subparsers(dest="deploy_command", metavar="ACTION", parser_class=Parser)
+    dsub.required = True
+    init = dsub.add_parser(
+        "init",
+        help="generate credentials, a CA and certificates into deploy/secrets",
+        description=(
+            "Write random Kafka passwords (admin, workers, one per partner), a CA and the "
+            "broker's certificate, the registry key, the dead-letter keyring, partners' "
+            "signing secrets and a Grafana admin password. Existing secrets are kept, so "
+            "it can be re-run to add partners."
+        ),
+    )
+    init.add_argument("--dir", default="deploy/secrets", help="where (deploy/secrets)")
+    init.add_argument("--partners", type=csv_list, default=(), help="partner ids, a,b")
+    init.add_argument("--force", action="store_true", help="replace every secret")
+    init.set_defaults(func=cmd_deploy_init)
+
+
+def cmd_deploy_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.deploy import init
+
+    written = init(Path(args.dir), args.partners, force=args.force)
+    print(
+        f"{written.directory}: {len(written.created)} files written; partners: "
+        f"{', '.join(written.partners) or 'none yet (--partners a,b adds them)'}"
+    )
+    return 0

@@ -225,3 +225,34 @@ def test_a_captured_record_replayed_into_another_partition_is_not_served_twice(
     assert set(rids) == served["replay-a"] | served["replay-b"]
     assert served["replay-a"], "one worker served all: the test tests nothing"
     assert served["replay-b"], "one worker served all: the test tests nothing"
+
+
+def test_a_rebalance_while_retries_wait_neither_refuses_nor_repeats_them(workers: Stack) -> None:
+    # Before: on revoke the worker's budget share dropped to 0, so retries
+    # re-queued during the rebalance were dead-lettered quota_exceeded; and
+    # retries waiting out their backoff were sent after their partition had
+    # moved, while the new owner called Claude for them too.
+    stack = workers
+    stack.add_partner("rebal", monthly_budget_usd=100.0)
+    slow_retries = {"PIPELINE_MAX_ATTEMPTS": "30", "PIPELINE_BACKOFF_BASE_S": "0.3",
+                    "PIPELINE_BACKOFF_CAP_S": "0.6"}  # fmt: skip
+    stack.start_worker("rebal-a", slow_retries)
+    ok_before = stack.sim_stats()["totals"]["requests"].get("200", 0)
+    stack.sim_faults({"529": 1.0})
+    try:
+        keys = [
+            stack.send("rebal", f"retried across a rebalance {i}", flush=False) for i in range(20)
+        ]
+        stack.client("rebal").flush()
+        # (the circuit breaker opens soon: then requests wait for its probes)
+        stack.wait_log(lambda e: e.get("msg") == "retrying", name="rebal-a", count=8)
+        stack.start_worker("rebal-b", slow_retries)  # takes partitions while retries wait
+        stack.wait_log(lambda e: e.get("msg") == "partitions assigned", name="rebal-a", count=2)
+    finally:
+        stack.sim_faults({})
+    got = stack.outcomes(["rebal"], lambda o: o.complete(keys), timeout=120)
+    assert [k for k in keys if got.reason(k) is not None] == []  # no quota_exceeded, no error
+    assert all([r["status"] for r in got.responses[k]] == ["ok"] for k in keys)
+    assert all(len(got.usage[k]) == 1 for k in keys)
+    ok_after = stack.sim_stats()["totals"]["requests"].get("200", 0)
+    assert ok_after - ok_before == len(keys)  # each served by one call: none repeated
