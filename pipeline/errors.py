@@ -57,6 +57,13 @@ class Reason(StrEnum):
 #: The dead-letter reasons of the contract, in the order of the Avro enum.
 REASONS = tuple(r.value for r in Reason)
 
+#: Never replayed, whatever is asked: the record was not (or not shown to be) the
+#: partner's own (auth_failed, unknown_partner), cannot be read (schema_error), or
+#: is a copy of a request that has its own outcome (duplicate).
+NEVER_REPLAYED = frozenset(
+    {Reason.AUTH_FAILED, Reason.UNKNOWN_PARTNER, Reason.SCHEMA_ERROR, Reason.DUPLICATE}
+)
+
 
 class PipelineError(Exception):
     #: Whether trying the same thing again can help.

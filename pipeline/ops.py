@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, Reason, SchemaError, SecretError
+from pipeline.errors import NEVER_REPLAYED, ConfigError, SchemaError, SecretError
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import (
     DLQ_TOPIC,
@@ -126,14 +126,6 @@ def dead_letter_row(entry: DeadLetterEntry) -> dict[str, Any]:
         "replay_count": r["replay_count"],
         "source": f"{r['source_topic']}[{r['source_partition']}]@{r['source_offset']}",
     }
-
-
-#: Never replayed, whatever is asked: the record was not (or not shown to be) the
-#: partner's own (auth_failed, unknown_partner), cannot be read (schema_error), or
-#: is a copy of a request that has its own outcome (duplicate).
-NEVER_REPLAYED = frozenset(
-    {Reason.AUTH_FAILED, Reason.UNKNOWN_PARTNER, Reason.SCHEMA_ERROR, Reason.DUPLICATE}
-)
 
 
 @dataclass

@@ -16,10 +16,11 @@ from typing import Any, cast
 
 from pipeline import messages
 from pipeline.claude import UpstreamResult
-from pipeline.errors import InvalidRequest, Reason, RequestError
+from pipeline.errors import NEVER_REPLAYED, InvalidRequest, Reason, RequestError
 from pipeline.partners import DLQ_TOPIC, RESPONSES_PREFIX, USAGE_TOPIC, responses_topic
 from pipeline.pricing import PriceTable
 from pipeline.records import (
+    HEAVY_BYTES,
     ClaudeResponse,
     DeadLetter,
     Job,
@@ -194,7 +195,7 @@ class OutcomeBuilder:
             "source_topic": record.topic,
             "source_partition": record.partition,
             "source_offset": record.offset,
-            "payload": self._sealed(partner_id, record, verified or job is not None),
+            "payload": b"",
             "headers": {k: v for k, v in record.header_map().items() if k not in SIGNATURE_HEADERS},
             "attempts": attempts,
             "failed_at_ms": now_ms,
@@ -204,6 +205,19 @@ class OutcomeBuilder:
             "payload_bytes": None,
             "payload_sha256": None,
         }
+        payload = record.value or b""
+        if error.reason in NEVER_REPLAYED and len(payload) > HEAVY_BYTES:
+            # Never replayed, so a copy would only cost: the record stays at its
+            # source offset for the topic's retention, recognisable by its digest.
+            digest = hashlib.sha256(payload).hexdigest()
+            dead_letter["detail"] += (
+                f" [payload of {len(payload)} bytes kept only at its source offset: "
+                f"{error.reason.value} is never replayed; sha256 {digest}]"
+            )
+            dead_letter["payload_bytes"] = len(payload)
+            dead_letter["payload_sha256"] = digest
+        else:
+            dead_letter["payload"] = self._sealed(partner_id, record, verified or job is not None)
         if request_id is None or partner_id is None or not respond:
             return Outcome(record, partner_id, request_id, Status.ERROR, None, None, dead_letter)
         created = request.get("created_at_ms") if request else None

@@ -10,6 +10,7 @@ served before a crash (acked, nothing else) from a second copy of a request_id
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -22,7 +23,7 @@ from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import partner_of_requests_topic
 from pipeline.pausing import Pausing
-from pipeline.records import AckFn, Admitted, Job, SourceRecord
+from pipeline.records import HEAVY_BYTES, AckFn, Admitted, Job, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.state import ReplayGuard, Seen
 
@@ -80,15 +81,32 @@ class Reception:
         return job
 
     async def _admit(self, record: SourceRecord) -> Admitted | None:
+        if len(record.value or b"") > HEAVY_BYTES:
+            # Verifying, decoding and sealing megabytes takes tens of milliseconds:
+            # in a thread, so the event loop keeps serving everyone else meanwhile.
+            result = await asyncio.to_thread(self._admit_now, record)
+        else:
+            if record.value is not None and self._codec.needs_registry(record.value):
+                try:
+                    self._intake.authenticate(record)
+                except Rejected:
+                    pass  # refused just below, without a registry call
+                else:
+                    # Only a record whose signature holds may cost a schema-registry
+                    # call (off the event loop, with a timeout, then cached).
+                    await self._codec.prefetch(record.value)
+            result = self._admit_now(record)
+        if isinstance(result, Outcome):
+            self._end(result)
+            return None
+        return result
+
+    def _admit_now(self, record: SourceRecord) -> Admitted | Outcome:
+        """The admitted request, or the outcome of refusing it."""
         try:
-            verified = self._intake.authenticate(record)
-            # Only a record whose signature holds may cost a schema-registry call
-            # (fetched off the event loop, with a timeout, then cached).
-            if record.value is not None:
-                await self._codec.prefetch(record.value)
-            return self._intake.admit_verified(verified)
+            return self._intake.admit_verified(self._intake.authenticate(record))
         except Rejected as rej:
-            outcome = self._builder.failure(
+            return self._builder.failure(
                 record,
                 rej.error,
                 partner_id=rej.partner_id,
@@ -100,14 +118,12 @@ class Reception:
             )
         except Exception as exc:  # a bug must cost one record, not the partition
             err = internal(Stage.INTAKE, exc, log, record_fields(record))
-            outcome = self._builder.failure(
+            return self._builder.failure(
                 record,
                 err,
                 partner_id=partner_of_requests_topic(record.topic),
                 request_id=key_request_id(record),
             )
-        self._end(outcome)
-        return None
 
     async def _guarded(self, guard: ReplayGuard, job: Job) -> bool:
         """Apply replay protection; False if the record needs no further work."""

@@ -215,14 +215,18 @@ class Codec:
             self._registry_missing.pop(schema_id, None)
         return parsed
 
-    async def prefetch(self, data: bytes) -> None:
-        """Resolve an unseen registry id off the event loop, so `decode` never blocks."""
-        if (
+    def needs_registry(self, data: bytes) -> bool:
+        """Whether decoding `data` would ask the registry (an id not seen yet)."""
+        return (
             self.registry is not None
             and data[:1] == CONFLUENT_MAGIC
             and len(data) >= 5
             and struct.unpack(">I", data[1:5])[0] not in self._registry_schemas
-        ):
+        )
+
+    async def prefetch(self, data: bytes) -> None:
+        """Resolve an unseen registry id off the event loop, so `decode` never blocks."""
+        if self.needs_registry(data):
             schema_id = struct.unpack(">I", data[1:5])[0]
             try:
                 await asyncio.wait_for(

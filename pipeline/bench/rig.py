@@ -44,6 +44,13 @@ class Outcome:
     latency_ms: int
     completed_at_ms: int
     seen_mono: float  # when the collector read it
+    #: Time spent in Claude's (the simulator's) hands, from the usage record (0: none read).
+    upstream_ms: int = 0
+
+    @property
+    def added_ms(self) -> int:
+        """What the pipeline added: all of the latency but the upstream call."""
+        return self.latency_ms - self.upstream_ms
 
 
 class Responses:
@@ -82,7 +89,9 @@ class Responses:
                 return False
 
     def get(self, ids: Iterable[str]) -> list[Outcome]:
-        first = self._first(self._collector.wait(lambda o: True, 0))
+        seen = self._collector.wait(lambda o: True, 0)
+        first = self._first(seen)
+        usage = {key[1]: records[0] for key, records in seen.usage.items() if records}
         out = []
         for i in ids:
             if i in first:
@@ -94,6 +103,7 @@ class Responses:
                         int(r["latency_ms"]),
                         int(r["completed_at_ms"]),
                         seen_at,
+                        int(usage[i]["upstream_ms"]) if i in usage else 0,
                     )
                 )
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -463,6 +464,93 @@ def seed_baseline(quick: bool, say: Say, progress: Progress) -> Result:
     return result
 
 
+# -- poison ----------------------------------------------------------------------------
+
+
+def _poison_thread(rig: Rig, pid: str, rate_per_s: float, seconds: float) -> threading.Thread:
+    """Every kind of bad record, round and round, at a steady rate. The records are
+    made before the clock starts: building a 10 MB value or ten thousand messages
+    in this process would hold the GIL and delay the good traffic's sender, which
+    the measurement would blame on the pipeline."""
+    from pipeline.bench.poison import Poison, corpus
+
+    stack = rig.stack
+    n = int(rate_per_s * seconds)
+    records: list[Poison] = []
+    while len(records) < n:  # fresh request_ids every round
+        records.extend(corpus(pid, stack.secrets[pid], stack.codec))
+    client = rig.client(pid)
+    ready = threading.Event()
+
+    def run() -> None:
+        ready.set()
+        start = time.monotonic()
+        for i, bad in enumerate(records[:n]):
+            delay = start + i / rate_per_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the load
+            client.send_raw(bad.key, bad.value or b"", bad.headers)
+        client.flush()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait()
+    return thread
+
+
+def poison(quick: bool, say: Say, progress: Progress) -> Result:
+    """Good traffic's latency with and without bad records interleaved: the same
+    rig, the same offered rate, side by side. The target is the issue's: the good
+    traffic's p99 within 1.5x of the clean run's. The latency the pipeline adds
+    (all but the upstream call) is reported beside it: the simulator is one process
+    on the same two cores, and a ten-thousand-message request stalls it for
+    everyone, which Claude does not."""
+    sim_ms = 50
+    rate = 40.0 if quick else 100.0
+    bad_rate = rate / 4
+    seconds = 6.0 if quick else 30.0
+    result = Result(
+        "poison",
+        {"good_rps": rate, "poison_rps": bad_rate, "seconds": seconds, "sim_latency_ms": sim_ms},
+        targets={"p99_ratio": "<= 1.5"},
+    )
+    with Rig() as rig:
+        rig.start([*NO_LIMITS, "--latency-ms", str(sim_ms)])
+        rig.add_partners({"good": 1, "bad": 1})
+        rig.start_worker()
+        assert rig.collector is not None  # noqa: S101
+        latencies: dict[str, list[float]] = {}
+        added: dict[str, list[float]] = {}
+        for phase in ("clean", "poisoned"):
+            say(f"{phase}: {rate:.0f} good req/s for {seconds:.0f} s")
+            sent: list[str] = []
+            threads = []
+            if phase == "poisoned":
+                threads.append(_poison_thread(rig, "bad", bad_rate, seconds))
+            threads.append(rig.paced("good", rate, seconds, sent, tag=f" {phase}"))
+            for t in threads:
+                t.join()
+            rig.collector.wait(sent, 120, progress)
+            done = _ok(rig.collector.get(sent))
+            latencies[phase] = [o.latency_ms for o in done]
+            added[phase] = [o.added_ms for o in done]
+            if len(done) != len(sent):
+                result.notes.append(f"{phase}: {len(sent) - len(done)} good requests not ok")
+    clean, poisoned = latencies["clean"], latencies["poisoned"]
+    result.metrics = {
+        "clean_p50_ms": _p(clean, 50),
+        "clean_p99_ms": _p(clean, 99),
+        "poisoned_p50_ms": _p(poisoned, 50),
+        "poisoned_p99_ms": _p(poisoned, 99),
+        "p99_ratio": round(_p(poisoned, 99) / max(1e-9, _p(clean, 99)), 3),
+        "clean_added_p99_ms": _p(added["clean"], 99),
+        "poisoned_added_p99_ms": _p(added["poisoned"], 99),
+        "added_p99_ratio": round(_p(added["poisoned"], 99) / max(1e-9, _p(added["clean"], 99)), 3),
+        "good_completed": len(clean) + len(poisoned),
+    }
+    return result
+
+
 SCENARIOS: dict[str, Callable[..., Result]] = {
     "throughput": throughput,
     "latency": latency,
@@ -471,4 +559,5 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "inflight": inflight,
     "scaleout": scaleout,
     "seed-baseline": seed_baseline,
+    "poison": poison,
 }

@@ -260,6 +260,7 @@ BENCH_SCENARIOS = (
     "fairness",
     "inflight",
     "scaleout",
+    "poison",
     "seed-baseline",
 )
 

@@ -44,7 +44,9 @@ class FakeClaude:
         self.called = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
-    async def create(self, api_key: str, params: Mapping[str, Any]) -> UpstreamResult:
+    async def create(
+        self, api_key: str, params: Mapping[str, Any], *, heavy: bool = False
+    ) -> UpstreamResult:
         prompt = params["messages"][-1]["content"]
         self.calls.append(prompt)
         self.keys.append(api_key)

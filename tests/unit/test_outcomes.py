@@ -71,3 +71,35 @@ def test_a_dead_letter_too_large_withholds_its_payload_with_size_and_digest() ->
     assert fitted.dead_letter["payload"] == b""
     assert f"payload of {LIMIT} bytes withheld" in fitted.dead_letter["detail"]
     assert "sha256 " in fitted.dead_letter["detail"]
+
+
+def test_a_heavy_record_that_is_never_replayed_is_not_copied_into_its_dead_letter() -> None:
+    # Before: a 10 MB unreadable value was sealed, encoded and produced again to
+    # the DLQ, on the event loop, stalling every other partner's requests.
+    import hashlib
+
+    from pipeline.errors import SchemaError, UpstreamExhausted
+    from pipeline.records import HEAVY_BYTES
+
+    value = b"\x07" * (HEAVY_BYTES + 1)
+    record = SourceRecord("claude.requests.acme", 0, 9, b"r1", value, [])
+    dead = BUILDER.failure(
+        record, SchemaError("unknown schema fingerprint"), partner_id="acme", request_id=None
+    ).dead_letter
+    assert dead is not None
+    assert dead["payload"] == b""
+    assert dead["payload_bytes"] == len(value)
+    assert dead["payload_sha256"] == hashlib.sha256(value).hexdigest()
+    assert "kept only at its source offset: schema_error is never replayed" in dead["detail"]
+    assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == (
+        "claude.requests.acme",
+        0,
+        9,
+    )
+    # A replayable failure keeps its payload, however large: replay needs it.
+    kept = BUILDER.failure(
+        record, UpstreamExhausted("529 x5"), partner_id="acme", request_id="r1"
+    ).dead_letter
+    assert kept is not None
+    assert kept["payload"] == value
+    assert kept["payload_bytes"] is None
