@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,3 +176,59 @@ def test_a_new_partner_goes_next_even_with_a_request_bigger_than_a_quantum() -> 
     _serve(drr, 5)
     drr.push("light", 0, cost=500)
     assert drr.pop() == ("light", 0)
+
+
+def test_a_huge_request_is_granted_its_rounds_at_once_not_one_by_one() -> None:
+    # Before: 400,000 tokens at 32 a turn took 12,500 rounds of asking every
+    # partner's gates, holding the worker's event loop for seconds per pick.
+    drr: DeficitRoundRobin[str, str] = DeficitRoundRobin(quantum=32)
+    asked: list[str] = []
+
+    def eligible(partner: str, item: str) -> bool:
+        asked.append(partner)
+        return partner != "throttled"
+
+    drr.push("small", "s1", 100)
+    drr.push("huge", "h0", 1)  # served from the new list: its lane joins the round
+    drr.push("huge", "h1", 400_000)
+    drr.push("throttled", "t1", 10)
+    served = []
+    for _ in range(4):
+        picked = drr.peek(eligible)
+        if picked is None:
+            break
+        served.append(drr.take(picked[0]))
+    assert served == ["s1", "h0", "h1"]
+    assert len(asked) <= 12
+    # the throttled partner banked nothing meanwhile
+    assert drr.peek(lambda p, i: True) == ("throttled", "t1")
+
+
+def test_skipping_idle_rounds_serves_in_the_order_round_by_round_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def order(eligible: Any) -> list[str]:
+        drr: DeficitRoundRobin[str, str] = DeficitRoundRobin(quantum=4)
+        for p, cost in (("a", 1000), ("b", 999), ("c", 3000)):
+            drr.set_weight(p, {"a": 1, "b": 1, "c": 3}[p])
+            drr.push(p, p + "0", 1)  # served from the new list
+            drr.push(p, p + "1", cost)  # hundreds of rounds of credit
+            drr.push(p, p + "2", 5)
+        out = []
+        while (picked := drr.peek(eligible)) is not None:
+            out.append(drr.take(picked[0]))
+        return out
+
+    calls = 0
+
+    def counted(partner: str, item: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    skipped = order(counted)
+    assert calls < 40
+    monkeypatch.setattr(DeficitRoundRobin, "_skip_idle_rounds", lambda self, verdicts: None)
+    assert skipped == order(None)
+    assert skipped[:3] == ["a0", "b0", "c0"]
+    assert skipped.index("b1") < skipped.index("a1")  # 999 tokens need fewer rounds
