@@ -170,6 +170,8 @@ class Attempts:
         except UpstreamError as err:
             self._account(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()
+            if err.status == 429:
+                self._metrics.rate_limited.labels(job.partner_id).inc()
             self._circuit(kid, job, outage=err.error_class in OUTAGE_CLASSES)
             self._observe(kid, err.headers, job)
             # A 429 was never charged; other failures probably were, minus the output.
@@ -190,14 +192,15 @@ class Attempts:
 
     def _circuit(self, kid: str, job: Job, *, outage: bool) -> None:
         """Tell the key's circuit how the upstream answered; log and show a change."""
+        gauge = self._metrics.circuit_open.labels(kid)  # every key in use has a series
         if outage and self._limiter.outage(kid):
-            self._metrics.circuit_open.labels(kid).set(1)
+            gauge.set(1)
             log.warning(
                 "circuit open: the upstream is down, one probe per backoff step",
                 extra={**job_fields(job), "key": kid},
             )
         elif not outage and self._limiter.answered(kid):
-            self._metrics.circuit_open.labels(kid).set(0)
+            gauge.set(0)
             log.info("circuit closed: the upstream answers again", extra={"key": kid})
 
     def _key_trouble(self, job: Job, kid: str, err: UpstreamError) -> None:

@@ -116,6 +116,8 @@ class Settings:
     max_record_bytes: int = 32 * 1024 * 1024
     #: Test-only: die like kill -9 at a chosen point (pipeline/failpoints.py).
     failpoints: str | None = None
+    #: How often each partner's Kafka backlog is measured (pipeline/lag.py).
+    backlog_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -262,6 +264,7 @@ class Settings:
             prices_file=Path(p) if (p := text("PIPELINE_PRICES_FILE")) else None,
             commit_interval_s=number("PIPELINE_COMMIT_INTERVAL_S", float, None),
             max_record_bytes=number("PIPELINE_MAX_RECORD_BYTES", int, d.max_record_bytes),
+            backlog_interval_s=number("PIPELINE_BACKLOG_INTERVAL_S", float, d.backlog_interval_s),
             failpoints=text("PIPELINE_FAILPOINTS"),
         )
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Fine enough for a meaningful p99 anywhere from 50 ms to 60 s (each step at
+#: most 1.5x the one before), coarse beyond.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.675, 1, 1.5, 2.25,
+    3.5, 5, 7.5, 11, 16, 24, 36, 54, 60, 120, 300,
+)  # fmt: skip
 
 
 class Metrics:
@@ -57,6 +62,26 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "claude_partner_queue_depth", "Requests waiting in the worker", ["partner"], registry=r
+        )
+        self.backlog = Gauge(
+            "claude_partner_backlog_records",
+            "Records in the partner's request topic not yet committed by the group "
+            "(this worker's partitions: sum over workers)",
+            ["partner"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "claude_partner_budget_used_ratio",
+            "Fraction of the partner's budget spent this period (budget: tokens per UTC "
+            "day, usd per UTC month); the same on every worker",
+            ["partner", "budget"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "claude_partner_rate_limited",
+            "Claude answered 429 (rate limited) to a call for the partner",
+            ["partner"],
+            registry=r,
         )
         self.ratelimit_remaining = Gauge(
             "claude_upstream_ratelimit_remaining",

@@ -27,6 +27,7 @@ from pipeline.health import Health, HttpEndpoint
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
 from pipeline.keys import ApiKeys
+from pipeline.lag import GroupLag, backlog_by_partner
 from pipeline.logs import Redactor, setup_logging
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
@@ -89,6 +90,12 @@ class WorkerRuntime(Service):
         )
         self.app = self.wiring.app
         self.statelog = StateLog(settings, on_error=self._fatal)
+        self.ledger = BudgetLedger(
+            self.statelog.table("spend"),
+            ownership=self._ownership,
+            writer=self.statelog.writer,
+            ready=lambda: self.statelog.synced,
+        )
         stages = assemble(
             registry=registry,
             intake=Intake(
@@ -122,12 +129,7 @@ class WorkerRuntime(Service):
                 settings.signature_max_age_s,
                 writer=self.statelog.writer,
             ),
-            ledger=BudgetLedger(
-                self.statelog.table("spend"),
-                ownership=self._ownership,
-                writer=self.statelog.writer,
-                ready=lambda: self.statelog.synced,
-            ),
+            ledger=self.ledger,
             state_synced=self.statelog.wait_synced,
             prices=prices,
         )
@@ -244,6 +246,42 @@ class WorkerRuntime(Service):
             await asyncio.to_thread(self.secrets.refresh)
             await asyncio.sleep(1.0)
 
+    async def _measure_backlog(self) -> None:
+        """Each partner's Kafka backlog on this worker's partitions, now and then."""
+        probe: GroupLag | None = None
+        shown: set[str] = set()
+        try:
+            while True:
+                try:
+                    if probe is None:
+                        probe = await asyncio.to_thread(GroupLag, self.settings)
+                    lags = await asyncio.to_thread(probe.measure, set(self._owned))
+                except Exception as exc:  # a metric must never stop the worker
+                    log.warning("cannot measure the backlog", extra={"error": str(exc)})
+                else:
+                    backlog = backlog_by_partner(lags)
+                    for partner in shown - set(backlog):
+                        self.metrics.backlog.remove(partner)
+                    for partner, records in backlog.items():
+                        self.metrics.backlog.labels(partner).set(records)
+                    shown = set(backlog)
+                self._measure_budgets()
+                await asyncio.sleep(self.settings.backlog_interval_s)
+        finally:
+            if probe is not None:
+                await asyncio.to_thread(probe.close)
+
+    def _measure_budgets(self) -> None:
+        """Each budget's used fraction (the state log is group-wide: every worker
+        reports the same figure, so dashboards take the max)."""
+        self.metrics.budget_used.clear()
+        for partner in self.registry:
+            for budget in self.ledger.budgets(partner):
+                if budget.limit > 0:
+                    spent = self.ledger.spent(partner.partner_id, budget.kind, budget.period)
+                    used = self.metrics.budget_used.labels(partner.partner_id, budget.kind)
+                    used.set(spent / budget.limit)
+
     async def _read_secrets(self, partner: Partner) -> None:
         refs = [
             partner.signing_secret_ref,
@@ -299,6 +337,7 @@ class WorkerRuntime(Service):
         for partner in self.registry:
             await self._read_secrets(partner)
         self._background.add(asyncio.ensure_future(self._refresh_secrets()))
+        self._background.add(asyncio.ensure_future(self._measure_backlog()))
         await self.follower.start()
         await self.statelog.start()
         await self.dispatcher.start()
