@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 import statistics
 import time
@@ -18,6 +19,10 @@ from pipeline.errors import NEVER_REPLAYED, ConfigError, SchemaError, SecretErro
 from pipeline.kafka import SyncProducer, read_topics
 from pipeline.partners import (
     DLQ_TOPIC,
+    PARTNERS_TOPIC,
+    REQUESTS_PREFIX,
+    RESPONSES_PREFIX,
+    STATE_TOPIC,
     USAGE_TOPIC,
     Partner,
     load_partners,
@@ -355,3 +360,79 @@ def render_html(title: str, rows: list[dict[str, Any]], columns: list[str]) -> s
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head>"
         f"<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table></body></html>\n"
     )
+
+
+# -- inspect ---------------------------------------------------------------------------
+
+
+def schema_of_topic(topic: str) -> str | None:
+    """The schema of a pipeline topic's values (None: JSON, the state log)."""
+    if topic.startswith(REQUESTS_PREFIX):
+        return "ClaudeRequest"
+    if topic.startswith(RESPONSES_PREFIX):
+        return "ClaudeResponse"
+    named = {USAGE_TOPIC: "UsageRecord", DLQ_TOPIC: "DeadLetter", PARTNERS_TOPIC: "PartnerConfig"}
+    if topic in named:
+        return named[topic]
+    if topic == STATE_TOPIC:
+        return None
+    raise ConfigError(f"{topic} is not a pipeline topic (claude.requests.<id>, "
+                      "claude.responses.<id>, claude.usage, claude.dlq, claude.partners, "
+                      f"{STATE_TOPIC})")  # fmt: skip
+
+
+def _json_safe(value: Any) -> Any:
+    """Bytes (a dead letter's sealed payload) as their size: never dumped raw."""
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def inspect_record(
+    codec: Codec,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+) -> dict[str, Any]:
+    """One record as a JSON-able dict; a value that does not decode says why."""
+    out: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp_ms": timestamp_ms,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+    }
+    name = schema_of_topic(topic)
+    if value is None:
+        out["value"] = None  # a tombstone
+    elif name is None:
+        try:
+            out["value"] = json.loads(value)
+        except ValueError:
+            out["error"] = f"not JSON ({len(value)} bytes)"
+    else:
+        try:
+            out["value"] = _json_safe(codec.decode(name, value))
+        except SchemaError as exc:
+            out["error"] = str(exc)
+    return out
+
+
+def record_partner(record: dict[str, Any]) -> str | None:
+    topic = record["topic"]
+    pid = partner_of_requests_topic(topic) or (
+        topic[len(RESPONSES_PREFIX) :] if topic.startswith(RESPONSES_PREFIX) else None
+    )
+    value = record.get("value")
+    if pid is None and isinstance(value, dict):
+        pid = value.get("partner_id")
+    if pid is None and topic == STATE_TOPIC and record["key"]:
+        pid = record["key"].split("/", 1)[1].split("|")[0] if "/" in record["key"] else None
+    return pid

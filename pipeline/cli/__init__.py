@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.cli.admin import add_deploy, add_partners, add_topics
 from pipeline.cli.common import Parser, UsageError
-from pipeline.cli.ops import add_dlq, add_usage
+from pipeline.cli.ops import add_dlq, add_inspect, add_usage
 from pipeline.cli.partner import add_responses, add_send
 from pipeline.cli.run import add_bench, add_broker, add_chaos, add_demo, add_sim, add_worker
 from pipeline.errors import ConfigError, PipelineError, SecretError
@@ -38,6 +38,7 @@ def build_parser() -> Parser:
     add_responses(sub)
     add_dlq(sub)
     add_usage(sub)
+    add_inspect(sub)
     add_bench(sub)
     add_chaos(sub)
     add_deploy(sub)

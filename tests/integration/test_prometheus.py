@@ -5,6 +5,7 @@ metric or label survives; every rule evaluates without error."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from pipeline.client import build_request
+from pipeline.harness import CLI
 from pipeline.opsfiles import ALERTS, alert_quantities, dashboard_queries
 from pipeline.procs import free_port, wait_until
 from pipeline.security import signed_headers
@@ -147,3 +149,41 @@ def test_promtool_accepts_a_live_workers_metrics(stack: Stack) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
+    stack.add_partner("inspect-a")
+    if "worker" not in stack.workers:
+        stack.start_worker()
+    keys = [stack.send("inspect-a", f"inspect {i}", flush=False) for i in range(3)]
+    forged = b"forged for inspect"
+    stack.client("inspect-a").send_raw(
+        b"forged-inspect", forged, signed_headers("inspect-a", b"wrong", forged)
+    )
+    stack.client("inspect-a").flush()
+    stack.outcomes(["inspect-a"], lambda o: o.complete(keys), timeout=60)
+
+    def inspect(*args: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [*CLI, "inspect", *args], env=stack.env, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    requests = inspect("claude.requests.inspect-a")
+    assert {r["key"] for r in requests} == {k for _, k in keys} | {"forged-inspect"}
+    decoded = [r for r in requests if "value" in r]
+    assert {r["value"]["request_id"] for r in decoded} == {k for _, k in keys}
+    (bad,) = [r for r in requests if "error" in r]
+    assert bad["key"] == "forged-inspect"
+    assert "not Avro" in bad["error"]
+    responses = inspect("claude.responses.inspect-a")
+    status = {r["value"]["request_id"]: r["value"]["status"] for r in responses}
+    assert status == {**{k: "ok" for _, k in keys}, "forged-inspect": "error"}
+    (dead,) = inspect("claude.dlq", "--partner", "inspect-a")
+    assert dead["value"]["reason"] == "auth_failed"
+    # sealed (pipeline/sealing.py): shown as its size, never dumped
+    assert re.fullmatch(r"<\d+ bytes>", dead["value"]["payload"])
+    usage = inspect("claude.usage", "--partner", "inspect-a")
+    used = {u["value"]["request_id"]: u["value"]["status"] for u in usage}
+    assert used == {**{k: "ok" for _, k in keys}, "forged-inspect": "error"}
