@@ -97,6 +97,7 @@ def test_promtool_accepts_the_metrics_a_worker_exposes() -> None:
     metrics.requests.labels("acme", "ok").inc()
     metrics.request_duration.labels("acme").observe(0.2)
     metrics.backlog.labels("acme").set(3)
+    assert PROMTOOL is not None
     done = subprocess.run(
         [PROMTOOL, "check", "metrics"],
         input=generate_latest(metrics.registry),
