@@ -55,7 +55,15 @@ class Tally:
 
 
 class Demo:
-    def __init__(self, use_sim: bool, per_partner: int, out: IO[str], keep: bool = False) -> None:
+    def __init__(
+        self,
+        use_sim: bool,
+        per_partner: int,
+        out: IO[str],
+        keep: bool = False,
+        report: str | None = None,
+    ) -> None:
+        self.report = report
         self.use_sim = use_sim
         self.per_partner = per_partner
         self.out = out
@@ -111,6 +119,8 @@ class Demo:
             tallies, problems = self._verify(got)
         finally:
             stack.close()
+        if self.report:
+            self._write_report(got)
         self.say("")
         self.say(self._table(tallies))
         self.say("")
@@ -126,6 +136,22 @@ class Demo:
             f"{elapsed:.1f} s)"
         )
         return 0
+
+    def _write_report(self, got: Outcomes) -> None:
+        """The run's usage report, the page `usage report --format html` writes."""
+        from pipeline.report import render_report, summarise
+
+        usage = [u for records in got.usage.values() for u in records]
+        letters = [d for dead in got.dead.values() for d in dead] + got.dead_without_id
+        reasons = [(str(d["partner_id"] or ""), str(d["reason"])) for d in letters]
+        page = render_report(
+            summarise(usage, reasons),  # type: ignore[arg-type]
+            title="Claude usage by partner (demo)",
+            period="one demo run",
+        )
+        assert self.report is not None  # noqa: S101
+        Path(self.report).write_text(page, encoding="utf-8")
+        self.say(f"report      {self.report}")
 
     def _dead_letters_in(self, got: Outcomes) -> bool:
         return all(kind == "ok" or key in got.dead for key, kind in self.expected.items())
@@ -228,5 +254,12 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def run_demo(api_key: str | None, *, use_sim: bool, per_partner: int, keep: bool = False) -> int:
-    return Demo(use_sim, per_partner, sys.stdout, keep).run(api_key)
+def run_demo(
+    api_key: str | None,
+    *,
+    use_sim: bool,
+    per_partner: int,
+    keep: bool = False,
+    report: str | None = None,
+) -> int:
+    return Demo(use_sim, per_partner, sys.stdout, keep, report).run(api_key)

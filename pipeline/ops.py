@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import re
 import statistics
@@ -203,7 +202,12 @@ class ReplayResult:
     failed: list[tuple[DeadLetterEntry, str]] = field(default_factory=list)
 
 
-def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> ReplayResult:
+def replay(
+    settings: Settings,
+    plan: ReplayPlan,
+    resolver: SecretResolver,
+    each: Callable[[list[DeadLetterEntry]], Iterable[DeadLetterEntry]] = iter,
+) -> ReplayResult:
     """Re-produce each original value (unsealed) with its headers, signed afresh
     with the partner's secret and carrying its signed replay count. One entry's
     problem is that entry's: the rest are replayed, and the result says what
@@ -213,7 +217,7 @@ def replay(settings: Settings, plan: ReplayPlan, resolver: SecretResolver) -> Re
     producer = SyncProducer(settings)
     now = time.time()
     result = ReplayResult()
-    for entry in plan.replay:
+    for entry in each(plan.replay):  # `each`: e.g. a progress bar around them
         try:
             produced = _replay_one(entry, partners.get, keyring, resolver, producer, now)
         except (ConfigError, SecretError) as exc:
@@ -342,24 +346,6 @@ def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(lines)
-
-
-def render_html(title: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{html.escape(str('' if r.get(c) is None else r.get(c)))}</td>" for c in columns
-        )
-        + "</tr>"
-        for r in rows
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table></body></html>\n"
-    )
 
 
 # -- inspect ---------------------------------------------------------------------------

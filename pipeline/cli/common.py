@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Callable
-from typing import NoReturn
+import sys
+from collections.abc import Callable, Iterable
+from typing import NoReturn, TypeVar
 
 from pipeline.config import Settings
 from pipeline.factory import Parts
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -89,3 +92,20 @@ def kafka_parts() -> Parts:
     parts = Parts(load_settings())
     parts.reach()
     return parts
+
+
+def progress(items: Iterable[T], total: int | None, what: str) -> Iterable[T]:
+    """A progress bar on stderr while `items` are read; silent when stderr is not a
+    terminal (tqdm's own test), so pipes and CI logs stay clean."""
+    from tqdm import tqdm
+
+    return tqdm(
+        items,
+        total=total or None,
+        desc=what,
+        unit=" records",
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+        dynamic_ncols=True,
+    )

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from pipeline.cli.common import (
     Parser,
+    UsageError,
     kafka_parts,
     positive_int,
+    progress,
 )
+from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC
+
+if TYPE_CHECKING:
+    from pipeline.factory import Parts
+
+T = TypeVar("T")
 
 
 def _add_filters(p: Parser) -> None:
@@ -83,7 +97,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     entries = read_dead_letters(
         settings, codec, partner=args.partner, reason=args.reason, since_ms=_since(args)
     )
-    plan = plan_replay(entries, max_replays, served_requests(settings, codec))
+    plan = plan_replay(
+        _reading(parts, DLQ_TOPIC, entries), max_replays, served_requests(settings, codec)
+    )
     for entry in plan.served:
         print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: already served")
     for entry, why in plan.refused:
@@ -101,7 +117,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             f"{len(plan.served)} already served"
         )
         return 0
-    result = replay(settings, plan, parts.secrets)
+    result = replay(
+        settings, plan, parts.secrets, lambda todo: progress(todo, len(todo), "replaying")
+    )
     for entry, why in result.skipped:
         print(f"skipped  {entry.partner_id}/{entry.record['request_id']}: {why}")
     for entry, why in result.failed:
@@ -112,6 +130,13 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         f"{len(plan.served)} already served"
     )
     return 1 if result.failed else 0
+
+
+def _reading(parts: Parts, topic: str, items: Iterable[T]) -> Iterable[T]:
+    """`items` read from `topic`, with a progress bar toward its current end."""
+    from pipeline.kafka import end_offsets
+
+    return progress(items, sum(tp.offset for tp in end_offsets(parts.settings, topic)), topic)
 
 
 def add_inspect(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -154,19 +179,73 @@ def add_usage(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("usage", help="usage analytics")
     usub = p.add_subparsers(dest="usage_command", metavar="ACTION", parser_class=Parser)
     usub.required = True
-    r = usub.add_parser("report", help="aggregate claude.usage per partner")
+    r = usub.add_parser(
+        "report",
+        help="aggregate claude.usage per partner",
+        description="Usage per partner from claude.usage (and claude.dlq for the HTML "
+        "report's dead letters): a table, JSON, one self-contained HTML page with charts, "
+        "or one row per request as CSV or Parquet for pandas and DuckDB.",
+    )
     r.add_argument("--since", help="e.g. 24h, 30d, or an ISO 8601 time")
-    r.add_argument("--format", choices=["table", "json", "html"], default="table")
+    r.add_argument("--until", help="e.g. 1h (ago), or an ISO 8601 time")
+    r.add_argument("--partner", metavar="ID", help="only this partner")
+    r.add_argument("--format", choices=["table", "json", "html", "csv", "parquet"], default="table")
+    r.add_argument("--output", "-o", metavar="FILE", help="write here (parquet needs it)")
     r.set_defaults(func=cmd_usage_report)
 
 
 def cmd_usage_report(args: argparse.Namespace) -> int:
-    parts = kafka_parts()
-    from pipeline.ops import render_html, render_table, usage_report
+    from pipeline.ops import parse_since
 
-    report = {
-        k: v.as_dict() for k, v in usage_report(parts.settings, parts.codec, _since(args)).items()
-    }
+    if args.format == "parquet" and not args.output:
+        raise UsageError("--format parquet writes a file: give --output FILE")
+    since = _since(args)
+    until = parse_since(args.until) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise UsageError("--until must be later than --since")
+    parts = kafka_parts()
+    from pipeline import report as rep
+    from pipeline.ops import PartnerUsage, read_dead_letters, render_table, usage_records
+
+    def wanted(ts_ms: int, partner_id: str | None) -> bool:
+        return (
+            (since is None or ts_ms >= since)
+            and (until is None or ts_ms < until)
+            and (args.partner is None or partner_id == args.partner)
+        )
+
+    records = [
+        u
+        for u in _reading(parts, USAGE_TOPIC, usage_records(parts.settings, parts.codec))
+        if wanted(u["ts_ms"], u["partner_id"])
+    ]
+    if args.format in ("csv", "parquet"):
+        if args.format == "parquet":
+            n = rep.write_parquet(records, Path(args.output))
+        else:
+            with _output(args.output) as out:
+                n = rep.write_csv(records, out)
+        if args.output:
+            print(f"{n} usage records written to {args.output}", file=sys.stderr)
+        return 0
+    if args.format == "html":
+        letters = _reading(parts, DLQ_TOPIC, read_dead_letters(parts.settings, parts.codec))
+        reasons = [
+            (e.partner_id or "", e.reason)
+            for e in letters
+            if wanted(int(e.record["failed_at_ms"]), e.partner_id)
+        ]
+        summary = rep.summarise(records, reasons)
+        page = rep.render_report(
+            summary, title="Claude usage by partner", period=_period(since, until, args.partner)
+        )
+        with _output(args.output) as out:
+            out.write(page)
+        return 0
+    by_partner: dict[str, PartnerUsage] = {}
+    for u in records:
+        by_partner.setdefault(str(u["partner_id"]), PartnerUsage()).add(u)
+    report = {k: by_partner[k].as_dict() for k in sorted(by_partner)}
     if args.format == "json":
         print(json.dumps(report, indent=2))
         return 0
@@ -186,11 +265,25 @@ def cmd_usage_report(args: argparse.Namespace) -> int:
         }
         for pid, u in report.items()
     ]
-    columns = list(rows[0]) if rows else ["partner"]
-    if args.format == "html":
-        print(render_html("Claude usage by partner", rows, columns), end="")
-    elif rows:
-        print(render_table(rows, columns))
+    if rows:
+        print(render_table(rows, list(rows[0])))
     else:
         print("no usage records")
     return 0
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        yield out
+
+
+def _period(since: int | None, until: int | None, partner: str | None) -> str:
+    def day(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    text = f"{day(since) if since else 'the beginning'} to {day(until) if until else 'now'}"
+    return text + (f", partner {partner}" if partner else "")

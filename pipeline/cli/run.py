@@ -242,6 +242,9 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
         "--requests", type=positive_int, default=100, help="valid requests per partner (sim)"
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
+    p.add_argument(
+        "--report", metavar="FILE", help="also write the HTML usage report of the run here"
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -250,7 +253,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     api_key = load_settings().anthropic_api_key
     use_sim = args.sim or not api_key
-    return run_demo(api_key, use_sim=use_sim, per_partner=args.requests, keep=args.keep)
+    return run_demo(
+        api_key, use_sim=use_sim, per_partner=args.requests, keep=args.keep, report=args.report
+    )
 
 
 BENCH_SCENARIOS = (

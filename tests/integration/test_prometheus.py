@@ -11,6 +11,7 @@ import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from pipeline.client import build_request
 from pipeline.harness import CLI
 from pipeline.opsfiles import ALERTS, alert_quantities, dashboard_queries
 from pipeline.procs import free_port, wait_until
+from pipeline.report import COLUMNS
 from pipeline.security import signed_headers
 from tests.integration.stack import Stack
 
@@ -187,3 +189,63 @@ def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
     usage = inspect("claude.usage", "--partner", "inspect-a")
     used = {u["value"]["request_id"]: u["value"]["status"] for u in usage}
     assert used == {**{k: "ok" for _, k in keys}, "forged-inspect": "error"}
+
+
+def test_usage_report_filters_and_writes_files_analytics_can_read(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    stack.add_partner("report-a")
+    stack.add_partner("report-b")
+    if "worker" not in stack.workers:
+        stack.start_worker()
+    keys = [
+        stack.send(p, f"{p} {i}", flush=False) for i in range(4) for p in ("report-a", "report-b")
+    ]
+    for pid in ("report-a", "report-b"):
+        stack.client(pid).flush()
+    stack.outcomes(["report-a", "report-b"], lambda o: o.complete(keys), timeout=60)
+
+    def report(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*CLI, "usage", "report", *args],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "" or "written to" in done.stderr  # no progress bar off a terminal
+        return done
+
+    rows = list(
+        csv.DictReader(io.StringIO(report("--format", "csv", "--partner", "report-a").stdout))
+    )
+    assert sorted(r["request_id"] for r in rows) == sorted(k for p, k in keys if p == "report-a")
+    assert {r["status"] for r in rows} == {"ok"}
+    parquet = tmp_path / "usage.parquet"
+    report("--format", "parquet", "--partner", "report-b", "--output", str(parquet))
+    table = pq.read_table(parquet)
+    assert sorted(table.column("request_id").to_pylist()) == sorted(
+        k for p, k in keys if p == "report-b"
+    )
+    assert all(n > 0 for n in table.column("output_tokens").to_pylist())
+    old = report("--format", "csv", "--partner", "report-a", "--until", "2020-01-01").stdout
+    assert old.strip() == ",".join(COLUMNS)  # the header alone
+    page = tmp_path / "report.html"
+    report("--format", "html", "--since", "1h", "--output", str(page))
+    text = page.read_text()
+    assert text.count("<svg") == 5
+    assert "report-a" in text
+    assert "report-b" in text
+    bad = subprocess.run(
+        [*CLI, "usage", "report", "--format", "parquet"],
+        env=stack.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
