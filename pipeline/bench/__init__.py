@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pipeline.ops import render_table
 
@@ -14,33 +14,31 @@ RESULTS_DIR = Path("bench-results")
 
 
 class _Bar:
-    """A one-line progress bar on a terminal (plain lines elsewhere)."""
+    """Progress on a terminal (tqdm, as the other long commands), plain lines elsewhere."""
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
-        self.tty = out.isatty()
-        self._last = 0.0
+        self._bar: Any = None
 
     def say(self, text: str) -> None:
-        if self.tty:
-            self.out.write("\r\033[K")
-        self.out.write(f"  {text}\n")
-        self.out.flush()
+        from tqdm import tqdm
+
+        tqdm.write(f"  {text}", file=self.out)
 
     def progress(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.tty or now - self._last < 0.2:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / max(1, total))
-        self.out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        self.out.flush()
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.total != total:
+            self.clear()
+            self._bar = tqdm(
+                total=total, file=self.out, disable=None, leave=False, unit=" outcomes"
+            )
+        self._bar.update(done - self._bar.n)
 
     def clear(self) -> None:
-        if self.tty:
-            self.out.write("\r\033[K")
-            self.out.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def run(names: list[str], *, quick: bool, results_dir: Path, out: IO[str] = sys.stdout) -> int:

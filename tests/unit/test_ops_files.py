@@ -166,3 +166,49 @@ def test_every_docker_compose_run_the_docs_show_names_a_service_and_a_valid_comm
             parser.parse_args(words[1:])
             shown += 1
     assert shown >= 4
+
+
+#: Broker settings from Kafka 3.9's configuration reference that a KRaft broker
+#: with SASL_SSL, mTLS to the controller and ACLs uses (a typo is not in here).
+KAFKA_BROKER_CONFIGS = {
+    "advertised.listeners", "allow.everyone.if.no.acl.found", "authorizer.class.name",
+    "auto.create.topics.enable", "controller.listener.names", "controller.quorum.voters",
+    "group.initial.rebalance.delay.ms", "inter.broker.listener.name",
+    "listener.security.protocol.map", "listeners", "log.dirs", "node.id", "num.partitions",
+    "offsets.topic.replication.factor", "process.roles", "sasl.enabled.mechanisms",
+    "sasl.mechanism.inter.broker.protocol", "ssl.client.auth", "ssl.enabled.protocols",
+    "ssl.endpoint.identification.algorithm", "ssl.keystore.location", "ssl.keystore.type",
+    "ssl.truststore.location", "ssl.truststore.type", "super.users",
+    "transaction.state.log.min.isr", "transaction.state.log.replication.factor",
+    "message.max.bytes", "replica.fetch.max.bytes", "default.replication.factor",
+}  # fmt: skip
+
+
+def test_the_generated_kafka_properties_use_real_keys_and_agree(tmp_path: Path) -> None:
+    import re
+
+    from pipeline.deploy import init
+
+    init(tmp_path, ["acme"])
+    props = {}
+    for line in (tmp_path / "server.properties").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    protocols = dict(p.split(":") for p in props["listener.security.protocol.map"].split(","))
+    names = {n.lower() for n in protocols}
+    for key in props:
+        per_listener = re.fullmatch(r"listener\.name\.([a-z_]+)\.(.+)", key)
+        if per_listener is None:
+            assert key in KAFKA_BROKER_CONFIGS, f"not a Kafka broker setting: {key}"
+            continue
+        listener, setting = per_listener.groups()
+        assert listener in names, f"{key}: no listener {listener}"
+        setting = re.sub(r"^scram-sha-(256|512)\.", "", setting)  # per-mechanism JAAS
+        assert setting in KAFKA_BROKER_CONFIGS | {"sasl.jaas.config"}, key
+    listeners = {entry.split("://")[0] for entry in props["listeners"].split(",")}
+    assert listeners <= set(protocols)
+    assert {e.split("://")[0] for e in props["advertised.listeners"].split(",")} <= listeners
+    assert props["inter.broker.listener.name"] in listeners
+    assert set(props["controller.listener.names"].split(",")) <= listeners
+    assert props["sasl.mechanism.inter.broker.protocol"] in props["sasl.enabled.mechanisms"]
