@@ -1,6 +1,9 @@
 """Every Prometheus metric, defined in one place, in a registry of its own.
 
 Names and labels are part of the public contract (dashboards depend on them).
+Each gauge says how `worker --processes N` combines the processes' values
+(pipeline/multiproc.py): sums for queues and backlogs, the max of figures every
+process reads from shared state, one sample per process for readiness.
 No label ever carries a key, a secret or prompt text: only partner ids,
 statuses, reasons and classes.
 """
@@ -61,13 +64,18 @@ class Metrics:
             "claude_partner_dlq", "Dead letters by reason", ["partner", "reason"], registry=r
         )
         self.queue_depth = Gauge(
-            "claude_partner_queue_depth", "Requests waiting in the worker", ["partner"], registry=r
+            "claude_partner_queue_depth",
+            "Requests waiting in the worker",
+            ["partner"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.backlog = Gauge(
             "claude_partner_backlog_records",
             "Records in the partner's request topic not yet committed by the group "
             "(this worker's partitions: sum over workers)",
             ["partner"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.budget_used = Gauge(
@@ -75,6 +83,7 @@ class Metrics:
             "Fraction of the partner's budget spent this period (budget: tokens per UTC "
             "day, usd per UTC month); the same on every worker",
             ["partner", "budget"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.rate_limited = Counter(
@@ -87,6 +96,7 @@ class Metrics:
             "claude_upstream_ratelimit_remaining",
             "Claude's last reported remaining capacity",
             ["resource"],
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.key_rejected = Counter(
@@ -99,12 +109,14 @@ class Metrics:
             "claude_worker_ready",
             "1 while the worker consumes: partitions assigned and recovered; 0 while it "
             "starts, rebalances or drains (what /readyz says)",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.circuit_open = Gauge(
             "claude_upstream_circuit_open",
             "1 while the upstream key's circuit is open (an outage: one probe per backoff step)",
             ["key"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.duplicates = Counter(

@@ -292,8 +292,49 @@ def ratelimit(quick: bool, say: Say, progress: Progress) -> Result:
 
 
 def scaleout(quick: bool, say: Say, progress: Progress) -> Result:
+    """Two workers sharing one key's limit; then one host's cores: one worker
+    process against `worker --processes 2`, the same backlog, no limits."""
     targets = {"utilization": ">= 0.90", "rate_429": "<= 0.02"}
-    return _over_limit("scaleout", 2, targets, quick, say, progress)
+    result = _over_limit("scaleout", 2, targets, quick, say, progress)
+    n = 1_200 if quick else 8_000
+    rates = {}
+    for processes in (1, 2):
+        say(f"{n} backlogged requests, worker --processes {processes}")
+        rates[processes] = _backlog_rps(processes, n, progress)
+    result.params["processes_backlog"] = n
+    result.metrics.update(
+        {
+            "one_process_rps": round(rates[1], 1),
+            "two_processes_rps": round(rates[2], 1),
+            "processes_speedup": round(rates[2] / max(1e-9, rates[1]), 3),
+        }
+    )
+    return result
+
+
+def _backlog_rps(processes: int, n: int, progress: Progress) -> float:
+    from pipeline.harness import CLI
+    from pipeline.procs import free_port
+
+    partners = {"p1": 1, "p2": 1, "p3": 1, "p4": 1}
+    with Rig() as rig:
+        rig.start([*NO_LIMITS, "--latency-ms", "50"], {"PIPELINE_MAX_IN_FLIGHT": "256"})
+        rig.add_partners(partners)
+        ids = [i for pid in partners for i in rig.send(pid, n // len(partners))]
+        if processes == 1:
+            rig.start_worker()
+        else:
+            port = free_port()
+            env = {**rig.stack.env, "PIPELINE_METRICS_PORT": str(port)}
+            unit = rig.stack.spawn("unit", [*CLI, "worker", "--processes", str(processes)], env)
+            unit.wait_http(f"http://127.0.0.1:{port}/readyz", 90, b"ready")
+        # From when every process consumes: one may start before the other joins.
+        ready_ms = _now_ms()
+        assert rig.collector is not None  # noqa: S101
+        rig.collector.wait(ids, 600, progress)
+        done = [o for o in _ok(rig.collector.get(ids)) if o.completed_at_ms >= ready_ms]
+    last = max(o.completed_at_ms for o in done)
+    return len(done) / max(0.001, (last - ready_ms) / 1000)
 
 
 # -- fairness -----------------------------------------------------------------------

@@ -209,6 +209,12 @@ def add_worker(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--profile", choices=["production", "dev"], help="timing profile")
     p.add_argument("--metrics-port", type=port, help="Prometheus port (0 = any free port)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="worker processes on this host, in one group, with one /metrics (default 1)",
+    )
     p.set_defaults(func=cmd_worker)
 
 
@@ -223,6 +229,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         changes["metrics_port"] = args.metrics_port
     if args.log_level:
         changes["log_level"] = args.log_level
+    if args.processes > 1:
+        from pipeline.multiproc import run_processes
+
+        forwarded = [
+            f"--{k.replace('_', '-')}={v}" for k, v in changes.items() if k != "metrics_port"
+        ]
+        return run_processes(settings.with_(**changes), args.processes, forwarded)
     return run_worker(settings.with_(**changes))
 
 
