@@ -30,6 +30,7 @@ from pipeline.admin import add_partner, remove_partner, update_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
+from pipeline.errors import PipelineError
 from pipeline.factory import Parts, client_config
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
 from pipeline.procs import Proc, free_port, stop_all, wait_until
@@ -343,26 +344,36 @@ class Stack:
             proc.wait_http(f"http://127.0.0.1:{port}/metrics", 45, b"claude_worker_ready 1.0")
         return proc
 
-    def metrics_text(self, name: str = "worker") -> bytes:
-        _, port = self.workers[name]
+    def live_worker(self, name: str | None = None) -> str:
+        """`name`, or the worker started last: tests that restart workers and
+        tests that run after them agree on which one "the worker" is."""
+        if name is not None:
+            return name
+        if not self.workers:
+            raise PipelineError("no worker started")
+        return list(self.workers)[-1]
+
+    def metrics_text(self, name: str | None = None) -> bytes:
+        _, port = self.workers[self.live_worker(name)]
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                 return bytes(r.read())
         except OSError:
             return b""
 
-    def worker_log(self, name: str = "worker") -> list[dict[str, Any]]:
-        proc, _ = self.workers[name]
+    def worker_log(self, name: str | None = None) -> list[dict[str, Any]]:
+        proc, _ = self.workers[self.live_worker(name)]
         return [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
 
     def wait_log(
         self,
         predicate: Callable[[dict[str, Any]], bool],
-        name: str = "worker",
+        name: str | None = None,
         timeout: float = 20,
         count: int = 1,
     ) -> list[dict[str, Any]]:
         """The lines of a worker's log that satisfy `predicate`, once there are `count`."""
+        name = self.live_worker(name)
         found: list[dict[str, Any]] = []
 
         def logged() -> bool:

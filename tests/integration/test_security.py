@@ -219,7 +219,17 @@ def test_changed_secret_and_key_files_take_effect_without_a_restart(stack: Stack
 
 
 def test_a_revoked_partner_key_does_not_affect_other_partners(stack: Stack) -> None:
-    revoked = [stack.send("revoked", f"revoked {i}") for i in range(3)]
+    # The first call learns the key is refused (a fresh worker may have a second
+    # request in flight by then: sent one at a time, the count is exact). Other
+    # tests may have used the key before: count from here.
+    def calls() -> int:
+        key = stack.sim_stats()["keys"].get("sk-test-revoked", {})
+        return int(sum(key.get("requests", {}).values()))
+
+    before = calls()
+    first = stack.send("revoked", "revoked 0")
+    _wait(stack, [first])
+    revoked = [first, *(stack.send("revoked", f"revoked {i}") for i in range(1, 3))]
     healthy = [stack.send("healthy", f"healthy {i}") for i in range(3)]
     got = _wait(stack, revoked + healthy)
     assert all(got.reason(k) == "upstream_rejected" for k in revoked)
@@ -227,7 +237,8 @@ def test_a_revoked_partner_key_does_not_affect_other_partners(stack: Stack) -> N
     metrics = stack.metrics_text().decode()
     assert re.search(r'claude_partner_key_rejected_total\{partner="revoked"\} [1-9]', metrics)
     # only the first request reached Claude: the others failed fast on the refused key
-    assert stack.sim_stats()["keys"]["sk-test-revoked"]["requests"] == {"401": 1}
+    assert calls() - before == 1
+    assert set(stack.sim_stats()["keys"]["sk-test-revoked"]["requests"]) == {"401"}
 
 
 def test_budgets_are_never_overrun_and_survive_a_restart(stack: Stack) -> None:
@@ -253,9 +264,9 @@ def test_budgets_are_never_overrun_and_survive_a_restart(stack: Stack) -> None:
     assert used <= 2_000
     assert any(got.reason(k) == "quota_exceeded" for k in tokenized)
 
-    # a new worker process recovers what was spent
-    worker, _ = stack.workers.pop("worker")
-    worker.stop()
+    # a new worker process recovers what was spent (whichever ran before)
+    for name in list(stack.workers):
+        stack.workers.pop(name)[0].stop()
     stack.start_worker("after-restart")
     later = stack.send("budget", BUDGET_PROMPT)
     got = _wait(stack, [later])
