@@ -40,6 +40,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         worker_env={"PIPELINE_BACKLOG_INTERVAL_S": "1"},
     )
     try:
+        s.add_partner("prom-a", monthly_budget_usd=50.0)
+        s.add_partner("prom-b", weight=2)
+        s.start_worker()  # one worker for the module: Prometheus scrapes it
         yield s
     finally:
         s.close()
@@ -82,9 +85,6 @@ def _prometheus(stack: Stack, metrics_port: int) -> str:
 def test_every_panel_and_alert_query_returns_data_from_a_worker_under_load(
     stack: Stack,
 ) -> None:
-    stack.add_partner("prom-a", monthly_budget_usd=50.0)
-    stack.add_partner("prom-b", weight=2)
-    stack.start_worker()
     _, metrics_port = stack.workers["worker"]
     base = _prometheus(stack, metrics_port)
     wait_until(lambda: bool(_query(base, "up == 1")), 30, "Prometheus scraping the worker")
@@ -140,9 +140,6 @@ def _rules(base: str) -> list[dict[str, Any]]:
 def test_promtool_accepts_a_live_workers_metrics(stack: Stack) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None
-    if "worker" not in stack.workers:
-        stack.add_partner("prom-c")
-        stack.start_worker()
     done = subprocess.run(
         [promtool, "check", "metrics"],
         input=stack.metrics_text(),
@@ -155,8 +152,6 @@ def test_promtool_accepts_a_live_workers_metrics(stack: Stack) -> None:
 
 def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
     stack.add_partner("inspect-a")
-    if "worker" not in stack.workers:
-        stack.start_worker()
     keys = [stack.send("inspect-a", f"inspect {i}", flush=False) for i in range(3)]
     forged = b"forged for inspect"
     stack.client("inspect-a").send_raw(
@@ -201,8 +196,6 @@ def test_usage_report_filters_and_writes_files_analytics_can_read(
 
     stack.add_partner("report-a")
     stack.add_partner("report-b")
-    if "worker" not in stack.workers:
-        stack.start_worker()
     keys = [
         stack.send(p, f"{p} {i}", flush=False) for i in range(4) for p in ("report-a", "report-b")
     ]
