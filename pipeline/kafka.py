@@ -185,11 +185,13 @@ class SyncProducer:
             raise BrokerError(f"{len(errors)} records failed: {errors[0]}")
 
 
-def _consumer(settings: Settings) -> Consumer:
+def reader(settings: Settings, group_id: str = "claude-pipeline-cli") -> Consumer:
+    """A consumer that never joins its group or commits: it assigns partitions
+    itself (librdkafka requires a group.id; an offset fetch reads that group's)."""
     return Consumer(
         {
             **client_config(settings),
-            "group.id": "claude-pipeline-cli",  # required by librdkafka; never committed
+            "group.id": group_id,
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
         }
@@ -210,7 +212,7 @@ def read_topics(
     With `follow`, keep yielding new records until the caller stops iterating or
     nothing arrives for `idle_timeout` seconds.
     """
-    consumer = _consumer(settings)
+    consumer = reader(settings)
     try:
         meta = consumer.list_topics(timeout=timeout)
         tps: list[TopicPartition] = []
@@ -247,7 +249,7 @@ def read_topics(
 
 def end_offsets(settings: Settings, topic: str, timeout: float = 15.0) -> list[TopicPartition]:
     """The current end of every partition of `topic`."""
-    consumer = _consumer(settings)
+    consumer = reader(settings)
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         t = meta.topics.get(topic)
@@ -264,7 +266,7 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 15.0) -> list[T
 
 def read_from(settings: Settings, start: list[TopicPartition], timeout: float) -> Iterator[Message]:
     """Records from the given offsets on, until `timeout` seconds pass."""
-    consumer = _consumer(settings)
+    consumer = reader(settings)
     try:
         consumer.assign(start)
         deadline = time.monotonic() + timeout

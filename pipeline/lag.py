@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from pipeline.config import Settings
-from pipeline.factory import client_config
+from pipeline.kafka import reader
 from pipeline.partners import partner_of_requests_topic
 
 
@@ -51,13 +51,7 @@ class GroupLag:
 
     def __init__(self, settings: Settings, timeout_s: float = 5.0) -> None:
         self._timeout = timeout_s
-        self._consumer = Consumer(
-            {
-                **client_config(settings),
-                "group.id": settings.group_id,  # only read: never subscribes or commits
-                "enable.auto.commit": "false",
-            }
-        )
+        self._consumer = reader(settings, settings.group_id)  # reads the group's offsets
 
     def measure(self, positions: Iterable[tuple[str, int]]) -> list[PartitionLag]:
         tps = [TopicPartition(t, p) for t, p in sorted(positions)]

@@ -160,6 +160,23 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
+def _axes(title: str, ylabel: str, empty: bool) -> tuple[Any, Any]:
+    """A figure with our look: title left, no top or right spine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 3.4))
+    ax = fig.subplots()
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.set_ylabel(ylabel)
+    ax.spines[["top", "right"]].set_visible(False)
+    if empty:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    return fig, ax
+
+
 def _bars(
     title: str,
     categories: list[str],
@@ -170,13 +187,9 @@ def _bars(
     colors: dict[str, str] | None = None,
 ) -> str:
     """A stacked bar chart as inline SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 3.4))
-    ax = fig.subplots()
+    fig, ax = _axes(title, "" if horizontal else ylabel, not categories)
+    if horizontal:
+        ax.set_xlabel(ylabel)
     base = [0.0] * len(categories)
     for label, values in series.items():
         color = (colors or {}).get(label)
@@ -185,13 +198,8 @@ def _bars(
         else:
             ax.bar(categories, values, bottom=base, label=label, color=color)
         base = [b + v for b, v in zip(base, values, strict=True)]
-    ax.set_title(title, loc="left", fontsize=11)
-    (ax.set_xlabel if horizontal else ax.set_ylabel)(ylabel)
-    ax.spines[["top", "right"]].set_visible(False)
     if len(series) > 1:
         ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if not categories:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return f'<figure class="chart">{_svg(fig)}</figure>'
 
 
@@ -321,22 +329,11 @@ def render_report(s: Summary, *, title: str, period: str) -> str:
 
 def _grouped(title: str, partners: list[str], s: Summary, qs: Sequence[int]) -> str:
     """Side-by-side bars (percentiles are not additive: never stacked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 3.4))
-    ax = fig.subplots()
+    fig, ax = _axes(title, "ms", not partners)
     width = 0.8 / len(qs)
     for i, q in enumerate(qs):
         xs = [j + i * width for j in range(len(partners))]
         ax.bar(xs, [(_pct(s.latency_ms[p], q) or 0.0) for p in partners], width, label=f"p{q}")
     ax.set_xticks([j + width * (len(qs) - 1) / 2 for j in range(len(partners))], partners)
-    ax.set_title(title, loc="left", fontsize=11)
-    ax.set_ylabel("ms")
-    ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False)
-    if not partners:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return f'<figure class="chart">{_svg(fig)}</figure>'

@@ -246,7 +246,7 @@ class WorkerRuntime(Service):
             await asyncio.to_thread(self.secrets.refresh)
             await asyncio.sleep(1.0)
 
-    async def _measure_backlog(self) -> None:
+    async def _measure_queues_and_budgets(self) -> None:
         """Each partner's Kafka backlog on this worker's partitions, now and then."""
         probe: GroupLag | None = None
         shown: set[str] = set()
@@ -337,7 +337,7 @@ class WorkerRuntime(Service):
         for partner in self.registry:
             await self._read_secrets(partner)
         self._background.add(asyncio.ensure_future(self._refresh_secrets()))
-        self._background.add(asyncio.ensure_future(self._measure_backlog()))
+        self._background.add(asyncio.ensure_future(self._measure_queues_and_budgets()))
         await self.follower.start()
         await self.statelog.start()
         await self.dispatcher.start()
