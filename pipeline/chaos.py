@@ -29,6 +29,7 @@ import json
 import random
 import re
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -54,6 +55,8 @@ WORKER_ENV = {
 }
 SIM_ARGS = ["--latency-ms", "20", "--jitter-ms", "10", "--timeout-hold-s", "4", "--seed", "11"]
 ACCEPTED_ERRORS = {"upstream_exhausted", "deadline_expired"}
+#: A signalled worker that has not exited by then is a failure (SIGTERM: grace 10 s)
+EXIT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,17 @@ class Chaos:
         self._ours.add(proc.pid)
         signalled = time.monotonic()
         proc.signal(sig)
-        proc.popen.wait(30)
+        try:
+            proc.popen.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            late = f"{name} did not exit within {EXIT_WAIT_S:.0f} s of {sig.name}"
+            self.report.check(False, late)
+            tail = proc.log_text().splitlines()[-15:]
+            self.say(f"{name} still running after {sig.name}; the end of its log:")
+            for line in tail:
+                self.say(f"    {line[:400]}")
+            proc.signal(signal.SIGKILL)
+            proc.popen.wait(10)
         exited_after = time.monotonic() - signalled
         self._start(name.split(".")[0])
         return exited_after

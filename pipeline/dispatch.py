@@ -211,7 +211,8 @@ class Dispatcher:
         while running() and loop.time() < deadline:
             self._ran.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ran.wait(), deadline - loop.time())
+                async with asyncio.timeout_at(deadline):
+                    await self._ran.wait()
         return running()
 
     def on_partitions_assigned(self, assigned: Iterable[tuple[str, int]] = ()) -> None:
@@ -261,8 +262,11 @@ class Dispatcher:
                 return picked
             self._wakeup.clear()
             timeout = max(0.001, min(waits)) if waits else 0.05
+            # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that
+            # arrives as the event is set, and this loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     def _pick(self) -> tuple[tuple[Job, AdmissionVerdict] | None, list[float]]:
         """One round of the scheduler: the request picked (and its verdict), or how

@@ -229,9 +229,8 @@ class Codec:
         if self.needs_registry(data):
             schema_id = struct.unpack(">I", data[1:5])[0]
             try:
-                await asyncio.wait_for(
-                    asyncio.to_thread(self._registry_schema, schema_id), REGISTRY_TIMEOUT_S
-                )
+                async with asyncio.timeout(REGISTRY_TIMEOUT_S):
+                    await asyncio.to_thread(self._registry_schema, schema_id)
             except SchemaError:
                 pass  # decode() reports it in context
             except TimeoutError:

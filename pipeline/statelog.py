@@ -186,7 +186,8 @@ class StateLog:
         """Stop after the writes made so far are sent (a worker stops after its requests)."""
         if self._producer is not None and self._tasks:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._outbox.join(), 10.0)
+                async with asyncio.timeout(10.0):
+                    await self._outbox.join()
         for task in [*self._tasks, *([self._resync] if self._resync else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -8,11 +8,21 @@ waits a grace period for tasks to finish, then cancels the rest.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("pipeline.tasks")
+
+#: How long cancelled tasks get to unwind before stopping gives up on them.
+CANCEL_WAIT_S = 5.0
+
+
+def _stack_of(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
 
 
 class Supervisor:
@@ -56,4 +66,15 @@ class Supervisor:
             _, pending = await asyncio.wait(pending, timeout=grace_s)
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if not pending:
+            return
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+        for task in stuck:  # a bug: say where it is rather than hang the shutdown
+            log.error(
+                "a task did not stop when cancelled",
+                extra={
+                    "owner": self._owner,
+                    "task": task.get_name(),
+                    "stack": _stack_of(task),
+                },
+            )

@@ -33,7 +33,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 async def _started(settings: Settings, writer: str) -> StateLog:
     log = StateLog(settings, writer=writer)
     log.table("served")  # tables exist before the log is read, as in the worker
-    await asyncio.wait_for(log.start(), 30)
+    async with asyncio.timeout(30):
+        await log.start()
     return log
 
 
@@ -75,22 +76,26 @@ def test_running_workers_follow_each_other_and_never_reapply_their_own_writes(
             await a.table("served").put("follow|1", {"n": 1, "w": "follow-a"})
             await a.table("served").put("follow|1", {"n": 2, "w": "follow-a"})
             b.resync()  # what a worker does when partitions are assigned to it
-            await asyncio.wait_for(b.wait_synced(), 10)
+            async with asyncio.timeout(10):
+                await b.wait_synced()
             assert b.table("served").get("follow|1") == {"n": 2, "w": "follow-a"}
             assert [v for k, v in seen_by_b if k == "follow|1"][-1] == {"n": 2, "w": "follow-a"}
             # a's own records came back to a through the log, and were skipped
             a.resync()
-            await asyncio.wait_for(a.wait_synced(), 10)
+            async with asyncio.timeout(10):
+                await a.wait_synced()
             assert a.applied == applied_by_a
 
             # An entry is tombstoned by its writer only; others forget it locally.
             b.table("served").delete("follow|1")
             a.resync()
-            await asyncio.wait_for(a.wait_synced(), 10)
+            async with asyncio.timeout(10):
+                await a.wait_synced()
             assert a.table("served").get("follow|1") is not None  # b did not write it
             a.table("served").delete("follow|1")
             a.resync()  # its marker follows the tombstone: once read, the tombstone is in
-            await asyncio.wait_for(a.wait_synced(), 10)
+            async with asyncio.timeout(10):
+                await a.wait_synced()
             third = await _started(settings, "follow-c")
             try:
                 assert third.table("served").get("follow|1") is None

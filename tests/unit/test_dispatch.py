@@ -504,3 +504,16 @@ async def test_a_rotated_key_serves_new_requests_while_started_ones_finish_on_th
     assert by_prompt["in flight"] == ["sk-old-key"]  # the call in flight finished on the old key
     assert by_prompt["retried"] == ["sk-old-key", "sk-old-key"]  # its retry too, within grace
     assert by_prompt["after the rotation"] == ["sk-new-key"]  # new requests: the new key at once
+
+
+async def test_stopping_as_a_record_arrives_stops_the_dispatch_loop() -> None:
+    # Before: the loop waited for its wake-up with `asyncio.wait_for`, which on
+    # Python 3.11 swallows a cancellation that lands as the event is set; the loop
+    # kept running and a SIGTERMed worker never exited (chaos --quick, 1 run in 5).
+    h = Harness(FakeClaude())
+    await h.dispatcher.start()
+    await asyncio.sleep(0.01)  # the loop is waiting for work
+    await h.send(h.record("hello"))  # sets the wake-up; the loop has not run yet
+    async with asyncio.timeout(2):
+        await h.dispatcher.stop(0)
+    assert len(h.dispatcher._loops) == 0  # every loop ended, none left behind
