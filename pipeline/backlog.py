@@ -41,8 +41,10 @@ class Backlog:
         self._pausing = pausing
         self._on_expired = on_expired
         self._wall = wall
-        self._queue: KeyedFairQueue[str, str, Job] = KeyedFairQueue()
         self.fairness = OutputEstimate()
+        self._queue: KeyedFairQueue[str, str, Job] = KeyedFairQueue(
+            price=lambda partner_id, job: self.fairness.cost(partner_id, job.admitted)
+        )
 
     def __len__(self) -> int:
         return len(self._queue)

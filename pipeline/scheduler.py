@@ -50,10 +50,17 @@ class DeficitRoundRobin(Generic[P, T]):
     backlogged moves to the round (the *old* list) and shares by weight.
     """
 
-    def __init__(self, quantum: int = DEFAULT_QUANTUM) -> None:
+    def __init__(
+        self, quantum: int = DEFAULT_QUANTUM, price: Callable[[P, T], int] | None = None
+    ) -> None:
+        """`price(partner, item)`, when given, prices the head of a lane when it is
+        considered, overriding the cost it was pushed with: an estimate that keeps
+        learning is applied to every partner's waiting requests alike, not frozen
+        at whatever it was when each one arrived."""
         if quantum < 1:
             raise ValueError("quantum must be >= 1")
         self.quantum = quantum
+        self._price = price
         self._lanes: dict[P, _Lane[T]] = {}
         self._new: deque[P] = deque()  # just became backlogged: served first
         self._round: deque[P] = deque()  # backlogged partners, head = whose turn it is
@@ -97,6 +104,12 @@ class DeficitRoundRobin(Generic[P, T]):
         lane.items.appendleft((item, max(1, cost)))
         self._size += 1
 
+    def _head(self, partner: P, lane: _Lane[T]) -> tuple[T, int]:
+        item, cost = lane.items[0]
+        if self._price is not None:
+            cost = max(1, self._price(partner, item))
+        return item, cost
+
     def _demote(self, partner: P) -> None:
         """A new partner's first quantum is spent (or it is throttled): join the round."""
         self._new.popleft()
@@ -123,7 +136,7 @@ class DeficitRoundRobin(Generic[P, T]):
         while self._new:
             partner = self._new[0]
             lane = self._lanes[partner]
-            item, cost = lane.items[0]
+            item, cost = self._head(partner, lane)
             if not allowed(partner, item):
                 self._demote(partner)
                 continue
@@ -140,7 +153,7 @@ class DeficitRoundRobin(Generic[P, T]):
         while self._round and skipped < len(self._round):
             partner = self._round[0]
             lane = self._lanes[partner]
-            item, cost = lane.items[0]
+            item, cost = self._head(partner, lane)
             if not allowed(partner, item):
                 # Throttled: pass the turn on without credit.
                 lane.granted = False
@@ -176,7 +189,7 @@ class DeficitRoundRobin(Generic[P, T]):
             if verdicts is not None and not verdicts.get(partner, False):
                 continue
             lane = self._lanes[partner]
-            short = lane.items[0][1] - lane.deficit
+            short = self._head(partner, lane)[1] - lane.deficit
             needs[partner] = math.ceil(short / (self.quantum * lane.weight))
         rounds = min(needs.values(), default=0) - 1
         if rounds > 0:
@@ -191,7 +204,8 @@ class DeficitRoundRobin(Generic[P, T]):
     def take(self, partner: P) -> T:
         """Serve the head of `partner`'s lane (the item `peek` returned)."""
         lane = self._lanes[partner]
-        item, cost = lane.items.popleft()
+        item, cost = self._head(partner, lane)
+        lane.items.popleft()
         lane.deficit -= cost
         self._size -= 1
         if not lane.items:
@@ -256,8 +270,11 @@ class KeyedFairQueue(Generic[K, P, T]):
     a large request is not overtaken forever by small ones.
     """
 
-    def __init__(self, quantum: int = DEFAULT_QUANTUM) -> None:
+    def __init__(
+        self, quantum: int = DEFAULT_QUANTUM, price: Callable[[P, T], int] | None = None
+    ) -> None:
         self.quantum = quantum
+        self._price = price
         self._drr: dict[K, DeficitRoundRobin[P, T]] = {}
         self._keys: deque[K] = deque()  # keys with a backlog
         self._key_of: dict[P, K] = {}
@@ -289,7 +306,7 @@ class KeyedFairQueue(Generic[K, P, T]):
         self._key_of[partner] = key
         drr = self._drr.get(key)
         if drr is None:
-            drr = self._drr[key] = DeficitRoundRobin(self.quantum)
+            drr = self._drr[key] = DeficitRoundRobin(self.quantum, self._price)
         if not len(drr):
             self._keys.append(key)
         if front:
@@ -338,21 +355,33 @@ class OutputEstimate:
     requests really produce (learned from their usage), not the worst case.
 
     Partners that ask for max_tokens 4,096 and use 200 are not charged a share for
-    the 3,896 they never use.
+    the 3,896 they never use. A partner with no answers yet is taken to be like
+    the others so far: were it charged the worst case while the partners served
+    first were already charged what they use, a light partner would pay up to
+    max_tokens / output times more per request until its first answers came back.
     """
 
     def __init__(self, smoothing: float = 0.2) -> None:
         self._smoothing = smoothing
         self._ratio: dict[str, float] = {}
+        self._overall = 1.0  # every partner's answers: the prior for one not seen yet
+
+    def ratio(self, partner_id: str) -> float:
+        """The share of max_tokens this partner's requests are expected to use."""
+        return self._ratio.get(partner_id, self._overall)
 
     def cost(self, partner_id: str, admitted: HasCost) -> int:
-        ratio = self._ratio.get(partner_id, 1.0)
+        ratio = self.ratio(partner_id)
         return admitted.est_input_tokens + max(1, math.ceil(admitted.max_tokens * ratio))
 
     def learn(self, partner_id: str, max_tokens: int, result: HasOutput) -> None:
         observed = min(1.0, result.output_tokens / max(1, max_tokens))
-        previous = self._ratio.get(partner_id, 1.0)
-        self._ratio[partner_id] = (1 - self._smoothing) * previous + self._smoothing * observed
+        previous = self.ratio(partner_id)
+        self._ratio[partner_id] = self._ema(previous, observed)
+        self._overall = self._ema(self._overall, observed)
+
+    def _ema(self, previous: float, observed: float) -> float:
+        return (1 - self._smoothing) * previous + self._smoothing * observed
 
 
 class HasCost(Protocol):

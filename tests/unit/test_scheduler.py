@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scheduler import DeficitRoundRobin
+from pipeline.scheduler import DeficitRoundRobin, OutputEstimate
 
 
 def _serve(drr: DeficitRoundRobin[str, int], n: int) -> Counter[str]:
@@ -232,3 +232,50 @@ def test_skipping_idle_rounds_serves_in_the_order_round_by_round_would(
     assert skipped == order(None)
     assert skipped[:3] == ["a0", "b0", "c0"]
     assert skipped.index("b1") < skipped.index("a1")  # 999 tokens need fewer rounds
+
+
+def test_requests_waiting_are_priced_by_what_is_known_now_not_when_they_arrived() -> None:
+    # Before: a request's cost was frozen when it was queued. In CI (three test
+    # processes on two cores) w3's requests arrived after its first answers had
+    # taught the estimate it uses 20 tokens, w1's before any had (74), and w3
+    # got 70 of the first 120 requests instead of 60.
+    learned = {"w1": False}
+
+    def price(partner: str, item: Any) -> int:
+        return 74 if partner == "w1" and not learned["w1"] else 20
+
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(price=price)
+    for i in range(100):
+        drr.push("w1", i, 74, weight=1)
+        drr.push("w2", i, 20, weight=2)
+        drr.push("w3", i, 20, weight=3)
+    learned["w1"] = True  # the estimate for w1 catches up before anything is served
+    served = Counter(drr.pop()[0] for _ in range(120))  # type: ignore[index]
+    for partner, entitled in {"w1": 20, "w2": 40, "w3": 60}.items():
+        assert abs(served[partner] - entitled) <= 1, served
+
+
+class _Answer:
+    def __init__(self, output_tokens: int) -> None:
+        self.output_tokens = output_tokens
+
+
+class _Asked:
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.est_input_tokens = 10
+
+
+def test_a_partner_with_no_answers_yet_is_priced_like_the_others_so_far() -> None:
+    # Before: priced at its whole max_tokens while answered partners paid what they
+    # use, so a partner that had just joined paid three times as much per request.
+    estimate = OutputEstimate()
+    assert estimate.cost("new", _Asked(64)) == 10 + 64  # nothing known about anyone
+    for _ in range(30):
+        estimate.learn("old", 64, _Answer(16))
+    assert estimate.ratio("old") == pytest.approx(0.25, abs=0.01)
+    assert estimate.cost("new", _Asked(64)) == estimate.cost("old", _Asked(64))
+    for _ in range(30):
+        estimate.learn("new", 64, _Answer(64))  # then it learns its own
+    assert estimate.ratio("new") == pytest.approx(1.0, abs=0.01)
+    assert estimate.ratio("old") == pytest.approx(0.25, abs=0.01)
