@@ -36,15 +36,16 @@ from pipeline.completion import (
 from pipeline.errors import DeadlineExpired, RequestError
 from pipeline.failpoints import Failpoints
 from pipeline.intake import Intake
-from pipeline.keys import UNRESOLVED, ApiKeys
+from pipeline.keys import ApiKeys
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
 from pipeline.partners import Registry
 from pipeline.pausing import FlowControl, NoFlowControl, Pausing
+from pipeline.picker import Picker
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.reception import Reception
-from pipeline.records import AckFn, Charge, Job, SourceRecord
+from pipeline.records import AckFn, Job, SourceRecord
 from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec
 from pipeline.state import BudgetLedger, ReplayGuard
@@ -110,7 +111,14 @@ class Dispatcher:
             on_expired=self._expired,
             wall=wall,
         )
-        self._throttles = ThrottleLog(mono)
+        self._picker = Picker(
+            self._backlog,
+            stages.admission,
+            ThrottleLog(mono),
+            stages.registry,
+            stages.limiter,
+            stages.ledger,
+        )
         self._reception = Reception(
             deliveries=stages.deliveries,
             codec=stages.codec,
@@ -250,14 +258,14 @@ class Dispatcher:
                 self._slots.release()
                 self._end(self._failure(job, verdict.error), job)
                 continue
-            self._charge(job)
+            self._picker.charge(job)
             self._running[job.record.topic, job.record.partition] += 1
             self._tasks.spawn(self._run(job), f"request-{job.request_id}")
 
     async def _next(self) -> tuple[Job, AdmissionVerdict]:
         """The next request the scheduler and every gate let go (or refuse for good)."""
         while True:
-            picked, waits = self._pick()
+            picked, waits = self._picker.pick()
             if picked is not None:
                 return picked
             self._wakeup.clear()
@@ -267,57 +275,6 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
-
-    def _pick(self) -> tuple[tuple[Job, AdmissionVerdict] | None, list[float]]:
-        """One round of the scheduler: the request picked (and its verdict), or how
-        long each gate that held something back wants us to wait."""
-        verdicts: dict[str, AdmissionVerdict] = {}
-        refused: dict[int, AdmissionVerdict] = {}
-
-        def partner_ok(partner_id: str, job: Job) -> bool:
-            verdict = self._s.admission.partner(job.admitted)
-            if verdict.decision is Decision.REFUSE:
-                refused[id(job)] = verdict
-            return self._gate(f"partner:{partner_id}", partner_id, verdict, verdicts)
-
-        def key_ok(kid: str, job: Job, new: bool) -> bool:
-            verdict = self._s.admission.key(kid, job.admitted, new)
-            return self._gate(f"key:{kid}", job.partner_id, verdict, verdicts)
-
-        picked = self._backlog.pop(partner_ok, key_ok)
-        if picked is None:
-            return None, [v.wait_s for v in verdicts.values()]
-        partner_id, job = picked
-        self._throttles.clear(partner_id)
-        return (job, refused.get(id(job), AdmissionVerdict(Decision.GO))), []
-
-    def _gate(
-        self,
-        what: str,
-        partner_id: str,
-        verdict: AdmissionVerdict,
-        verdicts: dict[str, AdmissionVerdict],
-    ) -> bool:
-        if verdict.decision is Decision.WAIT:
-            verdicts[what] = verdict
-            self._throttles.note(partner_id, verdict, self._backlog.depth(partner_id))
-        return verdict.leaves_queue
-
-    def _charge(self, job: Job) -> None:
-        """Take the request's charge on the rate limits and reserve its budget."""
-        partner = self._s.registry.get(job.partner_id)
-        kid = job.progress.key_id
-        if partner is None or kid is None or kid.startswith(UNRESOLVED):
-            return  # it fails fast at its attempt, holding nothing
-        seq = self._s.limiter.consume(partner, kid, job.admitted.cost)
-        job.progress.charge = Charge(kid, seq, job.admitted.cost)
-        if self._s.ledger is not None and partner.has_budget:
-            job.progress.reservation = self._s.ledger.reserve(
-                partner,
-                job.record.partition,
-                job.admitted.worst_tokens,
-                job.admitted.worst_usd,
-            )
 
     async def _run(self, job: Job) -> None:
         tp = (job.record.topic, job.record.partition)

@@ -173,7 +173,59 @@ class Collector:
         self._thread.join(10)
 
 
-class Stack:
+class SimulatorControls:
+    """The simulator's admin API (/_sim/...), as tests and benchmarks drive it."""
+
+    sim: Proc
+    sim_port: int
+
+    def spawn(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
+        raise NotImplementedError
+
+    @property
+    def sim_url(self) -> str:
+        return f"http://127.0.0.1:{self.sim_port}"
+
+    def _sim_get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.sim_url}{path}", timeout=10) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def sim_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._sim_get("/_sim/stats")
+        return stats
+
+    def sim_exchanges(self) -> list[dict[str, Any]]:
+        """What reached the simulator and what it answered (needs `--record N`)."""
+        exchanges: list[dict[str, Any]] = self._sim_get("/_sim/exchanges")
+        return exchanges
+
+    def sim_faults(self, rates: Mapping[str, float]) -> None:
+        """Change the simulator's fault rates now (`{}`: none)."""
+        req = urllib.request.Request(  # noqa: S310 (loopback)
+            f"{self.sim_url}/_sim/faults",
+            data=json.dumps(dict(rates)).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5):  # noqa: S310
+            pass
+
+    def stop_sim(self) -> None:
+        """Stop the simulator: connections to it are refused until `restart_sim`."""
+        self.sim.stop()
+
+    def restart_sim(self) -> None:
+        """The simulator again, on the same port, with the same flags (state forgotten)."""
+        self.sim = self.spawn("sim-restarted", self.sim.args)
+        self.sim.wait_http(f"{self.sim_url}/_sim/health", 20)
+
+    def sim_reset(self) -> None:
+        req = urllib.request.Request(f"{self.sim_url}/_sim/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (loopback)
+            pass
+
+
+class Stack(SimulatorControls):
     """Broker and simulator up at once; partners, workers and load on demand."""
 
     def __init__(
@@ -235,10 +287,6 @@ class Stack:
         self._resolver = SecretResolver(self.env)
         self.workers: dict[str, tuple[Proc, int]] = {}
         self._clients: dict[str, PartnerClient] = {}
-
-    @property
-    def sim_url(self) -> str:
-        return f"http://127.0.0.1:{self.sim_port}"
 
     def spawn(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
         base = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_BASE_URL"}
@@ -390,46 +438,6 @@ class Stack:
     ) -> Outcomes:
         """Outcomes read so far, once `until` holds (or `timeout` runs out: check them)."""
         return self.collector.wait(until, timeout, partners)
-
-    # -- the simulator ------------------------------------------------------------------
-
-    def _sim_get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.sim_url}{path}", timeout=10) as r:  # noqa: S310
-            return json.loads(r.read())
-
-    def sim_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self._sim_get("/_sim/stats")
-        return stats
-
-    def sim_exchanges(self) -> list[dict[str, Any]]:
-        """What reached the simulator and what it answered (needs `--record N`)."""
-        exchanges: list[dict[str, Any]] = self._sim_get("/_sim/exchanges")
-        return exchanges
-
-    def sim_faults(self, rates: Mapping[str, float]) -> None:
-        """Change the simulator's fault rates now (`{}`: none)."""
-        req = urllib.request.Request(  # noqa: S310 (loopback)
-            f"{self.sim_url}/_sim/faults",
-            data=json.dumps(dict(rates)).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=5):  # noqa: S310
-            pass
-
-    def stop_sim(self) -> None:
-        """Stop the simulator: connections to it are refused until `restart_sim`."""
-        self.sim.stop()
-
-    def restart_sim(self) -> None:
-        """The simulator again, on the same port, with the same flags (state forgotten)."""
-        self.sim = self.spawn("sim-restarted", self.sim.args)
-        self.sim.wait_http(f"{self.sim_url}/_sim/health", 20)
-
-    def sim_reset(self) -> None:
-        req = urllib.request.Request(f"{self.sim_url}/_sim/reset", method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (loopback)
-            pass
 
     def close(self) -> None:
         for client in self._clients.values():

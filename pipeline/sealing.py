@@ -27,11 +27,18 @@ partner secret, no flags) is still opened, as unverified.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError, SecretError
+
+if TYPE_CHECKING:
+    from pipeline.partners import Registry
+
+log = logging.getLogger("pipeline.sealing")
 
 MAGIC_V1 = b"CPS1"
 MAGIC_V2 = b"CPS2"
@@ -152,3 +159,33 @@ def load_keyring(ref: str | None, resolve: Callable[[str], bytes]) -> Keyring | 
         return Keyring.parse(resolve(ref))
     except SecretError as exc:
         raise ConfigError(f"PIPELINE_DLQ_KEYS: {exc}") from None
+
+
+class Sealer:
+    """Seals each dead letter's payload under the keyring's newest key, or, with
+    no keyring, under its partner's signing secret; withholds it otherwise."""
+
+    def __init__(
+        self, keyring_ref: str | None, resolve: Callable[[str], bytes], registry: Registry
+    ) -> None:
+        self._keyring_ref = keyring_ref
+        self._resolve = resolve
+        self._registry = registry
+
+    def seal(self, partner_id: str | None, payload: bytes, aad: bytes, verified: bool) -> bytes:
+        try:
+            keyring = load_keyring(self._keyring_ref, self._resolve)
+        except ConfigError:
+            log.exception("cannot read the dead-letter keyring: payload withheld")
+            return b""
+        if keyring is not None:
+            key_id, secret = keyring.keys[0]
+            return seal(key_id, secret, payload, aad, verified=verified)
+        partner = self._registry.get(partner_id) if partner_id else None
+        if partner is None:
+            return b""  # no secret to seal with: the prompt is not stored in clear
+        try:
+            secret = self._resolve(partner.signing_secret_ref)
+        except SecretError:
+            return b""
+        return seal(PARTNER_KEY_ID, secret, payload, aad, verified=verified)

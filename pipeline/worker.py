@@ -16,18 +16,18 @@ import faust
 from mode import Service
 
 from pipeline import claude, eventloop, failpoints
-from pipeline.app import FaustFlowControl, FaustPublisher, create_app
+from pipeline.app import FaustFlowControl, FaustPublisher, PipelineApp, create_app
 from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, ConfigError, SecretError
 from pipeline.factory import Parts
 from pipeline.follower import PartnerFollower, load_registry
+from pipeline.gauges import Gauges
 from pipeline.health import Health, HttpEndpoint
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
 from pipeline.keys import ApiKeys
-from pipeline.lag import GroupLag, backlog_by_partner
 from pipeline.logs import Redactor, setup_logging
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
@@ -44,7 +44,8 @@ from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
 from pipeline.registryauth import RegistryPolicy, policy_for
 from pipeline.retry import RetryPolicy
-from pipeline.sealing import PARTNER_KEY_ID, load_keyring, seal
+from pipeline.schemas import Codec
+from pipeline.sealing import Sealer, load_keyring
 from pipeline.state import BudgetLedger, Ownership, ReplayGuard
 from pipeline.statelog import StateLog
 
@@ -110,7 +111,11 @@ class WorkerRuntime(Service):
             claude=self.claude,
             keys=ApiKeys(secrets, settings.anthropic_api_key),
             codec=codec,
-            builder=OutcomeBuilder(prices, lambda: int(time.time() * 1000), self._seal),
+            builder=OutcomeBuilder(
+                prices,
+                lambda: int(time.time() * 1000),
+                Sealer(settings.dlq_keys_ref, secrets.resolve, registry).seal,
+            ),
             publisher=FaustPublisher(self.app),
             metrics=self.metrics,
             policy=RetryPolicy(
@@ -146,8 +151,8 @@ class WorkerRuntime(Service):
             settings, codec, registry, on_error=self._fatal, policy=policy
         )
         registry.listeners.append(self._on_partner_change)
-        self._pending_topics: set[str] = set()
-        self._subscribe_task: asyncio.Task[None] | None = None
+        self.subscriptions = NewPartnerTopics(settings, codec, self.wiring)
+        self.gauges = Gauges(settings, self.metrics, registry, self.ledger, lambda: self._owned)
         self._crash_task: asyncio.Future[None] | None = None
         self._heartbeat: asyncio.Future[None] | None = None
         self._ready_task: asyncio.Future[None] | None = None
@@ -173,25 +178,6 @@ class WorkerRuntime(Service):
                 "call Claude for them again",
                 extra={"count": left},
             )
-
-    def _seal(self, partner_id: str | None, payload: bytes, aad: bytes, verified: bool) -> bytes:
-        """Seal a dead letter's payload (see pipeline/sealing.py), or withhold it."""
-        try:
-            keyring = load_keyring(self.settings.dlq_keys_ref, self.secrets.resolve)
-        except ConfigError:
-            log.exception("cannot read the dead-letter keyring: payload withheld")
-            return b""
-        if keyring is not None:
-            key_id, secret = keyring.keys[0]
-            return seal(key_id, secret, payload, aad, verified=verified)
-        partner = self.registry.get(partner_id) if partner_id else None
-        if partner is None:
-            return b""  # no secret to seal with: the prompt is not stored in clear
-        try:
-            secret = self.secrets.resolve(partner.signing_secret_ref)
-        except SecretError:
-            return b""
-        return seal(PARTNER_KEY_ID, secret, payload, aad, verified=verified)
 
     def _ownership(self, partner_id: str) -> Ownership:
         """Which of a partner's request partitions this worker owns, of how many the
@@ -246,42 +232,6 @@ class WorkerRuntime(Service):
             await asyncio.to_thread(self.secrets.refresh)
             await asyncio.sleep(1.0)
 
-    async def _measure_queues_and_budgets(self) -> None:
-        """Each partner's Kafka backlog on this worker's partitions, now and then."""
-        probe: GroupLag | None = None
-        shown: set[str] = set()
-        try:
-            while True:
-                try:
-                    if probe is None:
-                        probe = await asyncio.to_thread(GroupLag, self.settings)
-                    lags = await asyncio.to_thread(probe.measure, set(self._owned))
-                except Exception as exc:  # a metric must never stop the worker
-                    log.warning("cannot measure the backlog", extra={"error": str(exc)})
-                else:
-                    backlog = backlog_by_partner(lags)
-                    for partner in shown - set(backlog):
-                        self.metrics.backlog.remove(partner)
-                    for partner, records in backlog.items():
-                        self.metrics.backlog.labels(partner).set(records)
-                    shown = set(backlog)
-                self._measure_budgets()
-                await asyncio.sleep(self.settings.backlog_interval_s)
-        finally:
-            if probe is not None:
-                await asyncio.to_thread(probe.close)
-
-    def _measure_budgets(self) -> None:
-        """Each budget's used fraction (the state log is group-wide: every worker
-        reports the same figure, so dashboards take the max)."""
-        self.metrics.budget_used.clear()
-        for partner in self.registry:
-            for budget in self.ledger.budgets(partner):
-                if budget.limit > 0:
-                    spent = self.ledger.spent(partner.partner_id, budget.kind, budget.period)
-                    used = self.metrics.budget_used.labels(partner.partner_id, budget.kind)
-                    used.set(spent / budget.limit)
-
     async def _read_secrets(self, partner: Partner) -> None:
         refs = [
             partner.signing_secret_ref,
@@ -303,31 +253,7 @@ class WorkerRuntime(Service):
         if before is not None and after is not None and before.api_key_ref != after.api_key_ref:
             self.dispatcher.on_partner_changed(partner_id)
         if after is not None and before is None:
-            # A new partner: create its topics, then add them to the subscription.
-            self._pending_topics.add(partner_id)
-            if self._subscribe_task is None or self._subscribe_task.done():
-                self._subscribe_task = asyncio.ensure_future(self._subscribe_new())
-                self._subscribe_task.add_done_callback(self._subscribe_done)
-
-    def _subscribe_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("cannot subscribe to a new partner's topics", exc_info=task.exception())
-
-    async def _subscribe_new(self) -> None:
-        while self._pending_topics:
-            new = sorted(self._pending_topics)
-            self._pending_topics.clear()
-            specs = [s for pid in new for s in partner_topics(self.settings, pid)]
-            created = await asyncio.to_thread(ensure_topics, self.settings, specs)
-            await asyncio.to_thread(self.codec.warm, output_schemas(new))
-            # Topics are never dropped while running: records for a removed
-            # partner still get their dead letter (unknown_partner).
-            topics = set(self.wiring.request_topics()) | {requests_topic(pid) for pid in new}
-            if self.wiring.set_request_topics(topics):
-                log.info(
-                    "subscribing to new partner topics",
-                    extra={"partners": new, "created_topics": created},
-                )
+            self.subscriptions.add(partner_id)
 
     async def on_start(self) -> None:
         if self.settings.metrics_port >= 0:
@@ -337,7 +263,7 @@ class WorkerRuntime(Service):
         for partner in self.registry:
             await self._read_secrets(partner)
         self._background.add(asyncio.ensure_future(self._refresh_secrets()))
-        self._background.add(asyncio.ensure_future(self._measure_queues_and_budgets()))
+        self._background.add(asyncio.ensure_future(self.gauges.run()))
         await self.follower.start()
         await self.statelog.start()
         await self.dispatcher.start()
@@ -363,6 +289,44 @@ class WorkerRuntime(Service):
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self.endpoint.close()
+
+
+class NewPartnerTopics:
+    """A partner added while running: create its topics, then add its request
+    topic to the subscription (one rebalance for partners added together)."""
+
+    def __init__(self, settings: Settings, codec: Codec, wiring: PipelineApp) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.wiring = wiring
+        self._pending: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, partner_id: str) -> None:
+        self._pending.add(partner_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._subscribe_new())
+            self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cannot subscribe to a new partner's topics", exc_info=task.exception())
+
+    async def _subscribe_new(self) -> None:
+        while self._pending:
+            new = sorted(self._pending)
+            self._pending.clear()
+            specs = [s for pid in new for s in partner_topics(self.settings, pid)]
+            created = await asyncio.to_thread(ensure_topics, self.settings, specs)
+            await asyncio.to_thread(self.codec.warm, output_schemas(new))
+            # Topics are never dropped while running: records for a removed
+            # partner still get their dead letter (unknown_partner).
+            topics = set(self.wiring.request_topics()) | {requests_topic(pid) for pid in new}
+            if self.wiring.set_request_topics(topics):
+                log.info(
+                    "subscribing to new partner topics",
+                    extra={"partners": new, "created_topics": created},
+                )
 
 
 def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:

@@ -43,7 +43,8 @@ class _Bar:
 
 def run(names: list[str], *, quick: bool, results_dir: Path, out: IO[str] = sys.stdout) -> int:
     """Run scenarios in order; write one JSON file each; 0 if all ran (met or not)."""
-    from pipeline.bench.scenarios import SCENARIOS, Result
+    from pipeline.bench.result import Result
+    from pipeline.bench.scenarios import SCENARIOS
 
     results_dir.mkdir(parents=True, exist_ok=True)
     bar = _Bar(sys.stderr)
@@ -78,6 +79,6 @@ def run(names: list[str], *, quick: bool, results_dir: Path, out: IO[str] = sys.
 
 
 def _met(value: float, target: str) -> bool:
-    from pipeline.bench.scenarios import _meets
+    from pipeline.bench.result import meets
 
-    return _meets(value, target)
+    return meets(value, target)

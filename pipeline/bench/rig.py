@@ -37,6 +37,13 @@ DEFAULTS = {
 }
 
 
+NO_LIMITS = ["--rpm", "0", "--itpm", "0", "--otpm", "0"]
+#: 1,200 RPM enforced as a 1-second burst (the way the real API may enforce a
+#: per-minute limit), ITPM/OTPM high enough to leave requests the binding one.
+LIMITED = ["--rpm", "1200", "--itpm", "200000", "--otpm", "200000", "--burst", "20"]
+LIMIT_RPS = 20.0
+
+
 @dataclass
 class Outcome:
     partner: str

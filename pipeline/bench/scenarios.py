@@ -9,74 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline import eventloop
-from pipeline.bench.rig import BENCH_KEY, MAX_TOKENS, MODEL, Outcome, Rig, cpu_seconds, peak_rss_mb
-from pipeline.ops import percentile
-
-Say = Callable[[str], None]
-Progress = Callable[[int, int], None]
-
-NO_LIMITS = ["--rpm", "0", "--itpm", "0", "--otpm", "0"]
-#: 1,200 RPM enforced as a 1-second burst (the way the real API may enforce a
-#: per-minute limit), ITPM/OTPM high enough to leave requests the binding one.
-LIMITED = ["--rpm", "1200", "--itpm", "200000", "--otpm", "200000", "--burst", "20"]
-LIMIT_RPS = 20.0
-
-
-@dataclass
-class Result:
-    scenario: str
-    params: dict[str, Any]
-    metrics: dict[str, float] = field(default_factory=dict)
-    #: metric -> ">= x" or "<= x"
-    targets: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def met(self) -> bool:
-        return all(_meets(self.metrics.get(name), rule) for name, rule in self.targets.items())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "params": self.params,
-            "metrics": self.metrics,
-            "targets": self.targets,
-            "met": self.met,
-            "notes": self.notes,
-        }
-
-
-def _meets(value: float | None, rule: str) -> bool:
-    if value is None:
-        return False
-    op, bound = rule.split()
-    return value >= float(bound) if op == ">=" else value <= float(bound)
-
-
-def _p(values: Sequence[float], q: float) -> float:
-    got = percentile(list(values), q)
-    return round(float(got), 1) if got is not None else float("nan")
-
-
-def _ok(outcomes: list[Outcome]) -> list[Outcome]:
-    return [o for o in outcomes if o.status == "ok"]
-
-
-def _between(outcomes: list[Outcome], start_ms: float, end_ms: float) -> list[Outcome]:
-    return [o for o in outcomes if start_ms <= o.completed_at_ms < end_ms]
-
-
-def _now_ms() -> float:
-    return time.time() * 1000
-
+from pipeline.bench.result import Progress, Result, Say, between, now_ms, ok_only, pct
+from pipeline.bench.rig import (
+    BENCH_KEY,
+    LIMIT_RPS,
+    LIMITED,
+    MAX_TOKENS,
+    MODEL,
+    NO_LIMITS,
+    Rig,
+    cpu_seconds,
+    peak_rss_mb,
+)
+from pipeline.bench.sidebyside import poison, seed_baseline
 
 # -- throughput ---------------------------------------------------------------------
 
@@ -130,7 +80,7 @@ def throughput(quick: bool, say: Say, progress: Progress) -> Result:
         assert rig.collector is not None  # noqa: S101
         rig.collector.wait(ids, 600, progress)
         cpu = cpu_seconds(pid) - cpu0
-        done = _ok(rig.collector.get(ids))
+        done = ok_only(rig.collector.get(ids))
         first = min(o.completed_at_ms for o in done)
         last = max(o.completed_at_ms for o in done)
         pipeline = (len(done) - 1) / max(0.001, (last - first) / 1000)
@@ -187,11 +137,11 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
         ids = [i for out in sent for i in out]
         assert rig.collector is not None  # noqa: S101
         rig.collector.wait(ids, 120, progress)
-        added = [o.latency_ms - sim_ms for o in _ok(rig.collector.get(ids))]
+        added = [o.latency_ms - sim_ms for o in ok_only(rig.collector.get(ids))]
         stages = _stages(worker.log_path, sim_ms)
     result.metrics = {
-        "added_p50_ms": _p(added, 50),
-        "added_p99_ms": _p(added, 99),
+        "added_p50_ms": pct(added, 50),
+        "added_p99_ms": pct(added, 99),
         "completed": len(added),
         "sent": len(ids),
         **stages,
@@ -214,7 +164,7 @@ def _stages(worker_log: Path, sim_ms: int) -> dict[str, float]:
         "upstream_added": [e["upstream_ms"] - sim_ms for e in served if "upstream_ms" in e],
     }
     return {
-        f"{name}_p{q}_ms": _p(values, q)
+        f"{name}_p{q}_ms": pct(values, q)
         for name, values in stages.items()
         for q in (50, 99)
         if values
@@ -329,10 +279,10 @@ def _backlog_rps(processes: int, n: int, progress: Progress) -> float:
             unit = rig.stack.spawn("unit", [*CLI, "worker", "--processes", str(processes)], env)
             unit.wait_http(f"http://127.0.0.1:{port}/readyz", 90, b"ready")
         # From when every process consumes: one may start before the other joins.
-        ready_ms = _now_ms()
+        ready_ms = now_ms()
         assert rig.collector is not None  # noqa: S101
         rig.collector.wait(ids, 600, progress)
-        done = [o for o in _ok(rig.collector.get(ids)) if o.completed_at_ms >= ready_ms]
+        done = [o for o in ok_only(rig.collector.get(ids)) if o.completed_at_ms >= ready_ms]
     last = max(o.completed_at_ms for o in done)
     return len(done) / max(0.001, (last - ready_ms) / 1000)
 
@@ -361,14 +311,14 @@ def fairness(quick: bool, say: Say, progress: Progress) -> Result:
         rig.start_worker()
         assert rig.collector is not None  # noqa: S101
         say(f"weights 1:2:3, {per_partner} requests each, all backlogged")
-        start = _now_ms()
+        start = now_ms()
         ids = {pid: rig.send(pid, per_partner) for pid in weights}
         # all three stay backlogged until the heaviest is done: 1/2 of the limit
         busy_s = per_partner / (LIMIT_RPS * 3 / 6)
         window = (start + 3000, start + busy_s * 1000 * 0.9)
         rig.collector.wait([i for v in ids.values() for i in v], busy_s * 3 + 60, progress)
         achieved = {
-            pid: len(_between(_ok(rig.collector.get(v)), *window)) for pid, v in ids.items()
+            pid: len(between(ok_only(rig.collector.get(v)), *window)) for pid, v in ids.items()
         }
         total = sum(achieved.values())
         ratios = [achieved[p] / total / (w / 6) for p, w in weights.items()]
@@ -384,7 +334,7 @@ def fairness(quick: bool, say: Say, progress: Progress) -> Result:
         alone: list[str] = []
         rig.paced("b", light_n / light_s, light_s, alone, tag=" alone").join()
         rig.collector.wait(alone, 60, progress)
-        p99_alone = _p([o.latency_ms for o in rig.collector.get(alone)], 99)
+        p99_alone = pct([o.latency_ms for o in rig.collector.get(alone)], 99)
         say(f"the same under a flood of {10 * light_n} requests")
         flood = rig.send("flood", 10 * light_n)
         victims: dict[str, list[str]] = {"b": [], "c": []}
@@ -392,11 +342,11 @@ def fairness(quick: bool, say: Say, progress: Progress) -> Result:
         for t in threads:
             t.join()
         rig.collector.wait(victims["b"] + victims["c"], 120, progress)
-        p99s = [_p([o.latency_ms for o in rig.collector.get(v)], 99) for v in victims.values()]
+        p99s = [pct([o.latency_ms for o in rig.collector.get(v)], 99) for v in victims.values()]
         metrics["victim_p99_alone_ms"] = p99_alone
         metrics["victim_p99_flood_ms"] = max(p99s)
         metrics["victim_p99_ratio"] = round(max(p99s) / p99_alone, 3)
-        metrics["flood_served_during"] = float(len(_ok(rig.collector.get(flood))))
+        metrics["flood_served_during"] = float(len(ok_only(rig.collector.get(flood))))
     result.metrics = metrics
     return result
 
@@ -427,167 +377,13 @@ def inflight(quick: bool, say: Say, progress: Progress) -> Result:
         start = time.monotonic()
         rig.collector.wait(ids, 300, progress)
         elapsed = time.monotonic() - start
-        done = len(_ok(rig.collector.get(ids)))
+        done = len(ok_only(rig.collector.get(ids)))
         rss = peak_rss_mb(rig.pid_of())
     result.metrics = {
         "rss_mb": round(rss, 1),
         "completed": done,
         "completed_fraction": round(done / len(ids), 4),
         "seconds": round(elapsed, 1),
-    }
-    return result
-
-
-# -- the seed's Celery design -------------------------------------------------------
-
-#: The seed-baseline simulator: 1 s per call and a rate limit both sides share.
-SEED_SIM = [
-    *("--rpm", "3000", "--itpm", "2000000", "--otpm", "2000000", "--burst", "50"),
-    *("--latency-ms", "1000", "--ms-per-output-token", "0"),
-]
-SEED_LIMIT_RPS = 50.0
-
-
-def seed_baseline(quick: bool, say: Say, progress: Progress) -> Result:
-    from pipeline.bench import celery_rig
-
-    window = 10.0 if quick else 30.0
-    light_n, light_s = (10, 10.0) if quick else (30, 30.0)
-    result = Result(
-        "seed-baseline",
-        {
-            "sim": SEED_SIM,
-            "window_s": window,
-            "celery_default": "prefork, concurrency = cores (as the seed runs it)",
-            "celery_tuned": "threads pool, concurrency 256",
-            "flood": f"{10 * light_n} at once, victims {light_n} over {light_s:.0f} s",
-        },
-        targets={"ratio_vs_celery_default": ">= 20", "ratio_vs_celery_tuned": ">= 1.5"},
-    )
-    with Rig() as rig:
-        rig.start(SEED_SIM, {"PIPELINE_MAX_IN_FLIGHT": "256"})
-        partners = {"p1": 1, "p2": 1, "p3": 1}
-        rig.add_partners(partners)
-        rig.start_worker()
-        assert rig.collector is not None  # noqa: S101
-        backlog = int(SEED_LIMIT_RPS * window * 1.5)
-        say(f"ours: {backlog} requests, completions counted for {window:.0f} s")
-        t0 = _now_ms()
-        ids = [i for pid in partners for i in rig.send(pid, backlog // len(partners))]
-        deadline = time.monotonic() + window
-        while time.monotonic() < deadline:
-            progress(rig.collector.count(ids), len(ids))
-            time.sleep(0.5)
-        ours = len(_between(_ok(rig.collector.get(ids)), t0, t0 + window * 1000)) / window
-        ours_429 = rig.sim_requests().get("429", 0)
-        sim_url = rig.sim_url
-        with celery_rig.Celery(rig.workdir, sim_url) as celery:
-            rig.sim_reset()
-            cores = celery_rig.cores()
-            say(f"celery as the seed runs it: prefork, concurrency {cores}")
-            default = celery.throughput("prefork", cores, window, int(cores * window * 2), progress)
-            rig.sim_reset()
-            say("celery tuned: threads, concurrency 256")
-            tuned = celery.throughput("threads", 256, window, backlog, progress)
-            tuned_429 = rig.sim_requests().get("429", 0)
-            say("celery's FIFO under the fairness flood")
-            victim = celery.victim_ratio(light_n, light_s, progress)
-    result.metrics = {
-        "ours_rps": round(ours, 2),
-        "ours_429s": float(ours_429),
-        "celery_default_rps": round(default, 2),
-        "celery_tuned_rps": round(tuned, 2),
-        "celery_tuned_429s": float(tuned_429),
-        "ratio_vs_celery_default": round(ours / max(default, 1e-9), 2),
-        "ratio_vs_celery_tuned": round(ours / max(tuned, 1e-9), 2),
-        "celery_victim_p99_ratio": round(victim, 2),
-    }
-    return result
-
-
-# -- poison ----------------------------------------------------------------------------
-
-
-def _poison_thread(rig: Rig, pid: str, rate_per_s: float, seconds: float) -> threading.Thread:
-    """Every kind of bad record, round and round, at a steady rate. The records are
-    made before the clock starts: building a 10 MB value or ten thousand messages
-    in this process would hold the GIL and delay the good traffic's sender, which
-    the measurement would blame on the pipeline."""
-    from pipeline.bench.poison import Poison, corpus
-
-    stack = rig.stack
-    n = int(rate_per_s * seconds)
-    records: list[Poison] = []
-    while len(records) < n:  # fresh request_ids every round
-        records.extend(corpus(pid, stack.secrets[pid], stack.codec))
-    client = rig.client(pid)
-    ready = threading.Event()
-
-    def run() -> None:
-        ready.set()
-        start = time.monotonic()
-        for i, bad in enumerate(records[:n]):
-            delay = start + i / rate_per_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the load
-            client.send_raw(bad.key, bad.value or b"", bad.headers)
-        client.flush()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait()
-    return thread
-
-
-def poison(quick: bool, say: Say, progress: Progress) -> Result:
-    """Good traffic's latency with and without bad records interleaved: the same
-    rig, the same offered rate, side by side. The target is the issue's: the good
-    traffic's p99 within 1.5x of the clean run's. The latency the pipeline adds
-    (all but the upstream call) is reported beside it: the simulator is one process
-    on the same two cores, and a ten-thousand-message request stalls it for
-    everyone, which Claude does not."""
-    sim_ms = 50
-    rate = 40.0 if quick else 100.0
-    bad_rate = rate / 4
-    seconds = 6.0 if quick else 30.0
-    result = Result(
-        "poison",
-        {"good_rps": rate, "poison_rps": bad_rate, "seconds": seconds, "sim_latency_ms": sim_ms},
-        targets={"p99_ratio": "<= 1.5"},
-    )
-    with Rig() as rig:
-        rig.start([*NO_LIMITS, "--latency-ms", str(sim_ms)])
-        rig.add_partners({"good": 1, "bad": 1})
-        rig.start_worker()
-        assert rig.collector is not None  # noqa: S101
-        latencies: dict[str, list[float]] = {}
-        added: dict[str, list[float]] = {}
-        for phase in ("clean", "poisoned"):
-            say(f"{phase}: {rate:.0f} good req/s for {seconds:.0f} s")
-            sent: list[str] = []
-            threads = []
-            if phase == "poisoned":
-                threads.append(_poison_thread(rig, "bad", bad_rate, seconds))
-            threads.append(rig.paced("good", rate, seconds, sent, tag=f" {phase}"))
-            for t in threads:
-                t.join()
-            rig.collector.wait(sent, 120, progress)
-            done = _ok(rig.collector.get(sent))
-            latencies[phase] = [o.latency_ms for o in done]
-            added[phase] = [o.added_ms for o in done]
-            if len(done) != len(sent):
-                result.notes.append(f"{phase}: {len(sent) - len(done)} good requests not ok")
-    clean, poisoned = latencies["clean"], latencies["poisoned"]
-    result.metrics = {
-        "clean_p50_ms": _p(clean, 50),
-        "clean_p99_ms": _p(clean, 99),
-        "poisoned_p50_ms": _p(poisoned, 50),
-        "poisoned_p99_ms": _p(poisoned, 99),
-        "p99_ratio": round(_p(poisoned, 99) / max(1e-9, _p(clean, 99)), 3),
-        "clean_added_p99_ms": _p(added["clean"], 99),
-        "poisoned_added_p99_ms": _p(added["poisoned"], 99),
-        "added_p99_ratio": round(_p(added["poisoned"], 99) / max(1e-9, _p(added["clean"], 99)), 3),
-        "good_completed": len(clean) + len(poisoned),
     }
     return result
 

@@ -292,28 +292,18 @@ class Simulator:
         try:
             req = validate_messages(params)
         except ApiError as exc:
-            return self._batch_error(exc)
+            return _errored(exc, self.new_id("req"))
         if req.stream:
-            return self._batch_error(invalid("stream: not supported in batches"))
+            return _errored(invalid("stream: not supported in batches"), self.new_id("req"))
         try:
             usage = self._input_usage(key, req)
         except ApiError as exc:
-            return self._batch_error(exc)
+            return _errored(exc, self.new_id("req"))
         prepared = Prepared(key, req, usage, self._generate(req), None, 0.0)
         usage_dict = self.usage_dict(prepared)
         self.stats.setdefault(key, KeyStats()).add(usage_dict)
         message = self.message_object(prepared, self.new_id("msg"), usage_dict)
         return {"type": "succeeded", "message": message}
-
-    def _batch_error(self, exc: ApiError) -> dict[str, Any]:
-        return {
-            "type": "errored",
-            "error": {
-                "type": "error",
-                "error": {"type": exc.error_type, "message": exc.message},
-                "request_id": self.new_id("req"),
-            },
-        }
 
     def count_tokens(self, key: str, body: object) -> dict[str, int]:
         try:
@@ -323,15 +313,6 @@ class Simulator:
             raise
         self.record(key, 200)
         return {"input_tokens": tokens.count_request(messages, system, tools)}
-
-    def models_page(self) -> dict[str, Any]:
-        data = [model_object(m.id) for m in MODELS]
-        return {
-            "data": data,
-            "has_more": False,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
 
 
 def model_object(model_id: str) -> dict[str, Any]:
@@ -362,3 +343,26 @@ def _injected(kind: str, headers: dict[str, str]) -> ApiError:
     if status == 429:
         headers["retry-after"] = "1"
     return ApiError(status, error_type, message, headers)
+
+
+def models_page() -> dict[str, Any]:
+    """GET /v1/models: every model the simulator knows, one page."""
+    data = [model_object(m.id) for m in MODELS]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+def _errored(exc: ApiError, request_id: str) -> dict[str, Any]:
+    """A batch request's result when Claude would have refused it."""
+    return {
+        "type": "errored",
+        "error": {
+            "type": "error",
+            "error": {"type": exc.error_type, "message": exc.message},
+            "request_id": request_id,
+        },
+    }

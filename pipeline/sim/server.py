@@ -13,7 +13,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from pipeline.sim.config import SimConfig
-from pipeline.sim.engine import Prepared, Simulator, model_object
+from pipeline.sim.engine import Prepared, Simulator, model_object, models_page
 from pipeline.sim.errors import ApiError, invalid
 
 log = logging.getLogger("pipeline.sim")
@@ -232,7 +232,7 @@ async def count_tokens(sim: Simulator, request: web.Request, request_id: str) ->
 @api
 async def list_models(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
     sim.authenticate(request.headers)
-    return _json(sim.models_page(), {"request-id": request_id})
+    return _json(models_page(), {"request-id": request_id})
 
 
 @api

@@ -1,0 +1,62 @@
+"""What a benchmark scenario returns, and the helpers every scenario uses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.bench.rig import Outcome
+from pipeline.ops import percentile
+
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Result:
+    scenario: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: metric -> ">= x" or "<= x"
+    targets: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return all(meets(self.metrics.get(name), rule) for name, rule in self.targets.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "params": self.params,
+            "metrics": self.metrics,
+            "targets": self.targets,
+            "met": self.met,
+            "notes": self.notes,
+        }
+
+
+def meets(value: float | None, rule: str) -> bool:
+    if value is None:
+        return False
+    op, bound = rule.split()
+    return value >= float(bound) if op == ">=" else value <= float(bound)
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    got = percentile(list(values), q)
+    return round(float(got), 1) if got is not None else float("nan")
+
+
+def ok_only(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.status == "ok"]
+
+
+def between(outcomes: list[Outcome], start_ms: float, end_ms: float) -> list[Outcome]:
+    return [o for o in outcomes if start_ms <= o.completed_at_ms < end_ms]
+
+
+def now_ms() -> float:
+    return time.time() * 1000
