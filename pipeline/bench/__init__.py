@@ -41,37 +41,50 @@ class _Bar:
             self._bar = None
 
 
-def run(names: list[str], *, quick: bool, results_dir: Path, out: IO[str] = sys.stdout) -> int:
-    """Run scenarios in order; write one JSON file each; 0 if all ran (met or not)."""
-    from pipeline.bench.result import Result
+def run(
+    names: list[str],
+    *,
+    quick: bool,
+    results_dir: Path,
+    runs: int = 1,
+    out: IO[str] = sys.stdout,
+) -> int:
+    """Run scenarios in order (each `runs` times: medians, with min and max); write
+    one JSON file each; 0 if all ran (met or not)."""
+    from pipeline.bench.result import Result, combine
     from pipeline.bench.scenarios import SCENARIOS
 
     results_dir.mkdir(parents=True, exist_ok=True)
     bar = _Bar(sys.stderr)
     rows = []
     for name in names:
-        out.write(f"{name}{' (quick)' if quick else ''}\n")
-        out.flush()
         started = time.monotonic()
-        fn = SCENARIOS[name]
-        kwargs = {"results_dir": results_dir} if name == "latency" else {}
-        result: Result = fn(quick, bar.say, bar.progress, **kwargs)
-        bar.clear()
+        each: list[Result] = []
+        for i in range(runs):
+            label = f" run {i + 1} of {runs}" if runs > 1 else ""
+            out.write(f"{name}{' (quick)' if quick else ''}{label}\n")
+            out.flush()
+            fn = SCENARIOS[name]
+            kwargs = {"results_dir": results_dir} if name == "latency" else {}
+            each.append(fn(quick, bar.say, bar.progress, **kwargs))
+            bar.clear()
+        result = combine(each)
         result.params["quick"] = quick
         result.params["seconds_taken"] = round(time.monotonic() - started, 1)
         (results_dir / f"{name}.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
         for metric, value in result.metrics.items():
             target = result.targets.get(metric, "")
-            rows.append(
-                {
-                    "scenario": name,
-                    "metric": metric,
-                    "value": f"{value:g}",
-                    "target": target or "-",
-                    "met": ("yes" if _met(value, target) else "NO") if target else "",
-                }
-            )
-        out.write(render_table(rows[-len(result.metrics) :], list(rows[0])) + "\n\n")
+            row = {"scenario": name, "metric": metric, "value": f"{value:g}"}
+            if runs > 1:
+                low, high = result.spread.get(metric, [value, value])
+                row["min-max"] = f"{low:g}-{high:g}"
+            row["target"] = target or "-"
+            row["met"] = ("yes" if _met(value, target) else "NO") if target else ""
+            rows.append(row)
+        out.write(render_table(rows[-len(result.metrics) :], list(rows[0])) + "\n")
+        if result.met_every_run is not None:
+            out.write(f"every target met in every run: {'yes' if result.met_every_run else 'no'}\n")
+        out.write("\n")
         out.flush()
     if len(names) > 1:
         out.write(render_table(rows, list(rows[0])) + "\n")

@@ -39,6 +39,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least_one(text: str) -> int:
+    value = positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a value >= 1, got {value}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

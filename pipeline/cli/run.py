@@ -13,6 +13,7 @@ from pipeline import eventloop
 from pipeline.cli.common import (
     Parser,
     UsageError,
+    at_least_one,
     fail_rate,
     load_settings,
     non_negative_float,
@@ -298,6 +299,12 @@ def add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--results", type=Path, default=Path("bench-results"), help="where the JSON goes"
     )
+    p.add_argument(
+        "--runs",
+        type=at_least_one,
+        default=1,
+        help="run each scenario N times: medians, with min and max (default 1)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -305,7 +312,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run
 
     names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
-    return run(names, quick=args.quick, results_dir=args.results)
+    return run(names, quick=args.quick, results_dir=args.results, runs=args.runs)
 
 
 def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
