@@ -31,8 +31,9 @@ from pipeline.bench.sidebyside import poison, seed_baseline
 # -- throughput ---------------------------------------------------------------------
 
 
-async def direct_rps(base_url: str, n: int, concurrency: int) -> float:
-    """The ceiling: the official SDK, our HTTP transport and concurrency, no Kafka."""
+async def direct_rps(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """The ceiling: the official SDK, our HTTP transport and concurrency, no Kafka.
+    Returns requests per second and this process's CPU seconds per call."""
     from pipeline.claude import ClaudeClient
 
     client = ClaudeClient(base_url, 60.0)
@@ -49,11 +50,11 @@ async def direct_rps(base_url: str, n: int, concurrency: int) -> float:
             remaining -= 1
             await client.create(BENCH_KEY, params)
 
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     await client.close()
-    return n / elapsed
+    return n / elapsed, cpu / n
 
 
 def throughput(quick: bool, say: Say, progress: Progress) -> Result:
@@ -63,11 +64,9 @@ def throughput(quick: bool, say: Say, progress: Progress) -> Result:
     result = Result(
         "throughput",
         {"requests": n, "partners": len(partners), "concurrency": concurrency, "sim": NO_LIMITS},
-        targets={
-            "ratio": ">= 0.8",
-            "pipeline_rps": ">= 700",
-            "worker_cpu_ms_per_request": "<= 1.0",
-        },
+        # Issue 13: at least 0.8 of the ceiling, and at most 1.5 times the SDK's own
+        # CPU per call, both measured here in the same run.
+        targets={"ratio": ">= 0.8", "cpu_ratio": "<= 1.5"},
     )
     with Rig() as rig:
         rig.start(NO_LIMITS, {"PIPELINE_MAX_IN_FLIGHT": str(concurrency)})
@@ -86,12 +85,15 @@ def throughput(quick: bool, say: Say, progress: Progress) -> Result:
         pipeline = (len(done) - 1) / max(0.001, (last - first) / 1000)
         say("the ceiling: the SDK calling the simulator directly")
         eventloop.install(eventloop.from_env())  # the worker's loop, for a fair ceiling
-        direct = asyncio.run(direct_rps(rig.sim_url, n, concurrency))
+        direct, sdk_cpu_s = asyncio.run(direct_rps(rig.sim_url, n, concurrency))
+    worker_cpu_ms = cpu * 1000 / max(1, len(done))
     result.metrics = {
         "pipeline_rps": round(pipeline, 1),
         "direct_rps": round(direct, 1),
         "ratio": round(pipeline / direct, 3),
-        "worker_cpu_ms_per_request": round(cpu * 1000 / max(1, len(done)), 3),
+        "worker_cpu_ms_per_request": round(worker_cpu_ms, 3),
+        "sdk_cpu_ms_per_call": round(sdk_cpu_s * 1000, 3),
+        "cpu_ratio": round(worker_cpu_ms / max(1e-9, sdk_cpu_s * 1000), 2),
         "completed": len(done),
     }
     return result
@@ -116,7 +118,7 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
             "seconds": seconds,
             "sim_latency_ms": sim_ms,
         },
-        targets={"added_p99_ms": "<= 20"},
+        targets={"added_p50_ms": "<= 5", "added_p99_ms": "<= 20"},
     )
     with Rig() as rig:
         rig.start(
@@ -218,7 +220,7 @@ def _over_limit(
     name: str, workers: int, targets: dict[str, str], quick: bool, say: Say, progress: Progress
 ) -> Result:
     """3x the limit offered to `workers` workers sharing one key."""
-    seconds = 15.0 if quick else 60.0
+    seconds = 8.0 if quick else 60.0
     result = Result(
         name,
         {"sim": LIMITED, "offered_x_limit": 3, "seconds": seconds, "workers": workers},
@@ -292,7 +294,7 @@ def _backlog_rps(processes: int, n: int, progress: Progress) -> float:
 
 def fairness(quick: bool, say: Say, progress: Progress) -> Result:
     per_partner = 120 if quick else 400
-    light_n, light_s = (20, 10.0) if quick else (60, 30.0)
+    light_n, light_s = (10, 5.0) if quick else (60, 30.0)
     result = Result(
         "fairness",
         {
@@ -301,7 +303,7 @@ def fairness(quick: bool, say: Say, progress: Progress) -> Result:
             "backlog_per_partner": per_partner,
             "flood": f"{10 * light_n} at once vs {light_n} over {light_s:.0f} s per light partner",
         },
-        targets={"share_error_max": "<= 0.05", "jain": ">= 0.99", "victim_p99_ratio": "<= 1.5"},
+        targets={"share_error_max": "<= 0.05", "jain": ">= 0.99", "victim_p99_ratio": "<= 1.3"},
     )
     metrics: dict[str, float] = {}
     with Rig() as rig:

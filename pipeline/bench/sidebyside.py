@@ -23,8 +23,8 @@ SEED_LIMIT_RPS = 50.0
 def seed_baseline(quick: bool, say: Say, progress: Progress) -> Result:
     from pipeline.bench import celery_rig
 
-    window = 10.0 if quick else 30.0
-    light_n, light_s = (10, 10.0) if quick else (30, 30.0)
+    window = 5.0 if quick else 30.0
+    light_n, light_s = (5, 5.0) if quick else (30, 30.0)
     result = Result(
         "seed-baseline",
         {
