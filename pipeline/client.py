@@ -121,13 +121,22 @@ class PartnerClient:
     """Produce signed requests as one partner."""
 
     def __init__(
-        self, settings: Settings, partner_id: str, secret: bytes, codec: Codec | None = None
+        self,
+        settings: Settings,
+        partner_id: str,
+        secret: bytes,
+        codec: Codec | None = None,
+        *,
+        linger_ms: float | None = None,
     ) -> None:
+        """`linger_ms`: how long the producer waits to batch records (default 5 ms);
+        0 for a latency-sensitive partner sending one request at a time."""
         self.settings = settings
         self.partner_id = partner_id
         self._secret = secret
         self._codec = codec or Codec()
-        self._producer = SyncProducer(settings)
+        overrides = {} if linger_ms is None else {"linger.ms": linger_ms}
+        self._producer = SyncProducer(settings, **overrides)
 
     def send(self, request: dict[str, Any]) -> str:
         value = self._codec.encode("ClaudeRequest", request, requests_topic(self.partner_id))

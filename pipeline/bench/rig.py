@@ -186,13 +186,21 @@ class Rig:
         return ids
 
     def paced(
-        self, pid: str, rate_per_s: float, seconds: float, out: list[str], tag: str = ""
+        self,
+        pid: str,
+        rate_per_s: float,
+        seconds: float,
+        out: list[str],
+        tag: str = "",
+        linger_ms: float | None = None,
     ) -> threading.Thread:
         """Send at a steady rate in a background thread, appending ids to `out`."""
         stack = self.stack
 
         def run() -> None:
-            client = PartnerClient(stack.settings, pid, stack.secrets[pid], stack.codec)
+            client = PartnerClient(
+                stack.settings, pid, stack.secrets[pid], stack.codec, linger_ms=linger_ms
+            )
             start = time.monotonic()
             n = int(rate_per_s * seconds)
             for i in range(n):

@@ -27,6 +27,7 @@ from pipeline.bench.rig import (
     peak_rss_mb,
 )
 from pipeline.bench.sidebyside import poison, seed_baseline
+from pipeline.procs import Proc
 
 # -- throughput ---------------------------------------------------------------------
 
@@ -127,28 +128,51 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
             {"PIPELINE_MAX_IN_FLIGHT": "2048", "PIPELINE_LOG_LEVEL": "INFO"},
         )
         rig.add_partners(partners)
-        worker = rig.start_worker()
         say(f"offering {rate:.0f} req/s for {seconds:.0f} s")
-        sent: list[list[str]] = [[] for _ in partners]
-        threads = [
-            rig.paced(pid, rate / len(partners), seconds, out)
-            for pid, out in zip(partners, sent, strict=True)
-        ]
-        for t in threads:
-            t.join()
-        ids = [i for out in sent for i in out]
-        assert rig.collector is not None  # noqa: S101
-        rig.collector.wait(ids, 120, progress)
-        added = [o.latency_ms - sim_ms for o in ok_only(rig.collector.get(ids))]
-        stages = _stages(worker.log_path, sim_ms)
-    result.metrics = {
+        worker = rig.start_worker()
+        result.metrics = _offer_steadily(rig, partners, rate, seconds, sim_ms, worker, progress)
+        worker.stop()
+        # The same load without the two waits a record meets before we see it: the
+        # partner producer's linger (5 ms by default) and the embedded broker, which
+        # holds every fetch for its whole max-wait (10 ms) even when data is there;
+        # Apache Kafka answers a fetch as soon as data arrives.
+        say(f"again with linger 0 and a 1 ms fetch wait, {rate:.0f} req/s for {seconds:.0f} s")
+        worker = rig.start_worker("short-waits", {"PIPELINE_FETCH_MAX_WAIT_MS": "1"})
+        short = _offer_steadily(rig, partners, rate, seconds, sim_ms, worker, progress, linger=0)
+    result.metrics.update({f"short_waits_{name}": value for name, value in short.items()})
+    return result
+
+
+def _offer_steadily(
+    rig: Rig,
+    partners: dict[str, int],
+    rate: float,
+    seconds: float,
+    sim_ms: int,
+    worker: Proc,
+    progress: Progress,
+    linger: float | None = None,
+) -> dict[str, float]:
+    """`rate` requests/s for `seconds`, spread over the partners: the added latency
+    and where it went."""
+    sent: list[list[str]] = [[] for _ in partners]
+    threads = [
+        rig.paced(pid, rate / len(partners), seconds, out, tag=worker.name, linger_ms=linger)
+        for pid, out in zip(partners, sent, strict=True)
+    ]
+    for t in threads:
+        t.join()
+    ids = [i for out in sent for i in out]
+    assert rig.collector is not None  # noqa: S101
+    rig.collector.wait(ids, 120, progress)
+    added = [o.latency_ms - sim_ms for o in ok_only(rig.collector.get(ids))]
+    return {
         "added_p50_ms": pct(added, 50),
         "added_p99_ms": pct(added, 99),
         "completed": len(added),
         "sent": len(ids),
-        **stages,
+        **_stages(worker.log_path, sim_ms),
     }
-    return result
 
 
 def _stages(worker_log: Path, sim_ms: int) -> dict[str, float]:

@@ -75,3 +75,17 @@ def test_the_event_loop_choice_is_installed_for_every_new_loop() -> None:
         loop.close()
     finally:
         asyncio.set_event_loop_policy(None)
+
+
+def test_the_fetch_wait_overrides_the_broker_profile_and_only_it() -> None:
+    dev = Settings.from_env({"PIPELINE_PROFILE": "dev"})
+    assert dev.broker_profile.fetch_max_wait_ms == 10  # the embedded broker's
+    short = Settings.from_env({"PIPELINE_PROFILE": "dev", "PIPELINE_FETCH_MAX_WAIT_MS": "1"})
+    assert short.broker_profile.fetch_max_wait_ms == 1
+    assert short.broker_profile.idempotent_producers is False  # still the embedded broker
+    kafka = Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": "100"})
+    assert kafka.broker_profile.fetch_max_wait_ms == 100
+    assert kafka.broker_profile.idempotent_producers is True
+    for bad in ("-1", "600000", "soon"):
+        with pytest.raises(ConfigError, match="PIPELINE_FETCH_MAX_WAIT_MS"):
+            Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": bad})
