@@ -97,6 +97,12 @@ class WorkerRuntime(Service):
             writer=self.statelog.writer,
             ready=lambda: self.statelog.synced,
         )
+        config = DispatchConfig(
+            max_in_flight=settings.max_in_flight,
+            max_queued_per_partner=settings.max_queued_per_partner,
+            max_record_bytes=settings.max_record_bytes,
+            failpoints=failpoints.parse(settings.failpoints),
+        )
         stages = assemble(
             registry=registry,
             intake=Intake(
@@ -121,12 +127,7 @@ class WorkerRuntime(Service):
             policy=RetryPolicy(
                 settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s
             ),
-            config=DispatchConfig(
-                max_in_flight=settings.max_in_flight,
-                max_queued_per_partner=settings.max_queued_per_partner,
-                max_record_bytes=settings.max_record_bytes,
-                failpoints=failpoints.parse(settings.failpoints),
-            ),
+            config=config,
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,
             guard=ReplayGuard(
@@ -138,15 +139,7 @@ class WorkerRuntime(Service):
             state_synced=self.statelog.wait_synced,
             prices=prices,
         )
-        self.dispatcher = Dispatcher(
-            stages,
-            DispatchConfig(
-                max_in_flight=settings.max_in_flight,
-                max_queued_per_partner=settings.max_queued_per_partner,
-                max_record_bytes=settings.max_record_bytes,
-            ),
-            on_fatal=self._fatal,
-        )
+        self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(
             settings, codec, registry, on_error=self._fatal, policy=policy
         )
