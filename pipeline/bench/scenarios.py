@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import eventloop
+from pipeline.bench.floor import kafka_floor
 from pipeline.bench.result import Progress, Result, Say, between, now_ms, ok_only, pct
 from pipeline.bench.rig import (
     BENCH_KEY,
@@ -138,6 +139,11 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
             how = "as configured" if not prefix else "linger 0, 1 ms fetch wait"
             say(f"offering {rate:.0f} req/s for {seconds:.0f} s, {how}")
             got = _offer_steadily(rig, partners, rate, seconds, sim_ms, worker, progress, linger)
+            if prefix:
+                # The floor under it: the same load to a bare consumer, no worker.
+                say(f"the broker alone: {rate:.0f} records/s to a bare aiokafka consumer")
+                floor = kafka_floor(rig.stack.settings, rate, seconds, 1, 0)
+                got.update({f"kafka_floor_{name}": value for name, value in floor.items()})
         result.metrics.update({f"{prefix}{name}": value for name, value in got.items()})
     return result
 
