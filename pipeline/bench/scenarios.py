@@ -140,7 +140,9 @@ def latency(quick: bool, say: Say, progress: Progress, results_dir: Path) -> Res
             say(f"offering {rate:.0f} req/s for {seconds:.0f} s, {how}")
             got = _offer_steadily(rig, partners, rate, seconds, sim_ms, worker, progress, linger)
             if prefix:
-                # The floor under it: the same load to a bare consumer, no worker.
+                # The floor under it: the same load to a bare consumer, the worker gone
+                # (its 1 ms fetches would load the broker the floor is measured on).
+                worker.stop()
                 say(f"the broker alone: {rate:.0f} records/s to a bare aiokafka consumer")
                 floor = kafka_floor(rig.stack.settings, rate, seconds, 1, 0)
                 got.update({f"kafka_floor_{name}": value for name, value in floor.items()})
