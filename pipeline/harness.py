@@ -176,11 +176,7 @@ class Collector:
 class SimulatorControls:
     """The simulator's admin API (/_sim/...), as tests and benchmarks drive it."""
 
-    sim: Proc
     sim_port: int
-
-    def spawn(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
-        raise NotImplementedError
 
     @property
     def sim_url(self) -> str:
@@ -209,15 +205,6 @@ class SimulatorControls:
         )
         with urllib.request.urlopen(req, timeout=5):  # noqa: S310
             pass
-
-    def stop_sim(self) -> None:
-        """Stop the simulator: connections to it are refused until `restart_sim`."""
-        self.sim.stop()
-
-    def restart_sim(self) -> None:
-        """The simulator again, on the same port, with the same flags (state forgotten)."""
-        self.sim = self.spawn("sim-restarted", self.sim.args)
-        self.sim.wait_http(f"{self.sim_url}/_sim/health", 20)
 
     def sim_reset(self) -> None:
         req = urllib.request.Request(f"{self.sim_url}/_sim/reset", method="POST")  # noqa: S310
@@ -293,6 +280,15 @@ class Stack(SimulatorControls):
         proc = Proc(name, args, self.tmp / f"{name}.log", {**base, **(env or {})})
         self.procs.append(proc)
         return proc
+
+    def stop_sim(self) -> None:
+        """Stop the simulator: connections to it are refused until `restart_sim`."""
+        self.sim.stop()
+
+    def restart_sim(self) -> None:
+        """The simulator again, on the same port, with the same flags (state forgotten)."""
+        self.sim = self.spawn("sim-restarted", self.sim.args)
+        self.sim.wait_http(f"{self.sim_url}/_sim/health", 20)
 
     @property
     def collector(self) -> Collector:
