@@ -35,7 +35,7 @@ from pipeline.metrics import Metrics
 from pipeline.partners import Partner, Registry
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Cost, Limiter, key_id
-from pipeline.records import HEAVY_BYTES, Job
+from pipeline.records import Job
 from pipeline.retry import RetryPolicy
 from pipeline.state import BudgetLedger
 
@@ -46,9 +46,9 @@ class Upstream(Protocol):
     """What an attempt needs from Claude (ClaudeClient in production)."""
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, heavy: bool = False
+        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
     ) -> UpstreamResult:
-        """`heavy`: a large request (its body is better encoded off the event loop)."""
+        """`body`: `params` already encoded as JSON (a heavy request's, off the loop)."""
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,8 @@ class Attempts:
         kid = key_id(api_key)
         started = self._mono()
         try:
-            heavy = len(job.record.value or b"") > HEAVY_BYTES
-            result = await self._claude.create(api_key, job.admitted.params, heavy=heavy)
+            admitted = job.admitted
+            result = await self._claude.create(api_key, admitted.params, body=admitted.body)
         except UpstreamError as err:
             self._account(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()

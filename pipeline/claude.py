@@ -16,7 +16,6 @@ calls, 64 concurrent): 0.66-0.69 CPU ms per call instead of 0.87-0.88.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     import anthropic
     from anthropic import AsyncAnthropic
 
+from pipeline import messages
 from pipeline.errors import UpstreamError
 
 log = logging.getLogger("pipeline.claude")
@@ -179,10 +179,6 @@ def to_result(message: Mapping[str, Any], headers: Mapping[str, str]) -> Upstrea
     )
 
 
-def _json_body(params: Mapping[str, Any]) -> bytes:
-    return json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 class ClaudeClient:
     """Calls Claude; one SDK client per API key, created on first use."""
 
@@ -208,15 +204,16 @@ class ClaudeClient:
         return client
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, heavy: bool = False
+        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
     ) -> UpstreamResult:
         """One Messages API call. The body is serialized here, not by the SDK (whose
         deep copy and encoding of a large request held the event loop for 100 ms
-        and more); with `heavy`, in a thread."""
+        and more), or comes already encoded (`body`: a heavy request's, encoded by
+        the examiner process)."""
         import httpx2
 
         anthropic = sdk()
-        content = await asyncio.to_thread(_json_body, params) if heavy else _json_body(params)
+        content = body if body is not None else messages.json_body(params)
         try:
             response = await self._client(api_key).post(
                 "/v1/messages", cast_to=httpx2.Response, content=content

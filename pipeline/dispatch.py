@@ -34,6 +34,7 @@ from pipeline.completion import (
     Reporter,
 )
 from pipeline.errors import DeadlineExpired, RequestError
+from pipeline.examiner import Examiner
 from pipeline.failpoints import Failpoints
 from pipeline.intake import Intake
 from pipeline.keys import ApiKeys
@@ -87,6 +88,8 @@ class Stages:
     ledger: BudgetLedger | None = None
     #: Waits until the durable state is read up to now (after a rebalance).
     state_synced: Callable[[], Awaitable[None]] | None = None
+    #: Decodes heavy records in a helper process (None: in a thread).
+    examiner: Examiner | None = None
 
 
 class Dispatcher:
@@ -130,6 +133,7 @@ class Dispatcher:
             metrics=stages.metrics,
             spawn=lambda coro, name: self._tasks.spawn(coro, name),
             pausing=stages.pausing,
+            examiner=stages.examiner,
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
@@ -351,6 +355,7 @@ def assemble(
     ledger: BudgetLedger | None = None,
     state_synced: Callable[[], Awaitable[None]] | None = None,
     prices: PriceTable | None = None,
+    examiner: Examiner | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -395,4 +400,5 @@ def assemble(
         guard=guard,
         ledger=ledger,
         state_synced=state_synced,
+        examiner=examiner,
     )

@@ -28,7 +28,7 @@ from pipeline.partners import Partner, Registry, partner_of_requests_topic
 from pipeline.placement import partition_for
 from pipeline.pricing import PriceTable
 from pipeline.records import Admitted, ClaudeRequest, SourceRecord
-from pipeline.schemas import Codec
+from pipeline.schemas import Codec, read_body
 from pipeline.security import SecretResolver, verify
 
 
@@ -183,6 +183,50 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
 
 
 @dataclass(frozen=True)
+class Examined:
+    """What a decoded value says about itself: the request, its params or why they
+    are invalid, and what planning needs (computed once: bounding a PDF reads all
+    of it). Pure, so heavy records get it in the examiner process."""
+
+    request: dict[str, Any]
+    params: dict[str, Any] | None
+    invalid: RequestError | None
+    est_input_tokens: int = 0
+    upper_input_tokens: int = 0
+    cache_ttls: frozenset[str] = frozenset()
+    #: The params as Claude's JSON body, when encoding them was worth doing early.
+    body: bytes | None = None
+
+
+def examine_value(
+    writer_schema: Any,
+    reader_schema: Any,
+    data: bytes,
+    offset: int,
+    partner: Partner,
+    *,
+    encode_body: bool = False,
+) -> Examined:
+    """Decode a ClaudeRequest value (SchemaError when it is not one) and check it
+    for `partner`, without raising for an invalid request (`Examined.invalid`)."""
+    request = read_body("ClaudeRequest", writer_schema, reader_schema, data, offset)
+    try:
+        params = params_of(request)
+        validate(request, params, partner)
+    except RequestError as exc:
+        return Examined(request, None, exc)
+    return Examined(
+        request,
+        params,
+        None,
+        est_input_tokens=tokens.count_params(params),
+        upper_input_tokens=tokens.upper_bound_params(params),
+        cache_ttls=frozenset(tokens.cache_write_ttls(params)),
+        body=messages.json_body(params) if encode_body else None,
+    )
+
+
+@dataclass(frozen=True)
 class Verified:
     """A record whose partner is known and whose signature holds."""
 
@@ -278,8 +322,12 @@ class Intake:
             raise Rejected(exc, topic_partner, key_id) from None
         return Verified(record, partner, key_id, replay_count, now)
 
-    def admit_verified(self, verified: Verified) -> Admitted:
-        """Decode and check a record whose signature holds. Raises Rejected."""
+    def admit_verified(
+        self, verified: Verified, examined: Examined | SchemaError | None = None
+    ) -> Admitted:
+        """Decode and check a record whose signature holds. Raises Rejected.
+        `examined`: what `examine_value` found (or why it could not decode), when it
+        ran elsewhere (a heavy record, in the examiner process); else it runs here."""
         record, partner, now = verified.record, verified.partner, verified.now
         topic_partner = partner.partner_id
 
@@ -300,10 +348,18 @@ class Intake:
                 replay_count=verified.replay_count,
             )
 
-        try:
-            request = self._codec.decode("ClaudeRequest", record.value or b"")
-        except SchemaError as exc:
-            raise rejected(exc, verified.key_id) from None
+        if examined is None:
+            try:
+                writer, offset = self._codec.framing("ClaudeRequest", record.value or b"")
+                examined = examine_value(
+                    writer, self._codec.store.current["ClaudeRequest"].parsed,
+                    record.value or b"", offset, partner,
+                )  # fmt: skip
+            except SchemaError as exc:
+                raise rejected(exc, verified.key_id) from None
+        if isinstance(examined, SchemaError):
+            raise rejected(examined, verified.key_id)
+        request = examined.request
         request_id = str(request.get("request_id") or "") or verified.key_id
         try:
             check_identity(request, topic_partner)
@@ -319,8 +375,8 @@ class Intake:
         try:
             if not partner.enabled:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
-            params = params_of(request)
-            validate(request, params, partner)
+            if examined.invalid is not None:
+                raise examined.invalid
             deadline = request.get("deadline_ms")
             if deadline is not None and now * 1000 >= deadline:
                 raise DeadlineExpired(
@@ -328,24 +384,25 @@ class Intake:
                 )
         except RequestError as exc:
             raise rejected(exc, request_id, request) from None
+        assert examined.params is not None  # noqa: S101 (no `invalid`: params were read)
         return Admitted(
             record=record,
             partner=partner,
             request=cast(ClaudeRequest, request),
-            params=params,
+            params=examined.params,
             replay_count=verified.replay_count,
             received_mono=self._mono(),
-            est_input_tokens=tokens.count_params(params),
-            **self._worst_case(request, params),
+            est_input_tokens=examined.est_input_tokens,
+            body=examined.body,
+            **self._worst_case(request, examined),
         )
 
-    def _worst_case(self, request: dict[str, Any], params: dict[str, Any]) -> dict[str, float]:
+    def _worst_case(self, request: dict[str, Any], examined: Examined) -> dict[str, float]:
         """The most a request can spend (what budgets reserve): every input token it
         could hold, at the dearest cache-write price if it has breakpoints, and all of
-        max_tokens. Computed once: bounding a PDF reads all of it."""
-        upper = tokens.upper_bound_params(params)
-        max_tokens = int(request["max_tokens"])
+        max_tokens."""
+        upper, max_tokens = examined.upper_input_tokens, int(request["max_tokens"])
         usd = self._prices.worst_case(
-            str(request["model"]), upper, max_tokens, cache_ttls=tokens.cache_write_ttls(params)
+            str(request["model"]), upper, max_tokens, cache_ttls=examined.cache_ttls
         )
         return {"worst_tokens": float(upper + max_tokens), "worst_usd": usd}

@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline.attempt import job_fields
 from pipeline.completion import Arrival, Completion, Deliveries, record_fields
-from pipeline.errors import Duplicate, Stage, internal
+from pipeline.errors import Duplicate, SchemaError, Stage, internal
+from pipeline.examiner import Examiner
 from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
@@ -46,7 +47,9 @@ class Reception:
         metrics: Metrics,
         spawn: Spawn,
         pausing: Pausing | None = None,
+        examiner: Examiner | None = None,
     ) -> None:
+        self._examiner = examiner
         self._pausing = pausing
         self._metrics = metrics
         self._deliveries = deliveries
@@ -82,9 +85,7 @@ class Reception:
 
     async def _admit(self, record: SourceRecord) -> Admitted | None:
         if len(record.value or b"") > HEAVY_BYTES:
-            # Verifying, decoding and sealing megabytes takes tens of milliseconds:
-            # in a thread, so the event loop keeps serving everyone else meanwhile.
-            result = await asyncio.to_thread(self._admit_now, record)
+            result = await self._admit_heavy(record)
         else:
             if record.value is not None and self._codec.needs_registry(record.value):
                 try:
@@ -105,25 +106,51 @@ class Reception:
         """The admitted request, or the outcome of refusing it."""
         try:
             return self._intake.admit_verified(self._intake.authenticate(record))
-        except Rejected as rej:
+        except Exception as exc:
+            return self._refusal(record, exc)
+
+    async def _admit_heavy(self, record: SourceRecord) -> Admitted | Outcome:
+        """A record of megabytes: its signature checked in a thread (hashing releases
+        the GIL), decoded and checked in the examiner process (fastavro and json do
+        not), and only then admitted here."""
+        if self._examiner is None:
+            return await asyncio.to_thread(self._admit_now, record)
+        try:
+            verified = await asyncio.to_thread(self._intake.authenticate, record)
+            data = record.value or b""
+            if self._codec.needs_registry(data):
+                await self._codec.prefetch(data)
+            try:
+                writer, offset = self._codec.framing("ClaudeRequest", data)
+            except SchemaError as exc:  # the header says enough: no process needed
+                return self._intake.admit_verified(verified, exc)
+            reader = self._codec.store.current["ClaudeRequest"].parsed
+            partner = verified.partner
+            examined = await self._examiner.examine(writer, reader, data, offset, partner)
+            return self._intake.admit_verified(verified, examined)
+        except Exception as exc:
+            return self._refusal(record, exc)
+
+    def _refusal(self, record: SourceRecord, exc: Exception) -> Outcome:
+        if isinstance(exc, Rejected):
             return self._builder.failure(
                 record,
-                rej.error,
-                partner_id=rej.partner_id,
-                request_id=rej.request_id,
-                request=rej.request,
-                respond=rej.respond,
-                verified=rej.verified,
-                replay_count=rej.replay_count,
+                exc.error,
+                partner_id=exc.partner_id,
+                request_id=exc.request_id,
+                request=exc.request,
+                respond=exc.respond,
+                verified=exc.verified,
+                replay_count=exc.replay_count,
             )
-        except Exception as exc:  # a bug must cost one record, not the partition
-            err = internal(Stage.INTAKE, exc, log, record_fields(record))
-            return self._builder.failure(
-                record,
-                err,
-                partner_id=partner_of_requests_topic(record.topic),
-                request_id=key_request_id(record),
-            )
+        # A bug must cost one record, not the partition.
+        err = internal(Stage.INTAKE, exc, log, record_fields(record))
+        return self._builder.failure(
+            record,
+            err,
+            partner_id=partner_of_requests_topic(record.topic),
+            request_id=key_request_id(record),
+        )
 
     async def _guarded(self, guard: ReplayGuard, job: Job) -> bool:
         """Apply replay protection; False if the record needs no further work."""

@@ -181,6 +181,9 @@ class Admitted:
     #: The most it can spend, for budget reservations: tokens and dollars.
     worst_tokens: float = 0.0
     worst_usd: float = 0.0
+    #: `params` as Claude's JSON body, when encoded at intake (a heavy request's,
+    #: by the examiner process); None: encoded when called.
+    body: bytes | None = field(default=None, repr=False)
 
     @property
     def request_id(self) -> str:

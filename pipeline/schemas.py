@@ -165,34 +165,23 @@ class Codec:
 
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         """Decode `data` as the current version of `name`; SchemaError says why not."""
-        reader = self.store.current[name]
+        writer_schema, offset = self.framing(name, data)
+        return read_body(name, writer_schema, self.store.current[name].parsed, data, offset)
+
+    def framing(self, name: str, data: bytes) -> tuple[Any, int]:
+        """The writer's schema of `data` and where its Avro body starts (cheap: the
+        header only); SchemaError when the framing or the schema is wrong."""
         if data[:2] == SINGLE_OBJECT_MAGIC:
             writer = self.store.by_fingerprint.get(data[2:10])
             if writer is None:
                 raise SchemaError(f"unknown schema fingerprint {data[2:10].hex()}")
             if writer.name != name:
                 raise SchemaError(f"expected a {name}, got a {writer.name}")
-            writer_schema, body = writer.parsed, data[10:]
-        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            return writer.parsed, 10
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
             schema_id = struct.unpack(">I", data[1:5])[0]
-            writer_schema, body = self._registry_schema(schema_id), data[5:]
-        else:
-            raise SchemaError("not Avro: no single-object or Confluent framing")
-        try:
-            # Unions of several records (content blocks) decode as (full name, fields),
-            # the tuple notation `encode` accepts: see pipeline/messages.py.
-            result = fastavro.schemaless_reader(
-                io.BytesIO(body),
-                writer_schema,
-                reader.parsed,
-                return_record_name=True,
-                return_record_name_override=True,
-            )
-        except Exception as exc:  # fastavro raises many types on corrupt input
-            raise SchemaError(f"corrupt {name}: {type(exc).__name__}") from exc
-        if not isinstance(result, dict):
-            raise SchemaError(f"corrupt {name}: not a record")
-        return result
+            return self._registry_schema(schema_id), 5
+        raise SchemaError("not Avro: no single-object or Confluent framing")
 
     def _registry_schema(self, schema_id: int) -> Any:
         parsed = self._registry_schemas.get(schema_id)
@@ -237,3 +226,26 @@ class Codec:
                 # decode() must not ask again on the event loop
                 why = f"the schema registry did not answer for schema id {schema_id}"
                 self._registry_missing[schema_id] = (time.monotonic() + REGISTRY_RETRY_S, why)
+
+
+def read_body(
+    name: str, writer_schema: Any, reader_schema: Any, data: bytes, offset: int
+) -> dict[str, Any]:
+    """The record in `data[offset:]`, written with `writer_schema` and read as
+    `reader_schema`; SchemaError when it is corrupt. (Pure: the examiner process
+    runs it too.)"""
+    try:
+        # Unions of several records (content blocks) decode as (full name, fields),
+        # the tuple notation `encode` accepts: see pipeline/messages.py.
+        result = fastavro.schemaless_reader(
+            io.BytesIO(memoryview(data)[offset:]),
+            writer_schema,
+            reader_schema,
+            return_record_name=True,
+            return_record_name_override=True,
+        )
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise SchemaError(f"corrupt {name}: {type(exc).__name__}") from exc
+    if not isinstance(result, dict):
+        raise SchemaError(f"corrupt {name}: not a record")
+    return result

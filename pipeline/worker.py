@@ -21,6 +21,7 @@ from pipeline.claude import ClaudeClient
 from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, ConfigError, SecretError
+from pipeline.examiner import Examiner
 from pipeline.factory import Parts
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.gauges import Gauges
@@ -81,6 +82,7 @@ class WorkerRuntime(Service):
         self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
         self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
+        self.examiner = Examiner()
         self.wiring = create_app(
             settings,
             handler=self._handle,
@@ -138,6 +140,7 @@ class WorkerRuntime(Service):
             ledger=self.ledger,
             state_synced=self.statelog.wait_synced,
             prices=prices,
+            examiner=self.examiner,
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(
@@ -258,6 +261,8 @@ class WorkerRuntime(Service):
         self._background.add(asyncio.ensure_future(self._refresh_secrets()))
         self._background.add(asyncio.ensure_future(self.gauges.run()))
         await self.follower.start()
+        # Started before the first record: the helper takes a second to import.
+        self._background.add(asyncio.ensure_future(self.examiner.start()))
         await self.statelog.start()
         await self.dispatcher.start()
         if not self.wiring.request_topics():
@@ -279,6 +284,7 @@ class WorkerRuntime(Service):
         for task in self._background:
             task.cancel()
         await self.claude.close()
+        self.examiner.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self.endpoint.close()

@@ -19,7 +19,7 @@ is the same as none; ``stream: false`` is the default. Everything else the wire
 cannot carry raises `WireError` (a ValueError) naming the key.
 """
 
-from pipeline.messages.params import fields_to_params, walk_blocks
+from pipeline.messages.params import fields_to_params, json_body, walk_blocks
 from pipeline.messages.request import GOVERNED, SDK_OPTIONS, TYPED_PARAMS, params_to_fields
 from pipeline.messages.response import message_from_record, response_fields, usage_fields
 from pipeline.messages.values import MAX_JSON_DEPTH, NS, WireError, dump_json, json_depth, load_json
@@ -33,6 +33,7 @@ __all__ = [
     "WireError",
     "dump_json",
     "fields_to_params",
+    "json_body",
     "json_depth",
     "load_json",
     "message_from_record",

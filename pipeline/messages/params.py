@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -231,3 +232,8 @@ def walk_blocks(params: Mapping[str, Any], visit: Callable[[Mapping[str, Any], s
         if isinstance(content, list):
             for j, block in enumerate(content):
                 walk(block, f"messages[{i}].content[{j}]")
+
+
+def json_body(params: Mapping[str, Any]) -> bytes:
+    """`params` as the JSON body of a Messages API call."""
+    return json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()

@@ -18,6 +18,7 @@ from pipeline.claude import UpstreamResult, to_result
 from pipeline.client import build_request
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import UpstreamError
+from pipeline.examiner import Examiner
 from pipeline.intake import Intake
 from pipeline.keys import ApiKeys
 from pipeline.metrics import Metrics
@@ -41,15 +42,17 @@ class FakeClaude:
         self.script = script or {}
         self.calls: list[str] = []
         self.keys: list[str] = []
+        self.bodies: list[bytes | None] = []
         self.called = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, heavy: bool = False
+        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
     ) -> UpstreamResult:
         prompt = params["messages"][-1]["content"]
         self.calls.append(prompt)
         self.keys.append(api_key)
+        self.bodies.append(body)
         self.called.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -105,6 +108,7 @@ class Harness:
         partner: Partner | None = None,
         store: MemoryStore | None = None,
         env: dict[str, str] | None = None,
+        examiner: Examiner | None = None,
         **dispatch: Any,
     ) -> None:
         self.registry = Registry()
@@ -134,6 +138,7 @@ class Harness:
             guard=ReplayGuard(self.store, 300.0),
             ledger=BudgetLedger(self.store),
             rng=lambda: 1.0,
+            examiner=examiner,
         )
         self.dispatcher = Dispatcher(stages, config)
         self.offset = 0
