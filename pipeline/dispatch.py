@@ -134,6 +134,8 @@ class Dispatcher:
             spawn=lambda coro, name: self._tasks.spawn(coro, name),
             pausing=stages.pausing,
             examiner=stages.examiner,
+            deliver=self._enqueue,
+            owned=self._owns,
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._wakeup = asyncio.Event()
@@ -194,12 +196,24 @@ class Dispatcher:
             return  # not acked: whoever consumes the partition next serves it
         job = await self._reception.receive(record, ack)
         if job is not None:
-            self._backlog.push(job)
-            self._wakeup.set()
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job, front: bool = False) -> None:
+        """Into its partner's lane (a retry whose backoff is over: at its head),
+        unless its partition went to another worker meanwhile (which re-reads the
+        record: calling Claude here too would be a second call)."""
+        if not self._owns(job.record):
+            self._s.deliveries.forget(job.record.position)
+            return
+        self._backlog.push(job, front=front)
+        self._wakeup.set()
+
+    def _owns(self, record: SourceRecord) -> bool:
+        return not self._stopping and (record.topic, record.partition) not in self._revoked
 
     def on_partitions_revoked(self, positions: Iterable[tuple[str, int]]) -> None:
         """Drop queued work of partitions we no longer own: their new owner re-reads it.
-        (Retries waiting out their backoff are dropped when it ends: see `_requeue`.)"""
+        (Retries waiting out their backoff are dropped when it ends: see `_enqueue`.)"""
         revoked = set(positions)
         self._revoked |= revoked
         dropped = self._backlog.remove(
@@ -240,17 +254,6 @@ class Dispatcher:
         """A queued request reached its deadline: it is not sent."""
         err = DeadlineExpired("deadline passed while queued", attempts=job.attempts)
         self._end(self._failure(job, err), job)
-
-    def _requeue(self, job: Job) -> None:
-        """A retry's backoff is over: back to the head of its partner's lane, unless
-        its partition went to another worker meanwhile (which re-reads the record:
-        calling Claude here too would be a second call)."""
-        record = job.record
-        if self._stopping or (record.topic, record.partition) in self._revoked:
-            self._s.deliveries.forget(record.position)
-            return
-        self._backlog.push(job, front=True)
-        self._wakeup.set()
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -310,7 +313,7 @@ class Dispatcher:
                 },
             )
             # The sleeping retry holds no slot; it re-enters the scheduler.
-            asyncio.get_running_loop().call_later(result.delay_s, self._requeue, job)
+            asyncio.get_running_loop().call_later(result.delay_s, self._enqueue, job, True)
             return
         if isinstance(result, Served):
             self._backlog.fairness.learn(job.partner_id, job.admitted.max_tokens, result.result)

@@ -14,6 +14,18 @@ from typing import Protocol
 log = logging.getLogger("pipeline.pausing")
 
 
+#: Heavy records (over `HEAVY_BYTES`) being examined that fill a partner's bound.
+MAX_EXAMINING = 4
+
+
+def _count(counts: dict[str, int], key: str, delta: int) -> None:
+    left = counts.get(key, 0) + delta
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class FlowControl(Protocol):
     """Stop and restart fetching a partner's request topic."""
 
@@ -41,6 +53,7 @@ class Pausing:
         self._paused: set[str] = set()
         self._depth: dict[str, int] = {}
         self._refusing: dict[str, int] = {}
+        self._examining: dict[str, int] = {}
 
     @property
     def paused(self) -> frozenset[str]:
@@ -53,16 +66,20 @@ class Pausing:
 
     def refusing(self, partner_id: str, delta: int) -> None:
         """A refused record's outcome started (+1) or finished (-1) publishing."""
-        left = self._refusing.get(partner_id, 0) + delta
-        if left > 0:
-            self._refusing[partner_id] = left
-        else:
-            self._refusing.pop(partner_id, None)
+        _count(self._refusing, partner_id, delta)
+        self._update(partner_id)
+
+    def examining(self, partner_id: str, delta: int) -> None:
+        """A heavy record's examination started (+1) or finished (-1): megabytes
+        each, so a few of them fill a partner's bound (`MAX_EXAMINING`)."""
+        _count(self._examining, partner_id, delta)
         self._update(partner_id)
 
     def _update(self, partner_id: str) -> None:
         """Pause a partner when full, resume it when half empty."""
+        examining = self._examining.get(partner_id, 0)
         depth = self._depth.get(partner_id, 0) + self._refusing.get(partner_id, 0)
+        depth += examining * max(1, self._max // MAX_EXAMINING)
         if partner_id not in self._paused and depth >= self._max:
             self._paused.add(partner_id)
             self._flow.pause(partner_id)

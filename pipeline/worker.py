@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -265,6 +266,11 @@ class WorkerRuntime(Service):
         self._background.add(asyncio.ensure_future(self.examiner.start()))
         await self.statelog.start()
         await self.dispatcher.start()
+        # What exists now (modules, Faust, the SDK's types) lives as long as the
+        # process: full collections need not walk it again. Measured in the poison
+        # benchmark: the worker's full collections paused it 100-110 ms, 6-12 ms
+        # with the start-up heap frozen.
+        gc.freeze()
         if not self.wiring.request_topics():
             # Nothing to consume until a partner is added (which rebalances).
             self.health.set_ready()

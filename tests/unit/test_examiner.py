@@ -4,6 +4,7 @@ record, never the worker (nor does a worker killed with SIGKILL leave it behind)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,8 +16,12 @@ from typing import Any
 import pytest
 
 from pipeline.client import build_request
+from pipeline.errors import SchemaError
 from pipeline.examiner import Examiner
+from pipeline.intake import Examined, examine_value
 from pipeline.messages import json_body
+from pipeline.partners import Partner
+from pipeline.pausing import MAX_EXAMINING
 from pipeline.records import HEAVY_BYTES, SourceRecord
 from pipeline.security import signed_headers
 from tests.unit.test_dispatch import CODEC, FakeClaude, Harness
@@ -117,7 +122,11 @@ async def test_a_helper_that_dies_costs_one_record_and_is_replaced() -> None:
 
 HOLDER = """
 import asyncio, sys
+from pipeline.errors import SchemaError
 from pipeline.examiner import Examiner
+from pipeline.intake import Examined, examine_value
+from pipeline.partners import Partner
+from pipeline.pausing import MAX_EXAMINING
 async def main():
     examiner = Examiner()
     await examiner.start()
@@ -152,3 +161,75 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+class GatedExaminer(Examiner):
+    """Examines in this process, once its gate opens (what a slow helper looks like)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def examine(
+        self, writer_schema: Any, reader_schema: Any, data: bytes, offset: int, partner: Partner
+    ) -> Examined | SchemaError:
+        await self.gate.wait()
+        try:
+            return examine_value(writer_schema, reader_schema, data, offset, partner)
+        except SchemaError as exc:
+            return exc
+
+
+async def test_a_heavy_record_being_examined_holds_up_no_record_behind_it() -> None:
+    examiner = GatedExaminer()
+    h = Harness(FakeClaude(), examiner=examiner)
+    await h.dispatcher.start()
+    try:
+        async with asyncio.timeout(5):  # returns while the examination waits
+            await h.send(_heavy(h, "heavy"))
+        await h.send(h.record("light", request_id="light"))
+        await h.settle(1)
+        assert [r["request_id"] for r in h.responses()] == ["light"]
+        examiner.gate.set()
+        await h.settle(2)
+        assert [r["request_id"] for r in h.responses()] == ["light", "heavy"]
+    finally:
+        await h.dispatcher.stop(0)
+
+
+async def test_a_heavy_record_revoked_while_examined_is_left_to_its_new_owner() -> None:
+    examiner = GatedExaminer()
+    h = Harness(FakeClaude(), examiner=examiner)
+    await h.dispatcher.start()
+    await h.send(_heavy(h, "moved"))
+    h.dispatcher.on_partitions_revoked([("claude.requests.acme", 0)])
+    examiner.gate.set()
+    await h.dispatcher.stop(5)  # waits for the examination to end
+    assert (h.claude.calls, h.acked, h.publisher.published) == ([], [], [])
+    assert h.dispatcher.in_flight == 0  # forgotten: a redelivery is a new arrival
+
+
+async def test_heavy_records_being_examined_pause_their_partner_and_resume_it() -> None:
+    events: list[tuple[str, str]] = []
+
+    class Flow:
+        def pause(self, partner_id: str) -> None:
+            events.append(("pause", partner_id))
+
+        def resume(self, partner_id: str) -> None:
+            events.append(("resume", partner_id))
+
+    examiner = GatedExaminer()
+    h = Harness(FakeClaude(), examiner=examiner, flow=Flow())
+    await h.dispatcher.start()
+    try:
+        for i in range(MAX_EXAMINING - 1):
+            await h.send(_heavy(h, f"h{i}"))
+        assert events == []  # megabytes each: a few fill the partner's bound
+        await h.send(_heavy(h, "one-more"))
+        assert events == [("pause", "acme")]
+        examiner.gate.set()
+        await h.settle(MAX_EXAMINING)
+        assert events == [("pause", "acme"), ("resume", "acme")]
+    finally:
+        await h.dispatcher.stop(0)
