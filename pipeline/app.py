@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -157,6 +158,9 @@ def create_app(
                 value=message.value,
                 headers=_headers(message.headers),
                 timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+                # Faust's monitor stamps time_in (monotonic) as its consumer hands it over.
+                fetched_mono=getattr(message, "time_in", None),
+                arrived_mono=time.monotonic(),
             )
 
             async def ack(event: Any = event) -> None:

@@ -106,6 +106,26 @@ class Reporter:
         self._mono = mono
         self._wall = wall
 
+    def _intake_split(self, job: Job) -> dict[str, int]:
+        """Record timestamp to intake (`intake_lag_ms`), split where the record says
+        when it got there: to the event loop (`kafka_ms`: the producer's linger,
+        the broker, the consumer's thread), to our handler (`stream_ms`: Faust's
+        stream), to admitted (`admit_ms`: ours)."""
+        record = job.record
+        wall_ms = (self._wall() - self._mono()) * 1000  # a monotonic instant, as wall time
+        admitted_ms = wall_ms + job.admitted.received_mono * 1000
+        split: dict[str, int] = {}
+        if record.timestamp_ms:
+            split["intake_lag_ms"] = int(admitted_ms - record.timestamp_ms)
+        points = [record.timestamp_ms, record.fetched_mono, record.arrived_mono]
+        if None not in points:
+            fetched_ms = wall_ms + (record.fetched_mono or 0) * 1000
+            arrived_ms = wall_ms + (record.arrived_mono or 0) * 1000
+            split["kafka_ms"] = int(fetched_ms - (record.timestamp_ms or 0))
+            split["stream_ms"] = int(arrived_ms - fetched_ms)
+            split["admit_ms"] = int(admitted_ms - arrived_ms)
+        return split
+
     def report(self, outcome: Outcome, job: Job | None) -> None:
         partner = outcome.partner_id or "unknown"
         m = self._metrics
@@ -136,9 +156,7 @@ class Reporter:
         if job is not None:
             # Where the time went: record timestamp to intake (produce, broker,
             # fetch), intake to first dispatch, and calls to Claude.
-            received_ms = (self._wall() - (self._mono() - job.admitted.received_mono)) * 1000
-            if job.record.timestamp_ms:
-                fields["intake_lag_ms"] = int(received_ms - job.record.timestamp_ms)
+            fields.update(self._intake_split(job))
             fields["queued_ms"] = job.queued_ms
             fields["upstream_ms"] = int(job.upstream_s * 1000)
         if outcome.dead_letter is not None:

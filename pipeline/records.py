@@ -140,6 +140,10 @@ class SourceRecord:
     value: bytes | None
     headers: Headers
     timestamp_ms: int | None = None
+    #: When (time.monotonic) the consumer handed it to the event loop, and when
+    #: our handler got it: where its intake time went (see `Reporter`).
+    fetched_mono: float | None = field(default=None, compare=False)
+    arrived_mono: float | None = field(default=None, compare=False)
 
     @property
     def position(self) -> tuple[str, int, int]:

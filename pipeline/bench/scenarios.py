@@ -193,6 +193,10 @@ def _stages(worker_log: Path, sim_ms: int) -> dict[str, float]:
                 served.append(entry)
     stages = {
         "intake": [e["intake_lag_ms"] for e in served if "intake_lag_ms" in e],
+        # the intake, split: to the event loop, through Faust's stream, admitted
+        "intake_kafka": [e["kafka_ms"] for e in served if "kafka_ms" in e],
+        "intake_stream": [e["stream_ms"] for e in served if "stream_ms" in e],
+        "intake_admit": [e["admit_ms"] for e in served if "admit_ms" in e],
         "queued": [e["queued_ms"] for e in served if "queued_ms" in e],
         "upstream_added": [e["upstream_ms"] - sim_ms for e in served if "upstream_ms" in e],
     }

@@ -436,6 +436,29 @@ async def test_the_served_line_says_where_the_time_went(
     assert 250 <= fields["intake_lag_ms"] < 5_000
     assert 0 <= fields["queued_ms"] < 5_000
     assert 0 <= fields["upstream_ms"] < 5_000
+    assert "kafka_ms" not in fields  # the record does not say when it reached us
+
+
+async def test_the_served_line_splits_the_intake_where_the_record_was_stamped(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = time.monotonic()
+    record = dataclasses.replace(
+        harness.record("hello"),
+        timestamp_ms=int(time.time() * 1000) - 300,  # produced 300 ms ago,
+        fetched_mono=now - 0.1,  # handed to the event loop 200 ms later,
+        arrived_mono=now - 0.04,  # our handler had it 60 ms after that
+    )
+    with caplog.at_level("INFO", logger="pipeline.completion"):
+        await harness.send(record)
+        await harness.settle(1)
+    (served,) = [r for r in caplog.records if r.getMessage() == "served"]
+    fields = served.__dict__
+    assert 195 <= fields["kafka_ms"] <= 210
+    assert 59 <= fields["stream_ms"] <= 61
+    assert 40 <= fields["admit_ms"] < 1_000
+    split = fields["kafka_ms"] + fields["stream_ms"] + fields["admit_ms"]
+    assert abs(fields["intake_lag_ms"] - split) <= 2
 
 
 async def test_a_retry_whose_partition_was_revoked_during_its_backoff_is_not_sent() -> None:
