@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import eventloop
+from pipeline.bench import clients
 from pipeline.bench.floor import kafka_floor
 from pipeline.bench.result import Progress, Result, Say, between, now_ms, ok_only, pct
 from pipeline.bench.rig import (
@@ -432,6 +433,7 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "fairness": fairness,
     "inflight": inflight,
     "scaleout": scaleout,
-    "seed-baseline": seed_baseline,
     "poison": poison,
+    "clients": clients.scenario,
+    "seed-baseline": seed_baseline,
 }

@@ -280,6 +280,7 @@ BENCH_SCENARIOS = (
     "inflight",
     "scaleout",
     "poison",
+    "clients",
     "seed-baseline",
 )
 

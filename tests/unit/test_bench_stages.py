@@ -20,3 +20,17 @@ def test_stages_come_from_the_workers_served_lines(tmp_path: Path) -> None:
     assert got["queued_p99_ms"] == 0.0
     assert got["upstream_added_p50_ms"] == 2.5
     assert 80 < got["upstream_added_p99_ms"] <= 90
+
+
+def test_the_intake_is_split_where_the_served_lines_split_it(tmp_path: Path) -> None:
+    lines = [
+        {"msg": "served", "intake_lag_ms": 14, "kafka_ms": 9, "stream_ms": 4, "admit_ms": 1},
+        {"msg": "served", "intake_lag_ms": 30, "kafka_ms": 11, "stream_ms": 16, "admit_ms": 3},
+        {"msg": "served", "intake_lag_ms": 12},  # a record that did not say when it came
+    ]
+    log = tmp_path / "worker.log"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = _stages(log, sim_ms=200)
+    assert (got["intake_kafka_p50_ms"], got["intake_stream_p50_ms"]) == (10.0, 10.0)
+    assert got["intake_admit_p50_ms"] == 2.0
+    assert got["intake_p50_ms"] == 14.0
