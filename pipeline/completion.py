@@ -106,7 +106,7 @@ class Reporter:
         self._mono = mono
         self._wall = wall
 
-    def _intake_split(self, job: Job) -> dict[str, int]:
+    def _intake_split(self, job: Job) -> dict[str, float]:
         """Record timestamp to intake (`intake_lag_ms`), split where the record says
         when it got there: to the event loop (`kafka_ms`: the producer's linger,
         the broker, the consumer's thread), to our handler (`stream_ms`: Faust's
@@ -114,16 +114,17 @@ class Reporter:
         record = job.record
         wall_ms = (self._wall() - self._mono()) * 1000  # a monotonic instant, as wall time
         admitted_ms = wall_ms + job.admitted.received_mono * 1000
-        split: dict[str, int] = {}
+        split: dict[str, float] = {}
         if record.timestamp_ms:
             split["intake_lag_ms"] = int(admitted_ms - record.timestamp_ms)
         points = [record.timestamp_ms, record.fetched_mono, record.arrived_mono]
         if None not in points:
             fetched_ms = wall_ms + (record.fetched_mono or 0) * 1000
             arrived_ms = wall_ms + (record.arrived_mono or 0) * 1000
-            split["kafka_ms"] = int(fetched_ms - (record.timestamp_ms or 0))
-            split["stream_ms"] = int(arrived_ms - fetched_ms)
-            split["admit_ms"] = int(admitted_ms - arrived_ms)
+            # to a tenth of a millisecond: the last two are usually under one
+            split["kafka_ms"] = round(fetched_ms - (record.timestamp_ms or 0), 1)
+            split["stream_ms"] = round(arrived_ms - fetched_ms, 1)
+            split["admit_ms"] = round(admitted_ms - arrived_ms, 1)
         return split
 
     def report(self, outcome: Outcome, job: Job | None) -> None:
