@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -38,6 +38,7 @@ from pipeline.schemas import Codec
 from pipeline.sealing import Opened, load_keyring, open_sealed
 from pipeline.security import SecretResolver
 
+T = TypeVar("T")
 CLI = [sys.executable, "-m", "pipeline"]
 MODEL = "claude-haiku-4-5"
 DEFAULT_KEY = "sk-test-default-key"
@@ -109,6 +110,12 @@ class Collector:
                     break
                 self._changed.wait(min(left, 0.5))
             return self.seen
+
+    def read(self, view: Callable[[Outcomes], T]) -> T:
+        """`view` of what was read so far, taken while the reader thread waits (what
+        `wait` returns keeps changing while records arrive)."""
+        with self._changed:
+            return view(self.seen)
 
     def _run(self) -> None:
         consumer = Consumer(

@@ -71,7 +71,7 @@ class Responses:
         return {key[1]: (records[0], seen.seen_at[key]) for key, records in seen.responses.items()}
 
     def count(self, ids: Iterable[str] | None = None) -> int:
-        first = self._first(self._collector.wait(lambda o: True, 0))
+        first = self._collector.read(self._first)
         return len(first) if ids is None else sum(1 for i in ids if i in first)
 
     def wait(
@@ -83,11 +83,13 @@ class Responses:
         wanted = set(ids)
         deadline = time.monotonic() + timeout
         while True:
-            seen = self._collector.wait(
+            self._collector.wait(
                 lambda o: wanted <= {k[1] for k in o.responses},
                 min(1.0, max(0.0, deadline - time.monotonic())),
             )
-            done = sum(1 for k in seen.responses if k[1] in wanted)
+            # Counted under the collector's lock: its thread keeps adding records
+            # (counting outside it failed with "dictionary changed size").
+            done = self._collector.read(lambda o: sum(1 for k in o.responses if k[1] in wanted))
             if progress is not None:
                 progress(done, len(wanted))
             if done >= len(wanted):
@@ -96,9 +98,12 @@ class Responses:
                 return False
 
     def get(self, ids: Iterable[str]) -> list[Outcome]:
-        seen = self._collector.wait(lambda o: True, 0)
-        first = self._first(seen)
-        usage = {key[1]: records[0] for key, records in seen.usage.items() if records}
+        first, usage = self._collector.read(
+            lambda seen: (
+                self._first(seen),
+                {key[1]: records[0] for key, records in seen.usage.items() if records},
+            )
+        )
         out = []
         for i in ids:
             if i in first:
