@@ -111,11 +111,14 @@ async def messages(sim: Simulator, request: web.Request, request_id: str) -> web
         await _transport_fault(sim, prepared, request)
     if prepared.request.stream:
         return await _stream(sim, request, request_id, prepared)
+    # The rate-limit headers say what was left when the request was admitted, as
+    # a stream's must (they go out before its first token): requests admitted
+    # while this one is generated are not in them.
+    headers = sim.ratelimit_headers(key)
     if prepared.delay_s > 0:
         await asyncio.sleep(prepared.delay_s)
     message = sim.complete(prepared, sim.new_id("msg"))
     sim.remember(request_id, body, message)
-    headers = sim.ratelimit_headers(key)
     headers["request-id"] = request_id
     return _json(message, headers)
 

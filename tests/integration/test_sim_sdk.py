@@ -427,3 +427,28 @@ async def test_a_thinking_block_passed_back_unmodified_is_accepted_and_a_modifie
         await client.messages.create(
             **{**params, "messages": [turn[0], {"role": "assistant", "content": [forged]}, turn[2]]}
         )
+
+
+async def test_rate_limit_headers_say_what_was_left_when_the_request_was_admitted(
+    sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    # The first request is generated for 300 ms; two more are admitted meanwhile.
+    # Its headers count only what was spent before it was admitted, as a stream's
+    # must: a client that deducts what it sent since would otherwise deduct twice.
+    sim = await sim_factory(rpm=60, latency_ms=300)
+    client = client_factory(sim.url)
+
+    async def remaining() -> int:
+        raw = await client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=10, messages=_user("x")
+        )
+        return int(raw.headers["anthropic-ratelimit-requests-remaining"])
+
+    first = asyncio.ensure_future(remaining())
+    limits = sim.simulator.limits_for("sk-test")
+    # Polling the simulator's bucket until the first is admitted (no event for it).
+    while limits.headers()["anthropic-ratelimit-requests-remaining"] == "60":  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    later = await asyncio.gather(remaining(), remaining())
+    assert await first == 59
+    assert sorted(later) == [57, 58]
