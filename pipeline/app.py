@@ -122,10 +122,12 @@ def create_app(
         producer_max_request_size=settings.max_message_bytes,
         # Small fetches and buffers: a flooding partner's records must not queue
         # up by the thousand ahead of everyone else's before our fair queues see them.
-        # The agent's buffer holds every partner's records in arrival order: with
-        # 256, a light partner's record waited behind a flood's (intake 215 ms, the
-        # fairness benchmark's victim at 1.7x its p99 alone); with 32, 1.1x.
-        stream_buffer_maxsize=32,
+        # Not smaller: the agent's buffer holds every partner's records in arrival
+        # order, and at 256 a light partner's first records under a flood waited
+        # 215 ms behind the flood's (fairness benchmark), but at 32 or 64 the
+        # latency benchmark's intake p50 went from 16 ms to 35-40 ms (medians of
+        # three; where inside Faust is not traced yet).
+        stream_buffer_maxsize=256,
         broker_max_poll_records=256,
         consumer_max_fetch_size=256 * 1024,
         web_enabled=False,
