@@ -117,12 +117,12 @@ class Reporter:
         split: dict[str, float] = {}
         if record.timestamp_ms:
             split["intake_lag_ms"] = int(admitted_ms - record.timestamp_ms)
-        points = [record.timestamp_ms, record.fetched_mono, record.arrived_mono]
-        if None not in points:
-            fetched_ms = wall_ms + (record.fetched_mono or 0) * 1000
-            arrived_ms = wall_ms + (record.arrived_mono or 0) * 1000
+        fetched, arrived = record.fetched_mono, record.arrived_mono
+        if record.timestamp_ms and fetched is not None and arrived is not None:
+            fetched_ms = wall_ms + fetched * 1000
+            arrived_ms = wall_ms + arrived * 1000
             # to a tenth of a millisecond: the last two are usually under one
-            split["kafka_ms"] = round(fetched_ms - (record.timestamp_ms or 0), 1)
+            split["kafka_ms"] = round(fetched_ms - record.timestamp_ms, 1)
             split["stream_ms"] = round(arrived_ms - fetched_ms, 1)
             split["admit_ms"] = round(admitted_ms - arrived_ms, 1)
         return split

@@ -88,7 +88,7 @@ class Stages:
     ledger: BudgetLedger | None = None
     #: Waits until the durable state is read up to now (after a rebalance).
     state_synced: Callable[[], Awaitable[None]] | None = None
-    #: Decodes heavy records in a helper process (None: in a thread).
+    #: Decodes heavy records in a helper process (None: on the event loop, as any).
     examiner: Examiner | None = None
 
 

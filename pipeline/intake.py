@@ -322,6 +322,12 @@ class Intake:
             raise Rejected(exc, topic_partner, key_id) from None
         return Verified(record, partner, key_id, replay_count, now)
 
+    def frame(self, value: bytes) -> tuple[Any, Any, int]:
+        """A ClaudeRequest value's writer and reader schemas and where its Avro body
+        starts (its header only); SchemaError when the framing or schema is wrong."""
+        writer, offset = self._codec.framing("ClaudeRequest", value)
+        return writer, self._codec.store.current["ClaudeRequest"].parsed, offset
+
     def admit_verified(
         self, verified: Verified, examined: Examined | SchemaError | None = None
     ) -> Admitted:
@@ -349,12 +355,10 @@ class Intake:
             )
 
         if examined is None:
+            value = record.value or b""
             try:
-                writer, offset = self._codec.framing("ClaudeRequest", record.value or b"")
-                examined = examine_value(
-                    writer, self._codec.store.current["ClaudeRequest"].parsed,
-                    record.value or b"", offset, partner,
-                )  # fmt: skip
+                writer, reader, offset = self.frame(value)
+                examined = examine_value(writer, reader, value, offset, partner)
             except SchemaError as exc:
                 raise rejected(exc, verified.key_id) from None
         if isinstance(examined, SchemaError):
