@@ -8,6 +8,7 @@ one `RequestTopics` channel whose topic list follows the partner registry:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -71,14 +72,40 @@ class PipelineApp:
         if wanted == sorted(self.requests.topics):
             return False
         self.requests.topics = list(wanted)
+        self._flag_subscription()
+        return True
+
+    def _flag_subscription(self) -> None:
         conductor = self.app.topics
         for channel in list(conductor):
             if isinstance(channel, RequestTopics):
-                channel.topics = list(wanted)
+                channel.topics = list(self.requests.topics)
                 # discard + add is the conductor's public way to flag a change
                 conductor.discard(channel)
                 conductor.add(channel)
-        return True
+
+    async def until_subscribed(self, patience_s: float, poll_s: float = 0.1) -> None:
+        """Return once the consumer subscribes to every request topic.
+
+        Faust's conductor drops a change flagged while the app rebalances (its
+        `_subscriber` clears the change event then): a partner added during a
+        rebalance was never consumed. So a change still missing `patience_s`
+        (longer than the conductor's resubscribe delay) after it was flagged
+        or after a rebalance is flagged again. Flagging twice costs nothing:
+        an unchanged subscription is not made again (see faustadapter)."""
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        while missing := set(self.requests.topics) - faustadapter.subscribed_topics(self.app):
+            await asyncio.sleep(poll_s)
+            if self.app.rebalancing:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= patience_s:
+                log.info(
+                    "subscription change lost in a rebalance: asking again",
+                    extra={"topics": sorted(missing)},
+                )
+                self._flag_subscription()
+                quiet_since = loop.time()
 
 
 def create_app(

@@ -8,10 +8,14 @@ a silent fallback. Each consumer fix is pinned by a contract test
 
 What we touch, and why:
 
-- the aiokafka driver's `Consumer` (subclassed, `install`): the fixes below, and no
-  subscription while there is no topic to subscribe to (aiokafka refuses it);
+- the aiokafka driver's `Consumer` (subclassed, `install`): the fixes below, no
+  subscription while there is no topic to subscribe to (aiokafka refuses it),
+  and none that changes nothing (aiokafka would rejoin the group for it);
 - the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription
   changes for 45 s; a new partner should not wait that long;
+- the consumer thread's aiokafka consumer, for its subscription: the conductor
+  drops a change flagged while the app rebalances, so the pipeline checks that
+  its change took (`PipelineApp.until_subscribed`);
 - the consumer thread's aiokafka `Fetcher._fetch_max_wait_ms`: Faust hard-codes
   1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
 - the assignor's `external_topic_distribution`: how many group members consume
@@ -239,6 +243,8 @@ def install(app: Any) -> None:
                 # No partner yet (a fresh cluster): aiokafka refuses an empty
                 # subscription, and there is nothing to join a group for.
                 return
+            if topics == subscribed_topics(self.app):
+                return  # unchanged: aiokafka would rejoin the group all the same
             await super().subscribe(topics)
 
         def _new_offset(self, tp: Any) -> int | None:
@@ -298,6 +304,18 @@ def table_manager() -> type:
 def set_resubscribe_delay(app: Any, seconds: float) -> None:
     """How long Faust coalesces subscription changes before resubscribing."""
     app.topics._resubscribe_sleep_lock_seconds = seconds
+
+
+def subscribed_topics(app: Any) -> frozenset[str]:
+    """The topics the consumer is subscribed to now (aiokafka's own set; empty
+    before the consumer thread runs or subscribes)."""
+    from faust.exceptions import ConsumerNotStarted
+
+    try:
+        consumer = _aiokafka_consumer(app)
+    except ConsumerNotStarted:
+        return frozenset()
+    return frozenset(consumer.subscription())
 
 
 def _aiokafka_consumer(app: Any) -> Any:

@@ -332,6 +332,7 @@ class NewPartnerTopics:
                     "subscribing to new partner topics",
                     extra={"partners": new, "created_topics": created},
                 )
+            await self.wiring.until_subscribed(self.settings.timings.resubscribe_delay_s + 0.5)
 
 
 def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:

@@ -65,3 +65,71 @@ async def test_the_app_subscribes_its_agent_to_request_topics_that_follow_the_re
         assert all(sorted(c.topics) == ["claude.requests.a", "claude.requests.b"] for c in channels)
     finally:
         cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
+
+
+async def test_a_subscription_change_lost_in_a_rebalance_is_asked_again(monkeypatch: Any) -> None:
+    # Faust's conductor drops a change flagged while the app rebalances.
+    import asyncio
+
+    from pipeline import faustadapter
+
+    async def handler(record: Any, ack: Any) -> None:
+        pass
+
+    wiring = create_app(SETTINGS, handler=handler, request_topics=["claude.requests.a"])
+    subscribed = {"claude.requests.a"}
+    flags: list[str] = []
+    flagged = asyncio.Event()
+
+    def flag() -> None:
+        flags.append("flagged")
+        flagged.set()
+
+    monkeypatch.setattr(faustadapter, "subscribed_topics", lambda app: frozenset(subscribed))
+    monkeypatch.setattr(wiring, "_flag_subscription", flag)
+    try:
+        wiring.requests.topics = ["claude.requests.a", "claude.requests.b"]
+        wiring.app.rebalancing = True
+        waiting = asyncio.ensure_future(wiring.until_subscribed(patience_s=0.05, poll_s=0.01))
+        await asyncio.sleep(0.2)
+        assert flags == []  # never while it rebalances: the change would be dropped again
+        wiring.app.rebalancing = False
+        async with asyncio.timeout(5):
+            await flagged.wait()
+        assert not waiting.done()
+        subscribed.add("claude.requests.b")
+        async with asyncio.timeout(5):
+            await waiting
+        assert flags == ["flagged"]
+    finally:
+        cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
+
+
+async def test_an_unchanged_subscription_does_not_rejoin_the_group(monkeypatch: Any) -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    from pipeline import faustadapter
+
+    async def handler(record: Any, ack: Any) -> None:
+        pass
+
+    subscribed: set[str] = set()
+
+    async def subscribe(self: Any, topics: Any) -> None:  # aiokafka: rejoin every time
+        subscribed.clear()
+        subscribed.update(topics)
+        calls.append(sorted(topics))
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(driver.Consumer, "subscribe", subscribe)
+    monkeypatch.setattr(faustadapter, "subscribed_topics", lambda app: frozenset(subscribed))
+    wiring = create_app(SETTINGS, handler=handler, request_topics=["claude.requests.a"])
+    try:
+        consumer: Any = wiring.app.consumer
+        await consumer.subscribe(["claude.requests.a"])
+        await consumer.subscribe(["claude.requests.a"])
+        await consumer.subscribe(["claude.requests.a", "claude.requests.b"])
+        await consumer.subscribe([])
+        assert calls == [["claude.requests.a"], ["claude.requests.a", "claude.requests.b"]]
+    finally:
+        cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
