@@ -68,6 +68,11 @@ class DevBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (for measuring its CPU)."""
+        return self._proc.pid if self._proc is not None else None
+
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
         return [

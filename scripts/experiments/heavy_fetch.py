@@ -1,0 +1,93 @@
+"""Does fetching large records make the embedded broker burn CPU? Twelve records
+of SIZE bytes, one every 1.6 s (the poison benchmark's rate of its heavy kinds),
+read by a bare aiokafka consumer with a max partition fetch of FETCH bytes (the
+worker's is 256 KB); prints the broker's CPU over the run and the fetches made.
+
+    python scripts/experiments/heavy_fetch.py FETCH [SIZE]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer import fetcher as afetch
+
+from pipeline.config import Settings
+from pipeline.devbroker import DevBroker
+from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+
+MB = 1024 * 1024
+fetches = 0
+proc_fetch_request = afetch.Fetcher._proc_fetch_request
+
+
+async def _counted(self: Any, *args: Any) -> Any:
+    global fetches
+    fetches += 1
+    return await proc_fetch_request(self, *args)
+
+
+afetch.Fetcher._proc_fetch_request = _counted  # type: ignore[method-assign]
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(fetch_bytes: int, size: int) -> None:
+    broker = DevBroker(log_file=Path("/tmp/heavy-fetch-broker.log"))  # noqa: S108
+    broker.start()
+    try:
+        settings = Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded")
+        ensure_topics(settings, [TopicSpec("heavy", 4, {"max.message.bytes": str(20 * MB)})])
+        producer = SyncProducer(settings, **{"message.max.bytes": 20 * MB})
+
+        def produce() -> None:
+            for i in range(12):
+                producer.produce("heavy", b"\x00" * size, str(i).encode())
+                producer.flush()
+                time.sleep(1.6)  # pacing the load
+
+        async def consume() -> None:
+            consumer = AIOKafkaConsumer(
+                "heavy",
+                bootstrap_servers=broker.bootstrap,
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=10,
+                max_partition_fetch_bytes=fetch_bytes,
+            )
+            await consumer.start()
+            await consumer.seek_to_end()
+            pid = broker.pid
+            if pid is None:
+                raise SystemExit("the broker is not running")
+            cpu0, t0 = cpu_s(pid), time.monotonic()
+            sender = threading.Thread(target=produce)
+            sender.start()
+            got = 0
+            while got < 12 and time.monotonic() - t0 < 60:
+                batch = await consumer.getmany(timeout_ms=500)
+                got += sum(len(rs) for rs in batch.values())
+            sender.join()
+            took = time.monotonic() - t0
+            print(
+                f"fetch {fetch_bytes} B, records of {size} B: {got} read in {took:.1f} s, "
+                f"broker {(cpu_s(pid) - cpu0) / took:.2f} core, {fetches} fetches"
+            )
+            await consumer.stop()
+
+        asyncio.run(consume())
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 10 * MB)
