@@ -3,7 +3,10 @@ of SIZE bytes, one every 1.6 s (the poison benchmark's rate of its heavy kinds),
 read by a bare aiokafka consumer with a max partition fetch of FETCH bytes (the
 worker's is 256 KB); prints the broker's CPU over the run and the fetches made.
 
-    python scripts/experiments/heavy_fetch.py FETCH [SIZE]
+    python scripts/experiments/heavy_fetch.py FETCH [SIZE [SMALL]]
+
+With SMALL, that many 300-byte records follow each large one on the same topic
+(the poison benchmark interleaves small bad records with the heavy ones).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(fetch_bytes: int, size: int) -> None:
+def main(fetch_bytes: int, size: int, small: int) -> None:
     broker = DevBroker(log_file=Path("/tmp/heavy-fetch-broker.log"))  # noqa: S108
     broker.start()
     try:
@@ -53,8 +56,12 @@ def main(fetch_bytes: int, size: int) -> None:
         def produce() -> None:
             for i in range(12):
                 producer.produce("heavy", b"\x00" * size, str(i).encode())
+                for j in range(small):  # small records after it, on every partition
+                    producer.produce("heavy", b"x" * 300, f"{i}.{j}".encode())
+                    time.sleep(1.6 / small)  # pacing the load
                 producer.flush()
-                time.sleep(1.6)  # pacing the load
+                if not small:
+                    time.sleep(1.6)  # pacing the load
 
         async def consume() -> None:
             consumer = AIOKafkaConsumer(
@@ -73,13 +80,14 @@ def main(fetch_bytes: int, size: int) -> None:
             sender = threading.Thread(target=produce)
             sender.start()
             got = 0
-            while got < 12 and time.monotonic() - t0 < 60:
+            while got < 12 * (1 + small) and time.monotonic() - t0 < 60:
                 batch = await consumer.getmany(timeout_ms=500)
                 got += sum(len(rs) for rs in batch.values())
             sender.join()
             took = time.monotonic() - t0
             print(
-                f"fetch {fetch_bytes} B, records of {size} B: {got} read in {took:.1f} s, "
+                f"fetch {fetch_bytes} B, records of {size} B, {small} small after each: "
+                f"{got} read in {took:.1f} s, "
                 f"broker {(cpu_s(pid) - cpu0) / took:.2f} core, {fetches} fetches"
             )
             await consumer.stop()
@@ -90,4 +98,8 @@ def main(fetch_bytes: int, size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 10 * MB)
+    main(
+        int(sys.argv[1]),
+        int(sys.argv[2]) if len(sys.argv) > 2 else 10 * MB,
+        int(sys.argv[3]) if len(sys.argv) > 3 else 0,
+    )
