@@ -201,12 +201,20 @@ def _stages(worker_log: Path, sim_ms: int) -> dict[str, float]:
         "queued": [e["queued_ms"] for e in served if "queued_ms" in e],
         "upstream_added": [e["upstream_ms"] - sim_ms for e in served if "upstream_ms" in e],
     }
-    return {
+    got = {
         f"{name}_p{q}_ms": pct(values, q)
         for name, values in stages.items()
         for q in (50, 99)
         if values
     }
+    # The embedded broker's fetches cost more the more batches it holds: the
+    # time to the event loop in the run's first and last fifth shows how much.
+    kafka = stages["intake_kafka"]
+    if len(kafka) >= 5:
+        fifth = len(kafka) // 5
+        got["intake_kafka_first_fifth_p50_ms"] = pct(kafka[:fifth], 50)
+        got["intake_kafka_last_fifth_p50_ms"] = pct(kafka[-fifth:], 50)
+    return got
 
 
 def _previous(results_dir: Path, scenario: str, metric: str) -> float | None:

@@ -34,3 +34,15 @@ def test_the_intake_is_split_where_the_served_lines_split_it(tmp_path: Path) -> 
     assert (got["intake_kafka_p50_ms"], got["intake_stream_p50_ms"]) == (10.0, 10.0)
     assert got["intake_admit_p50_ms"] == 2.0
     assert got["intake_p50_ms"] == 14.0
+
+
+def test_the_time_to_the_event_loop_is_given_for_the_runs_first_and_last_fifth(
+    tmp_path: Path,
+) -> None:
+    kafka = [5, 6, 5, 6, 7, 8, 9, 10, 14, 16]  # in the order served
+    lines = [{"msg": "served", "intake_lag_ms": k, "kafka_ms": k} for k in kafka]
+    log = tmp_path / "worker.log"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    got = _stages(log, sim_ms=200)
+    assert got["intake_kafka_first_fifth_p50_ms"] == 5.5
+    assert got["intake_kafka_last_fifth_p50_ms"] == 15.0
