@@ -104,7 +104,7 @@ class PartnerFollower:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._settings.broker_profile.fetch_max_wait_ms,
+            fetch_max_wait_ms=self._settings.broker_profile.follow_fetch_wait_ms,
         )
         await consumer.start()
         partitions = consumer.partitions_for_topic(PARTNERS_TOPIC) or {0}

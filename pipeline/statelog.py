@@ -159,7 +159,7 @@ class StateLog:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=profile.fetch_max_wait_ms,
+            fetch_max_wait_ms=profile.follow_fetch_wait_ms,
         )
         await self._producer.start()
         await self._consumer.start()

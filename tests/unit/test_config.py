@@ -83,6 +83,10 @@ def test_the_fetch_wait_overrides_the_broker_profile_and_only_it() -> None:
     short = Settings.from_env({"PIPELINE_PROFILE": "dev", "PIPELINE_FETCH_MAX_WAIT_MS": "1"})
     assert short.broker_profile.fetch_max_wait_ms == 1
     assert short.broker_profile.idempotent_producers is False  # still the embedded broker
+    # the state log and the registry follower keep theirs: on the embedded
+    # broker their fetches slow everyone's the more the state log holds
+    assert dev.broker_profile.follow_fetch_wait_ms == 100
+    assert short.broker_profile.follow_fetch_wait_ms == 100
     kafka = Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": "100"})
     assert kafka.broker_profile.fetch_max_wait_ms == 100
     assert kafka.broker_profile.idempotent_producers is True
