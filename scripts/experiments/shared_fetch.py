@@ -1,0 +1,91 @@
+"""Small records' lag on one partition while 10 MB records land on another of
+the same topic, one consumer fetching both (as the worker's one consumer fetches
+every partner's partitions), with a given fetch_max_bytes; HEAVY_S 0 sends no
+large records (the baseline).
+
+    python scripts/experiments/shared_fetch.py FETCH_MAX_BYTES [HEAVY_S]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.bench.result import pct
+from pipeline.config import Settings
+from pipeline.devbroker import DevBroker
+from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+
+MB = 1024 * 1024
+SECONDS = 20.0
+
+
+def main(fetch_max_bytes: int, heavy_every_s: float) -> None:
+    broker = DevBroker(log_file=Path("/tmp/shared-fetch-broker.log"))  # noqa: S108
+    broker.start()
+    try:
+        settings = Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded")
+        ensure_topics(settings, [TopicSpec("shared", 2, {"max.message.bytes": str(20 * MB)})])
+        heavy = SyncProducer(settings, **{"message.max.bytes": 20 * MB, "linger.ms": 0})
+        light = SyncProducer(settings, **{"linger.ms": 0})
+        until = time.monotonic() + SECONDS
+
+        def produce_heavy() -> None:
+            while heavy_every_s and time.monotonic() < until:
+                heavy.produce("shared", b"\0" * (10 * MB), b"heavy", partition=0)
+                heavy.flush()
+                time.sleep(heavy_every_s)  # pacing the load
+
+        def produce_light() -> None:
+            i = 0
+            while time.monotonic() < until:
+                light.produce("shared", b"x" * 300, str(i).encode(), partition=1)
+                light.flush()
+                i += 1
+                time.sleep(0.01)  # pacing the load
+
+        lags: list[float] = []
+
+        async def consume() -> None:
+            consumer = AIOKafkaConsumer(
+                "shared",
+                bootstrap_servers=broker.bootstrap,
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=10,
+                max_partition_fetch_bytes=256 * 1024,
+                fetch_max_bytes=fetch_max_bytes,
+            )
+            await consumer.start()
+            await consumer.seek_to_end()
+            senders = [
+                threading.Thread(target=produce_heavy),
+                threading.Thread(target=produce_light),
+            ]
+            for t in senders:
+                t.start()
+            while time.monotonic() < until + 2:
+                batch = await consumer.getmany(timeout_ms=200)
+                now_ms = time.time() * 1000
+                for tp, records in batch.items():
+                    if tp.partition == 1:
+                        lags.extend(now_ms - r.timestamp for r in records)
+            for t in senders:
+                t.join()
+            await consumer.stop()
+
+        asyncio.run(consume())
+        print(
+            f"fetch_max_bytes {fetch_max_bytes}, a 10 MB record every {heavy_every_s} s: "
+            f"small records' lag p50 {pct(lags, 50)} p90 {pct(lags, 90)} p99 {pct(lags, 99)} ms"
+        )
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.8)
