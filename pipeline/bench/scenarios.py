@@ -8,9 +8,10 @@ rotting; CI does not judge its numbers) and a `say` function for progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline import eventloop
@@ -336,6 +337,19 @@ def _backlog_rps(processes: int, n: int, progress: Progress) -> float:
 # -- fairness -----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _victim_rig() -> Iterator[Rig]:
+    """A fresh broker, simulator and worker for one phase of the victim's test: the
+    embedded broker's fetches cost more the more batches it holds (see
+    scripts/experiments/broker_growth.py), and a second phase on the first one's
+    broker would be measured on a slower one."""
+    with Rig() as rig:
+        rig.start([*LIMITED, "--latency-ms", "200"])
+        rig.add_partners({"flood": 1, "b": 1, "c": 1})
+        rig.start_worker()
+        yield rig
+
+
 def fairness(quick: bool, say: Say, progress: Progress) -> Result:
     per_partner = 120 if quick else 400
     light_n, light_s = (10, 5.0) if quick else (60, 30.0)
@@ -371,25 +385,13 @@ def fairness(quick: bool, say: Say, progress: Progress) -> Result:
         metrics["share_error_max"] = round(max(abs(r - 1) for r in ratios), 4)
         metrics["jain"] = round(sum(ratios) ** 2 / (len(ratios) * sum(r * r for r in ratios)), 5)
         metrics.update({f"share_{p}": round(achieved[p] / total, 4) for p in weights})
-    # The victim alone and under a flood, each on a fresh broker: the embedded
-    # broker's fetches cost more the more batches it holds (see
-    # scripts/experiments/broker_growth.py), and the second phase on the first
-    # one's broker would be measured on a slower one.
-    with Rig() as rig:
-        rig.start([*LIMITED, "--latency-ms", "200"])
-        rig.add_partners({"flood": 1, "b": 1, "c": 1})
-        rig.start_worker()
-        assert rig.collector is not None  # noqa: S101
+    with _victim_rig() as rig:
         say(f"victim alone: {light_n} requests over {light_s:.0f} s")
         alone: list[str] = []
         rig.paced("b", light_n / light_s, light_s, alone, tag=" alone").join()
         rig.collector.wait(alone, 60, progress)
         p99_alone = pct([o.latency_ms for o in rig.collector.get(alone)], 99)
-    with Rig() as rig:
-        rig.start([*LIMITED, "--latency-ms", "200"])
-        rig.add_partners({"flood": 1, "b": 1, "c": 1})
-        rig.start_worker()
-        assert rig.collector is not None  # noqa: S101
+    with _victim_rig() as rig:
         say(f"the same under a flood of {10 * light_n} requests")
         flood = rig.send("flood", 10 * light_n)
         victims: dict[str, list[str]] = {"b": [], "c": []}

@@ -9,31 +9,20 @@ them (10 ms fetch waits, as the dev profile's):
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
+from embedded import cpu_s, embedded_broker  # scripts/experiments/embedded.py
 
-from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
 
 SECONDS = 40.0
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(mode: str) -> None:
-    broker = DevBroker(log_file=Path("/tmp/broker-growth.log"))  # noqa: S108
-    broker.start()
-    try:
-        settings = Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded")
+    with embedded_broker("growth") as (settings, pid):
         ensure_topics(settings, [TopicSpec("grow", 4)])
         producer = SyncProducer(settings, **{"linger.ms": 0})
         start = time.monotonic()
@@ -50,7 +39,7 @@ def main(mode: str) -> None:
         async def consume() -> None:
             consumer = AIOKafkaConsumer(
                 "grow",
-                bootstrap_servers=broker.bootstrap,
+                bootstrap_servers=settings.bootstrap_servers,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=10,
             )
@@ -64,9 +53,6 @@ def main(mode: str) -> None:
             threads.append(threading.Thread(target=lambda: asyncio.run(consume())))
         for t in threads:
             t.start()
-        pid = broker.pid
-        if pid is None:
-            raise SystemExit("the broker is not running")
         before, then = cpu_s(pid), time.monotonic()
         while time.monotonic() < until:
             time.sleep(5)  # sampling the broker's CPU
@@ -75,8 +61,6 @@ def main(mode: str) -> None:
             before, then = used, now
         for t in threads:
             t.join()
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from pipeline.bench.result import pct
 
 
 def report(path: str) -> None:
-    data = json.load(open(path))  # noqa: SIM115 (a one-shot read)
+    data = json.loads(Path(path).read_text())
     for name in ("created", "thread", "main"):
         xs = data[name]
         print(

@@ -12,18 +12,15 @@ With SMALL, that many 300-byte records follow each large one on the same topic
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher as afetch
+from embedded import cpu_s, embedded_broker  # scripts/experiments/embedded.py
 
-from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
 
 MB = 1024 * 1024
@@ -40,16 +37,8 @@ async def _counted(self: Any, *args: Any) -> Any:
 afetch.Fetcher._proc_fetch_request = _counted  # type: ignore[method-assign]
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(fetch_bytes: int, size: int, small: int) -> None:
-    broker = DevBroker(log_file=Path("/tmp/heavy-fetch-broker.log"))  # noqa: S108
-    broker.start()
-    try:
-        settings = Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded")
+    with embedded_broker("heavy-fetch") as (settings, pid):
         ensure_topics(settings, [TopicSpec("heavy", 4, {"max.message.bytes": str(20 * MB)})])
         producer = SyncProducer(settings, **{"message.max.bytes": 20 * MB})
 
@@ -66,16 +55,13 @@ def main(fetch_bytes: int, size: int, small: int) -> None:
         async def consume() -> None:
             consumer = AIOKafkaConsumer(
                 "heavy",
-                bootstrap_servers=broker.bootstrap,
+                bootstrap_servers=settings.bootstrap_servers,
                 auto_offset_reset="latest",
                 fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=fetch_bytes,
             )
             await consumer.start()
             await consumer.seek_to_end()
-            pid = broker.pid
-            if pid is None:
-                raise SystemExit("the broker is not running")
             cpu0, t0 = cpu_s(pid), time.monotonic()
             sender = threading.Thread(target=produce)
             sender.start()
@@ -93,8 +79,6 @@ def main(fetch_bytes: int, size: int, small: int) -> None:
             await consumer.stop()
 
         asyncio.run(consume())
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":

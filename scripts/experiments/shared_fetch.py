@@ -12,13 +12,11 @@ import asyncio
 import sys
 import threading
 import time
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
+from embedded import embedded_broker  # scripts/experiments/embedded.py
 
 from pipeline.bench.result import pct
-from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
 
 MB = 1024 * 1024
@@ -26,10 +24,7 @@ SECONDS = 20.0
 
 
 def main(fetch_max_bytes: int, heavy_every_s: float) -> None:
-    broker = DevBroker(log_file=Path("/tmp/shared-fetch-broker.log"))  # noqa: S108
-    broker.start()
-    try:
-        settings = Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded")
+    with embedded_broker("shared-fetch") as (settings, _pid):
         ensure_topics(settings, [TopicSpec("shared", 2, {"max.message.bytes": str(20 * MB)})])
         heavy = SyncProducer(settings, **{"message.max.bytes": 20 * MB, "linger.ms": 0})
         light = SyncProducer(settings, **{"linger.ms": 0})
@@ -54,7 +49,7 @@ def main(fetch_max_bytes: int, heavy_every_s: float) -> None:
         async def consume() -> None:
             consumer = AIOKafkaConsumer(
                 "shared",
-                bootstrap_servers=broker.bootstrap,
+                bootstrap_servers=settings.bootstrap_servers,
                 auto_offset_reset="latest",
                 fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=256 * 1024,
@@ -83,8 +78,6 @@ def main(fetch_max_bytes: int, heavy_every_s: float) -> None:
             f"fetch_max_bytes {fetch_max_bytes}, a 10 MB record every {heavy_every_s} s: "
             f"small records' lag p50 {pct(lags, 50)} p90 {pct(lags, 90)} p99 {pct(lags, 99)} ms"
         )
-    finally:
-        broker.stop()
 
 
 if __name__ == "__main__":

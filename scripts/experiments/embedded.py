@@ -1,0 +1,34 @@
+"""What the experiments share: a fresh embedded broker, and its CPU time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.devbroker import DevBroker
+
+
+@contextlib.contextmanager
+def embedded_broker(name: str) -> Iterator[tuple[Settings, int]]:
+    """A fresh embedded broker (its log in /tmp/NAME-broker.log): settings to reach
+    it, and its process id."""
+    broker = DevBroker(log_file=Path(f"/tmp/{name}-broker.log"))  # noqa: S108
+    broker.start()
+    try:
+        if broker.pid is None:
+            raise SystemExit("the broker is not running")
+        yield (
+            Settings(bootstrap_servers=broker.bootstrap, profile="dev", broker="embedded"),
+            broker.pid,
+        )
+    finally:
+        broker.stop()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
