@@ -16,6 +16,7 @@ whole unit, as it would a single worker (a half-running unit would hide it).
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from types import FrameType
 
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry, Metric, multiprocess
 
 from pipeline.config import Settings
 from pipeline.health import Health, HttpEndpoint
@@ -38,12 +39,34 @@ log = logging.getLogger("pipeline.multiproc")
 PROCESS_ENV = "PIPELINE_WORKER_PROCESS"
 
 
+class _Collector(multiprocess.MultiProcessCollector):
+    """prometheus-client's collector, minus files a process is still creating.
+
+    A process opens a metric's file, then sizes it: read in between, the file is
+    empty and prometheus-client fails on it (`struct.error`). That failed the
+    supervisor's readiness check, and with it the unit, when a process first used
+    a metric at a scrape's moment. A file is never empty again once sized, so
+    skipping empty ones is free of races; their values are in the next scrape.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _sized(f)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # gone since listed: a dead process's, just removed
+        return False
+
+
 class _Registry(CollectorRegistry):
     """Every process's metrics, read from their files at each scrape."""
 
     def __init__(self, directory: str) -> None:
         super().__init__(auto_describe=False)
-        multiprocess.MultiProcessCollector(self, path=directory)  # type: ignore[no-untyped-call]
+        _Collector(self, path=directory)  # type: ignore[no-untyped-call]
 
 
 def ready_processes(registry: CollectorRegistry) -> set[str]:
@@ -125,6 +148,13 @@ class Supervisor:
             exited = [c for c in self.children if c.poll() is not None]
             if self.stopping and len(exited) == len(self.children):
                 failed = [c.returncode for c in exited if c.returncode not in (0, -signal.SIGTERM)]
+                for child in exited:
+                    level = logging.ERROR if child.returncode in failed else logging.INFO
+                    log.log(
+                        level,
+                        "worker process stopped",
+                        extra={"pid": child.pid, "code": child.returncode},
+                    )
                 return failed[0] if failed else 0
             if exited and not self.stopping:
                 died = exited[0]

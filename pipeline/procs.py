@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,9 @@ def http_ok(url: str) -> bool:
     return http_body(url) is not None
 
 
+_ROUTINE = re.compile(r'"level": "(debug|info)"')
+
+
 class Proc:
     """A child process whose output goes to a log file we can read and show."""
 
@@ -83,6 +87,16 @@ class Proc:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def trouble(self, limit: int = 40) -> str:
+        """The log's warnings, errors and anything not a JSON line (a traceback):
+        what an assertion about this process shows when it fails."""
+        lines = [
+            line
+            for line in self.log_text().splitlines()
+            if not line.startswith("{") or not _ROUTINE.search(line)
+        ]
+        return "\n".join(lines[-limit:]) or f"(nothing but info lines in {self.log_path})"
 
     def wait_http(self, url: str, timeout: float, needle: bytes = b"") -> None:
         """Wait until `url` answers (with `needle` in its body); fail early if we exit."""

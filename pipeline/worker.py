@@ -403,3 +403,11 @@ class PipelineWorker(faust.Worker):
             if isinstance(service, WorkerRuntime):
                 await service.drain()
         await super().on_stop()
+
+    def stop_and_shutdown(self) -> None:
+        # Mode exits 1 on an exception here without a word: say what it was.
+        try:
+            super().stop_and_shutdown()
+        except Exception as exc:
+            log.critical("worker did not stop cleanly", exc_info=exc)
+            raise

@@ -67,7 +67,7 @@ def test_two_processes_share_the_work_and_one_endpoint_and_stop_together(stack: 
 
     os.kill(unit.pid, signal.SIGTERM)  # the supervisor only, as an orchestrator would
     wait_until(lambda: not unit.alive(), 30, "the unit to stop")
-    assert unit.popen.returncode == 0
+    assert unit.popen.returncode == 0, unit.trouble()
     for child in children:
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
