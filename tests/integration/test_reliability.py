@@ -207,8 +207,17 @@ def test_a_captured_record_replayed_into_another_partition_is_not_served_twice(
     stack.start_worker("replay-b")
     stack.wait_log(lambda e: e.get("msg") == "worker ready", name="replay-a", count=2)
     client = stack.client("captured")
-    rids = [str(uuid.uuid4()) for _ in range(8)]
     count = stack.settings.topic_partitions
+    # Two request_ids at home in each partition: whichever partitions each worker
+    # owns, both serve some (random ids all landed on one worker's partitions
+    # about one run in 128, and the test then failed for the wrong reason).
+    homes: dict[int, list[str]] = {p: [] for p in range(count)}
+    while any(len(ids) < 2 for ids in homes.values()):
+        rid = str(uuid.uuid4())
+        ids = homes[partition_for(rid.encode(), count)]
+        if len(ids) < 2:
+            ids.append(rid)
+    rids = [rid for ids in homes.values() for rid in ids]
     for rid in rids:
         value = stack.codec.encode(
             "ClaudeRequest", build_request("captured", f"pay once {rid}", request_id=rid)
