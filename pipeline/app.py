@@ -190,7 +190,8 @@ def create_app(
                 value=message.value,
                 headers=_headers(message.headers),
                 timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-                # Faust's monitor stamps time_in (monotonic) as its consumer hands it over.
+                # Faust's monitor stamps time_in (monotonic) as the stream takes it
+                # from the agent's buffer (the stream inlines Consumer.track_message).
                 fetched_mono=getattr(message, "time_in", None),
                 arrived_mono=time.monotonic(),
             )

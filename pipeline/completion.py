@@ -108,9 +108,10 @@ class Reporter:
 
     def _intake_split(self, job: Job) -> dict[str, float]:
         """Record timestamp to intake (`intake_lag_ms`), split where the record says
-        when it got there: to the event loop (`kafka_ms`: the producer's linger,
-        the broker, the consumer's thread), to our handler (`stream_ms`: Faust's
-        stream), to admitted (`admit_ms`: ours)."""
+        when it got there: to Faust's stream taking it from the agent's buffer
+        (`kafka_ms`: the producer's linger, the broker, the consumer's thread, the
+        buffer), to our handler (`stream_ms`: the rest of Faust's stream), to
+        admitted (`admit_ms`: ours)."""
         record = job.record
         wall_ms = (self._wall() - self._mono()) * 1000  # a monotonic instant, as wall time
         admitted_ms = wall_ms + job.admitted.received_mono * 1000

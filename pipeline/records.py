@@ -140,8 +140,8 @@ class SourceRecord:
     value: bytes | None
     headers: Headers
     timestamp_ms: int | None = None
-    #: When (time.monotonic) the consumer handed it to the event loop, and when
-    #: our handler got it: where its intake time went (see `Reporter`).
+    #: When (time.monotonic) Faust's stream took it from the agent's buffer, and
+    #: when our handler got it: where its intake time went (see `Reporter`).
     fetched_mono: float | None = field(default=None, compare=False)
     arrived_mono: float | None = field(default=None, compare=False)
 
