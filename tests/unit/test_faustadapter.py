@@ -168,7 +168,8 @@ def test_private_faust_names_live_in_the_adapter_only() -> None:
     root = Path(__file__).resolve().parents[2] / "pipeline"
     private = re.compile(
         r"_read_offset|_wait_next_records|perform_seek|seek_to_committed|_resubscribe_sleep|"
-        r"_ensure_consumer|_fetch_max_wait_ms|_transport\b|send_changelog|\.data\b.*table|"
+        r"_ensure_consumer|_fetch_max_wait_ms|_prefetch_backoff|_transport\b|send_changelog|"
+        r"\.data\b.*table|"
         r"table.*\.data\b"
     )
     offenders = [
@@ -244,3 +245,24 @@ def test_nothing_is_committed_past_a_record_that_is_not_acked() -> None:
         assert consumer._new_offset(tp) is None
     finally:
         consumer._thread.thread_loop.close()
+
+
+def test_the_fetch_wait_and_the_prefetch_back_off_are_set_on_the_consumers_fetcher() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.errors import AdapterError
+    from pipeline.faustadapter import PREFETCH_BACKOFF_S, set_fetch_wait
+
+    def app_with(fetcher: Any) -> Any:
+        consumer = SimpleNamespace(_fetcher=fetcher)
+        thread = SimpleNamespace(_ensure_consumer=lambda: consumer)
+        return SimpleNamespace(consumer=SimpleNamespace(_thread=thread))
+
+    # aiokafka's defaults under Faust: a 1,500 ms wait, a 100 ms back-off
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _prefetch_backoff=0.1)
+    set_fetch_wait(app_with(fetcher), 10)
+    assert fetcher._fetch_max_wait_ms == 10
+    assert fetcher._prefetch_backoff == PREFETCH_BACKOFF_S == 0.01
+
+    with pytest.raises(AdapterError, match="_prefetch_backoff"):
+        set_fetch_wait(app_with(SimpleNamespace(_fetch_max_wait_ms=1500)), 10)

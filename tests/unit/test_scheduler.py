@@ -279,3 +279,47 @@ def test_a_partner_with_no_answers_yet_is_priced_like_the_others_so_far() -> Non
         estimate.learn("new", 64, _Answer(64))  # then it learns its own
     assert estimate.ratio("new") == pytest.approx(1.0, abs=0.01)
     assert estimate.ratio("old") == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_partner_whose_requests_trickle_in_is_new_once_not_at_every_request() -> None:
+    # Before: a lane emptied by serving it left the scheduler, so the flood's
+    # next request, arriving a moment later, made it new again, with the key's
+    # headroom for newcomers: its first 19 requests under the fairness benchmark
+    # took that headroom, and the light partners queued 45-93 ms behind them.
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    drr.push("flood", 0, cost=100)
+    assert drr.is_new("flood")
+    assert drr.pop() == ("flood", 0)
+    drr.push("flood", 1, cost=100)  # before its turn in the round came
+    assert not drr.is_new("flood")
+    drr.push("light", 0, cost=100)
+    assert drr.is_new("light")
+    assert drr.pop() == ("light", 0)
+    assert drr.pop() == ("flood", 1)
+
+
+def test_a_partner_idle_for_a_turn_of_the_round_is_new_again() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    for i in range(3):
+        drr.push("busy", i, cost=100)
+    drr.push("light", 0, cost=100)
+    assert drr.pop() == ("busy", 0)  # new, first
+    assert drr.pop() == ("light", 0)  # new, then its lane is empty: to the round
+    assert drr.pop() == ("busy", 1)
+    assert drr.pop() == ("busy", 2)  # light's turn came, empty: it left
+    drr.push("light", 1, cost=100)
+    assert drr.is_new("light")
+    assert drr.heads() == [("light", 1)]
+    assert len(drr) == 1
+
+
+def test_an_emptied_newcomer_waiting_in_the_round_is_not_a_head() -> None:
+    drr: DeficitRoundRobin[str, int] = DeficitRoundRobin(quantum=100)
+    drr.push("a", 0, cost=100)
+    drr.push("b", 0, cost=100)
+    drr.push("b", 1, cost=100)
+    assert drr.pop() == ("a", 0)
+    assert drr.heads() == [("b", 0)]
+    assert drr.drain("a") == []
+    assert _serve(drr, 5) == Counter({"b": 2})
+    assert drr.pop() is None
