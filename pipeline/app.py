@@ -22,6 +22,7 @@ from faust.types import TP
 
 from pipeline import faustadapter
 from pipeline.config import Settings
+from pipeline.lanes import LANES_SHARED, FairBuffer
 from pipeline.partners import REQUESTS_PREFIX
 from pipeline.records import AckFn, OutMessage, SourceRecord
 
@@ -34,7 +35,22 @@ RecoveredHook = Callable[[], None]
 
 
 class RequestTopics(faust.Topic):
-    """Marker type: the agent's clones of this channel are found by type."""
+    """The request topics' channel (the agent's clones of it are found by type),
+    buffered in a lane per partner (see lanes.py): each lane holds up to
+    `stream_buffer_maxsize` records before its partitions stop being fetched,
+    and all of them together up to `LANES_SHARED` times that."""
+
+    @property
+    def queue(self) -> FairBuffer:
+        def make(lane_max: int) -> FairBuffer:
+            return FairBuffer(
+                maxsize=lane_max * LANES_SHARED,
+                lane_max=lane_max,
+                flow_control=self.app.flow_control,
+                clear_on_resume=True,
+            )
+
+        return faustadapter.channel_buffer(self, make)
 
 
 @dataclass
@@ -148,12 +164,10 @@ def create_app(
         # Images and PDFs make large requests, dead letters and responses.
         producer_max_request_size=settings.max_message_bytes,
         # Small fetches and buffers: a flooding partner's records must not queue
-        # up by the thousand ahead of everyone else's before our fair queues see them.
-        # Not smaller: the agent's buffer holds every partner's records in arrival
-        # order, and at 256 a light partner's first records under a flood waited
-        # 215 ms behind the flood's (fairness benchmark), but at 32 or 64 the
-        # latency benchmark's intake p50 went from 16 ms to 35-40 ms (medians of
-        # three; where inside Faust is not traced yet).
+        # up by the thousand before our fair queues see them. The agent's buffer
+        # is a lane per partner (`RequestTopics.queue`): this is one lane's size.
+        # (When it was one FIFO, at 32 or 64 the latency benchmark's intake p50
+        # went from 16 ms to 35-40 ms, medians of three.)
         stream_buffer_maxsize=256,
         broker_max_poll_records=256,
         consumer_max_fetch_size=256 * 1024,

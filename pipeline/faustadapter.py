@@ -22,6 +22,9 @@ What we touch, and why:
   back the fetch of every other partition on their broker for 100 ms;
 - the assignor's `external_topic_distribution`: how many group members consume
   request partitions (each worker plans with 1/N of an upstream key);
+- a channel's buffer (`Channel._queue`): the request channel's is a lane per
+  partner (`pipeline.lanes.FairBuffer`, a mode `FlowControlQueue` that keeps
+  its pressure callbacks per lane), not one FIFO;
 - the table manager's start (`TableManager`): Faust sleeps a second there so that
   tables defined after the app starts can register; we define none (our state
   is in `pipeline.statelog`), and every worker start paid that second.
@@ -89,14 +92,15 @@ by the replay guard (by request_id).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar, cast
 
 from pipeline.errors import AdapterError
 
 log = logging.getLogger("pipeline.faustadapter")
 
 TPKey = TypeVar("TPKey", bound=tuple[str, int])
+_Q = TypeVar("_Q")
 
 
 class _Floor(int):
@@ -152,6 +156,19 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("faust.transport.conductor", "Conductor", ("_resubscribe_sleep_lock_seconds",)),
     ("faust.tables.manager", "TableManager", ("on_start", "_update_channels", "recovery")),
     ("faust.assignor.partition_assignor", "PartitionAssignor", ("external_topic_distribution",)),
+    ("faust.channels", "Channel", ("queue",)),
+    (
+        "mode.utils.queues",
+        "FlowControlQueue",
+        (
+            "put_nowait_enhanced",
+            "force_put_nowait",
+            "maybe_endorse_pressure_drop",
+            "pressure_high_size",
+            "pressure_drop_size",
+            "on_pressure_drop",
+        ),
+    ),
 )
 #: Instance attributes that only exist once an object runs: (module, class, name),
 #: checked in the source of the class's __init__.
@@ -163,7 +180,19 @@ REQUIRED_IN_INIT: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "_committed_offset"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_fetch_max_wait_ms"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_prefetch_backoff"),
+    ("faust.channels", "Channel", "_queue"),
+    ("faust.channels", "Channel", "maxsize"),
 )
+
+
+def channel_buffer(channel: Any, make: Callable[[int], _Q]) -> _Q:
+    """The buffer behind a Faust channel, made by `make(maxsize)` on first use, as
+    Faust's own `Channel.queue` makes its FIFO (a clone made for an agent makes
+    its own). The stream reads it, and the conductor fills it, through mode's
+    queue interface: `make` returns a mode `FlowControlQueue`."""
+    if channel._queue is None:
+        channel._queue = make(channel.maxsize or channel.app.conf.stream_buffer_maxsize)
+    return cast(_Q, channel._queue)
 
 
 def faust_version() -> str:
