@@ -39,14 +39,13 @@ class Lanes:
     """FIFO lanes by topic, popped in turn: the deque-like store behind
     `FairBuffer` (what `asyncio.Queue` keeps in `_queue`)."""
 
-    def __init__(self, lane_of: Callable[[Any], str] = _lane_of) -> None:
-        self._lane_of = lane_of
+    def __init__(self) -> None:
         self._lanes: dict[str, deque[Any]] = {}
         self._turns: deque[str] = deque()  # lanes with records, next first
         self._len = 0
 
     def append(self, item: Any) -> None:
-        name = self._lane_of(item)
+        name = _lane_of(item)
         lane = self._lanes.get(name)
         if lane is None:
             lane = self._lanes[name] = deque()

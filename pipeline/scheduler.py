@@ -229,10 +229,8 @@ class DeficitRoundRobin(Generic[P, T]):
         if not lane.items:
             if self._new and self._new[0] == partner:
                 # To the end of the round, empty, until its turn comes (RFC 8290)
-                self._new.popleft()
-                self._round.append(partner)
+                self._demote(partner)
                 lane.deficit = 0.0
-                lane.granted = False
             else:
                 # Leaving forfeits leftover credit (classic DRR).
                 self._leave(partner)

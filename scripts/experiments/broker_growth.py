@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 
-from aiokafka import AIOKafkaConsumer
-from embedded import cpu_s, embedded_broker  # scripts/experiments/embedded.py
+import embedded  # scripts/experiments/embedded.py
+from embedded import cpu_s, embedded_broker
 
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
 
@@ -37,12 +37,7 @@ def main(mode: str) -> None:
                 time.sleep(0.002)  # pacing the load
 
         async def consume() -> None:
-            consumer = AIOKafkaConsumer(
-                "grow",
-                bootstrap_servers=settings.bootstrap_servers,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=10,
-            )
+            consumer = embedded.consumer(settings, "grow", auto_offset_reset="earliest")
             await consumer.start()
             while time.monotonic() < until:
                 await consumer.getmany(timeout_ms=200)

@@ -1,4 +1,5 @@
-"""What the experiments share: a fresh embedded broker, and its CPU time."""
+"""What the experiments share: a fresh embedded broker, a consumer of it, and its
+CPU time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
 
 from pipeline.config import Settings
 from pipeline.devbroker import DevBroker
@@ -26,6 +30,14 @@ def embedded_broker(name: str) -> Iterator[tuple[Settings, int]]:
         )
     finally:
         broker.stop()
+
+
+def consumer(settings: Settings, topic: str, **options: Any) -> AIOKafkaConsumer:
+    """A bare aiokafka consumer of `topic` (the client Faust runs), fetching with the
+    embedded profile's 10 ms wait; `options` are aiokafka's."""
+    return AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=10, **options
+    )
 
 
 def cpu_s(pid: int) -> float:

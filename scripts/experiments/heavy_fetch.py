@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+import embedded  # scripts/experiments/embedded.py
 from aiokafka.consumer import fetcher as afetch
-from embedded import cpu_s, embedded_broker  # scripts/experiments/embedded.py
+from embedded import cpu_s, embedded_broker
 
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
 
@@ -53,12 +53,8 @@ def main(fetch_bytes: int, size: int, small: int) -> None:
                     time.sleep(1.6)  # pacing the load
 
         async def consume() -> None:
-            consumer = AIOKafkaConsumer(
-                "heavy",
-                bootstrap_servers=settings.bootstrap_servers,
-                auto_offset_reset="latest",
-                fetch_max_wait_ms=10,
-                max_partition_fetch_bytes=fetch_bytes,
+            consumer = embedded.consumer(
+                settings, "heavy", auto_offset_reset="latest", max_partition_fetch_bytes=fetch_bytes
             )
             await consumer.start()
             await consumer.seek_to_end()

@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 
-from aiokafka import AIOKafkaConsumer
-from embedded import embedded_broker  # scripts/experiments/embedded.py
+import embedded  # scripts/experiments/embedded.py
+from embedded import embedded_broker
 
 from pipeline.bench.result import pct
 from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
@@ -47,11 +47,10 @@ def main(fetch_max_bytes: int, heavy_every_s: float) -> None:
         lags: list[float] = []
 
         async def consume() -> None:
-            consumer = AIOKafkaConsumer(
+            consumer = embedded.consumer(
+                settings,
                 "shared",
-                bootstrap_servers=settings.bootstrap_servers,
                 auto_offset_reset="latest",
-                fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=256 * 1024,
                 fetch_max_bytes=fetch_max_bytes,
             )
