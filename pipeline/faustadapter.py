@@ -20,6 +20,10 @@ What we touch, and why:
   1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
   and its `_prefetch_backoff` (`set_fetch_wait`): a flood's fetched records held
   back the fetch of every other partition on their broker for 100 ms;
+- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request` and `_in_flight`,
+  and its client's `send` (`fetch_heavy_apart`): a partner whose fetches carry
+  batches over the fetch limit is fetched apart, on a connection of its own
+  (`pipeline.fetchlanes`);
 - the assignor's `external_topic_distribution`: how many group members consume
   request partitions (each worker plans with 1/N of an upstream key);
 - a channel's buffer (`Channel._queue`): the request channel's is a lane per
@@ -93,9 +97,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from pipeline.errors import AdapterError
+from pipeline.fetchlanes import HeavyTopics
 
 log = logging.getLogger("pipeline.faustadapter")
 
@@ -157,6 +163,8 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("faust.tables.manager", "TableManager", ("on_start", "_update_channels", "recovery")),
     ("faust.assignor.partition_assignor", "PartitionAssignor", ("external_topic_distribution",)),
     ("faust.channels", "Channel", ("queue",)),
+    ("aiokafka.consumer.fetcher", "Fetcher", ("_get_actions_per_node", "_proc_fetch_request")),
+    ("aiokafka.client", "AIOKafkaClient", ("send",)),
     (
         "mode.utils.queues",
         "FlowControlQueue",
@@ -180,6 +188,13 @@ REQUIRED_IN_INIT: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "_committed_offset"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_fetch_max_wait_ms"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_prefetch_backoff"),
+    ("aiokafka.consumer.fetcher", "Fetcher", "_in_flight"),
+    ("aiokafka.consumer.fetcher", "Fetcher", "_client"),
+    ("aiokafka.protocol.fetch", "FetchRequest", "_max_wait_ms"),
+    ("aiokafka.protocol.fetch", "FetchRequest", "_min_bytes"),
+    ("aiokafka.protocol.fetch", "FetchRequest", "_max_bytes"),
+    ("aiokafka.protocol.fetch", "FetchRequest", "_isolation_level"),
+    ("aiokafka.protocol.fetch", "FetchRequest", "_rack_id"),
     ("faust.channels", "Channel", "_queue"),
     ("faust.channels", "Channel", "maxsize"),
 )
@@ -344,13 +359,13 @@ def subscribed_topics(app: Any) -> frozenset[str]:
     from faust.exceptions import ConsumerNotStarted
 
     try:
-        consumer = _aiokafka_consumer(app)
+        consumer = aiokafka_consumer(app)
     except ConsumerNotStarted:
         return frozenset()
     return frozenset(consumer.subscription())
 
 
-def _aiokafka_consumer(app: Any) -> Any:
+def aiokafka_consumer(app: Any) -> Any:
     """The aiokafka consumer under Faust's consumer thread."""
     try:
         return app.consumer._thread._ensure_consumer()
@@ -364,7 +379,7 @@ def partitions_of(app: Any, topic: str) -> int | None:
     (Faust's own `topic_partitions` reads the group coordinator's metadata
     snapshot, which only the group leader fills in: seen here, a second worker
     got None for a topic it consumed.)"""
-    partitions = _aiokafka_consumer(app).partitions_for_topic(topic)
+    partitions = aiokafka_consumer(app).partitions_for_topic(topic)
     return len(partitions) if partitions else None
 
 
@@ -385,7 +400,7 @@ def set_fetch_wait(app: Any, ms: int) -> None:
     key). A partition with records waiting is still left out of the fetch; the
     others are fetched 10 ms on (`kafka_ms` of that request: 63-64 ms).
     """
-    fetcher = _aiokafka_consumer(app)._fetcher
+    fetcher = aiokafka_consumer(app)._fetcher
     for name in ("_fetch_max_wait_ms", "_prefetch_backoff"):
         if not hasattr(fetcher, name):
             raise _missing("aiokafka's Fetcher", name)
@@ -403,3 +418,72 @@ def members_consuming(app: Any, topic_prefix: str) -> int:
         if any(t.startswith(topic_prefix) and parts for t, parts in topics.items())
     }
     return max(1, len(owners))
+
+
+#: The fetch lane a fetch task sends for (set in the task that sends it).
+_FETCH_LANE: ContextVar[int] = ContextVar("pipeline_fetch_lane", default=0)
+#: aiokafka keys its connections by (node, group): lane n above the shared one
+#: fetches on group LANE_GROUP + n, a connection of its own.
+LANE_GROUP = 100
+
+
+def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
+    """Fetch `heavy` topics apart from the others (`pipeline.fetchlanes`), on an
+    aiokafka consumer that runs: its Fetcher sends each lane's partitions of a
+    broker in a fetch of their own, one in flight per broker and lane, and every
+    fetch response tells `heavy` how large its batches were."""
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.protocol.fetch import FetchRequest
+
+    fetcher = consumer._fetcher
+    if "_get_actions_per_node" in vars(fetcher):
+        return  # done at an earlier assignment: the same fetcher
+    client = fetcher._client
+    aiokafka_actions = fetcher._get_actions_per_node
+    aiokafka_proc = fetcher._proc_fetch_request
+    aiokafka_send = client.send
+    in_flight = fetcher._in_flight
+
+    def lane_request(request: Any, topics: list[Any]) -> Any:
+        return FetchRequest(
+            request._max_wait_ms,
+            request._min_bytes,
+            request._max_bytes,
+            request._isolation_level,
+            topics,
+            rack_id=request._rack_id,
+        )
+
+    def get_actions_per_node(assignment: Any) -> tuple[Any, ...]:
+        # aiokafka leaves out a broker's partitions while a task keyed by its
+        # node id is in flight: fetches are keyed (node id, lane) here, so only
+        # offset resets (still keyed by node id) hold a whole broker back.
+        requests, *rest = aiokafka_actions(assignment)
+        by_lane = []
+        for node_id, request in requests:
+            lanes = heavy.split(request.topics)
+            for lane, topics in lanes.items():
+                if (node_id, lane) not in in_flight:
+                    one = request if len(lanes) == 1 else lane_request(request, topics)
+                    by_lane.append(((node_id, lane), one))
+        return (by_lane, *rest)
+
+    async def proc_fetch_request(assignment: Any, node: Any, request: Any) -> bool:
+        if isinstance(node, tuple):
+            node, lane = node
+            _FETCH_LANE.set(lane)  # this task's own context: its send below
+        return bool(await aiokafka_proc(assignment, node, request))
+
+    async def send_on_lane(
+        node_id: Any, request: Any, *, group: Any = ConnectionGroup.DEFAULT
+    ) -> Any:
+        if not isinstance(request, FetchRequest):
+            return await aiokafka_send(node_id, request, group=group)
+        lane = _FETCH_LANE.get()
+        response = await aiokafka_send(node_id, request, group=LANE_GROUP + lane if lane else group)
+        heavy.saw_response(response.topics)
+        return response
+
+    fetcher._get_actions_per_node = get_actions_per_node
+    fetcher._proc_fetch_request = proc_fetch_request
+    client.send = send_on_lane

@@ -32,11 +32,11 @@ def embedded_broker(name: str) -> Iterator[tuple[Settings, int]]:
         broker.stop()
 
 
-def consumer(settings: Settings, topic: str, **options: Any) -> AIOKafkaConsumer:
-    """A bare aiokafka consumer of `topic` (the client Faust runs), fetching with the
+def consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A bare aiokafka consumer of `topics` (the client Faust runs), fetching with the
     embedded profile's 10 ms wait; `options` are aiokafka's."""
     return AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=10, **options
+        *topics, bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=10, **options
     )
 
 

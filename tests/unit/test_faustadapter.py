@@ -169,6 +169,7 @@ def test_private_faust_names_live_in_the_adapter_only() -> None:
     private = re.compile(
         r"_read_offset|_wait_next_records|perform_seek|seek_to_committed|_resubscribe_sleep|"
         r"_ensure_consumer|_fetch_max_wait_ms|_prefetch_backoff|_transport\b|send_changelog|"
+        r"_get_actions_per_node|_proc_fetch_request|\._in_flight\b|_conns\b|"
         r"\.data\b.*table|"
         r"table.*\.data\b"
     )
