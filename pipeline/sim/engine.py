@@ -26,6 +26,7 @@ from pipeline.sim.config import FAULT_KINDS, SimConfig
 from pipeline.sim.errors import ApiError, invalid
 from pipeline.sim.faults import FaultInjector
 from pipeline.sim.generate import Generated, generate
+from pipeline.sim.heavy import Checked
 from pipeline.sim.limits import Clock, KeyLimits
 from pipeline.sim.validate import MessagesRequest, validate_count_tokens, validate_messages
 
@@ -182,23 +183,28 @@ class Simulator:
 
     # -- the Messages API -------------------------------------------------
 
-    def prepare(self, key: str, body: object) -> Prepared:
+    def prepare(self, key: str, body: object, checked: Checked | None = None) -> Prepared:
         """Validate, draw a fault, admit against the key's limits, generate.
 
         Raises ApiError for every refusal (400/404/429/500/529), already
-        recorded in the stats with the rate-limit headers attached.
+        recorded in the stats with the rate-limit headers attached. A large
+        body comes `checked` (validated and counted in `pipeline.sim.heavy`'s
+        helper process) and `body` None.
         """
-        try:
-            req = validate_messages(body)
-        except ApiError as exc:
-            self.record(key, exc.status)
-            raise
+        if checked is not None:
+            req = checked.request
+        else:
+            try:
+                req = validate_messages(body)
+            except ApiError as exc:
+                self.record(key, exc.status)
+                raise
         fault = self._key_faults.get(key, self._faults).draw()
         limits = self.limits_for(key)
         if fault in ("500", "529", "429"):
             self.record(key, fault)
             raise _injected(fault, limits.headers())
-        usage = self._input_usage(key, req)
+        usage = self._input_usage(key, req, None if checked is None else checked.input_tokens)
         # Cache reads do not count towards the input-token limit.
         rejection = limits.admit(usage.input_tokens + usage.cache_creation_input_tokens)
         if rejection is not None:
@@ -210,8 +216,10 @@ class Simulator:
         delay = self._delay(reply.output_tokens)
         return Prepared(key, req, usage, reply, fault, delay)
 
-    def _input_usage(self, key: str, req: MessagesRequest) -> CacheUsage:
-        total_input = tokens.count_request(req.messages, req.system, req.tools)
+    def _input_usage(self, key: str, req: MessagesRequest, total: int | None = None) -> CacheUsage:
+        total_input = (
+            tokens.count_request(req.messages, req.system, req.tools) if total is None else total
+        )
         window = req.model.context_window
         if total_input > window:
             self.record(key, 400)

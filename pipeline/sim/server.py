@@ -15,10 +15,12 @@ from aiohttp import web
 from pipeline.sim.config import SimConfig
 from pipeline.sim.engine import Prepared, Simulator, model_object, models_page
 from pipeline.sim.errors import ApiError, invalid
+from pipeline.sim.heavy import HEAVY_BODY_BYTES, HeavyBodies
 
 log = logging.getLogger("pipeline.sim")
 
 SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator", Simulator)
+HEAVY_KEY: web.AppKey[HeavyBodies] = web.AppKey("heavy_bodies", HeavyBodies)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +61,18 @@ def api(handler: Callable[[Simulator, web.Request, str], Awaitable[web.StreamRes
 
 
 async def _body(sim: Simulator, request: web.Request, key: str) -> object:
+    return _parsed(sim, await _raw_body(sim, request, key), key)
+
+
+def _parsed(sim: Simulator, raw: bytes, key: str) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        sim.record(key, 400)
+        raise invalid("Request body is not valid JSON") from None
+
+
+async def _raw_body(sim: Simulator, request: web.Request, key: str) -> bytes:
     limit = sim.config.max_body_bytes
     too_large = request.content_length is not None and request.content_length > limit
     if not too_large:
@@ -75,11 +89,7 @@ async def _body(sim: Simulator, request: web.Request, key: str) -> object:
         raise ApiError(
             413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
         )
-    try:
-        return json.loads(raw)
-    except ValueError:
-        sim.record(key, 400)
-        raise invalid("Request body is not valid JSON") from None
+    return raw
 
 
 def _reset_connection(request: web.Request) -> None:
@@ -105,8 +115,18 @@ async def _transport_fault(sim: Simulator, prepared: Prepared, request: web.Requ
 @api
 async def messages(sim: Simulator, request: web.Request, request_id: str) -> web.StreamResponse:
     key = sim.authenticate(request.headers)
-    body = await _body(sim, request, key)
-    prepared = sim.prepare(key, body)
+    raw = await _raw_body(sim, request, key)
+    body: object = None
+    checked = None
+    if len(raw) > HEAVY_BODY_BYTES:
+        try:
+            checked = await request.app[HEAVY_KEY].check(raw)
+        except ApiError as exc:
+            sim.record(key, exc.status)
+            raise
+    if checked is None:
+        body = _parsed(sim, raw, key)
+    prepared = sim.prepare(key, body, checked)
     if prepared.fault is not None:
         await _transport_fault(sim, prepared, request)
     if prepared.request.stream:
@@ -118,7 +138,8 @@ async def messages(sim: Simulator, request: web.Request, request_id: str) -> web
     if prepared.delay_s > 0:
         await asyncio.sleep(prepared.delay_s)
     message = sim.complete(prepared, sim.new_id("msg"))
-    sim.remember(request_id, body, message)
+    if sim.config.record_exchanges > 0:
+        sim.remember(request_id, _parsed(sim, raw, key) if body is None else body, message)
     headers["request-id"] = request_id
     return _json(message, headers)
 
@@ -347,6 +368,12 @@ def create_sim_app(config: SimConfig, simulator: Simulator | None = None) -> web
     sim = simulator or Simulator(config)
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[SIM_KEY] = sim
+    heavy = app[HEAVY_KEY] = HeavyBodies()
+
+    async def stop_helper(_app: web.Application) -> None:
+        heavy.close()
+
+    app.on_cleanup.append(stop_helper)
     r = app.router
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)

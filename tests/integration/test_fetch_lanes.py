@@ -51,7 +51,7 @@ def test_a_heavy_partner_is_fetched_apart_and_nothing_is_lost_or_reordered(
 
     heavy_topics = HeavyTopics(LIMIT)
 
-    async def consume() -> tuple[list[int], list[int], set[object]]:
+    async def consume() -> tuple[list[int], list[int], set[tuple[object, int]]]:
         consumer = AIOKafkaConsumer(
             "lanes.heavy",
             "lanes.light",

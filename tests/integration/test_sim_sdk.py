@@ -452,3 +452,50 @@ async def test_rate_limit_headers_say_what_was_left_when_the_request_was_admitte
     later = await asyncio.gather(remaining(), remaining())
     assert await first == 59
     assert sorted(later) == [57, 58]
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+async def test_a_large_body_is_judged_in_the_helper_as_a_small_one_is_on_the_loop(
+    sim_factory: SimFactory, client_factory: ClientFactory
+) -> None:
+    # Bodies over HEAVY_BODY_BYTES are parsed, validated and counted in a helper
+    # process (a ten-thousand-message request stalled the simulator's loop for
+    # everyone): the answers must be the ones the loop gives a small body.
+    import multiprocessing
+
+    from pipeline import tokens
+    from pipeline.sim.heavy import HEAVY_BODY_BYTES
+
+    sim = await sim_factory()
+    client = client_factory(sim.url, key="key-heavy")
+    pad = "lorem ipsum dolor " * 8
+    assert not multiprocessing.active_children()
+
+    long_text = "word " * (HEAVY_BODY_BYTES // 4)  # about 330 KB: heavy, within the window
+    message = await client.messages.create(model=MODEL, max_tokens=10, messages=_user(long_text))
+    assert message.usage.input_tokens == tokens.count_request(_user(long_text))
+    assert multiprocessing.active_children()  # the helper read it
+
+    too_long = [{"role": "user", "content": pad}] * 10_000  # 1.8 MB
+    with pytest.raises(anthropic.BadRequestError, match="prompt is too long: 400003 tokens"):
+        await client.messages.create(model=MODEL, max_tokens=10, messages=too_long)  # type: ignore[arg-type]
+
+    for content in (pad * 2000, pad):  # heavy and light: the same refusal
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(
+                model=MODEL, max_tokens=10, messages=[{"role": "assistant", "content": content}]
+            )
+        assert 'first message must use the "user" role' in str(info.value)
+
+    async with aiohttp.ClientSession() as session:
+        for body in (b"{" + b" " * (HEAVY_BODY_BYTES + 1), b"{"):  # heavy and light
+            async with session.post(
+                f"{sim.url}/v1/messages",
+                data=body,
+                headers={"x-api-key": "key-heavy", "anthropic-version": "2023-06-01"},
+            ) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["message"] == "Request body is not valid JSON"
+        async with session.get(f"{sim.url}/_sim/stats") as resp:
+            stats = await resp.json()
+    assert stats["keys"]["key-heavy"]["requests"] == {"200": 1, "400": 5}
