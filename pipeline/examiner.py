@@ -17,7 +17,6 @@ helper a restart, never the worker.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,10 +28,6 @@ from pipeline.intake import Examined, examine_value
 from pipeline.partners import Partner
 
 log = logging.getLogger("pipeline.examiner")
-
-
-def _ready() -> int:
-    return os.getpid()
 
 
 def _examine(
@@ -58,7 +53,7 @@ class Examiner:
 
     async def start(self) -> None:
         """Start the helper and wait until it can work."""
-        pid = await self._helper.run(_ready)
+        pid = await self._helper.start()
         log.info("examiner process ready", extra={"pid": pid})
 
     async def examine(

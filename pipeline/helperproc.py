@@ -27,6 +27,10 @@ ORPHAN_CHECK_S = 1.0
 _T = TypeVar("_T")
 
 
+def _pid() -> int:
+    return os.getpid()
+
+
 def _watch_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
@@ -52,6 +56,10 @@ class HelperProcess:
                 initargs=(os.getpid(),),
             )
         return self._pool
+
+    async def start(self) -> int:
+        """Start the helper and wait until it can work: its process id."""
+        return await self.run(_pid)
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """`fn(*args)` in the helper (`fn` a module-level function)."""

@@ -148,7 +148,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
 
     async def serve() -> None:
-        async with SimServer(config, args.host, args.port):
+        async with SimServer(config, args.host, args.port, warm=True):
             await until_signalled()
 
     try:

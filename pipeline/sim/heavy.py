@@ -61,6 +61,10 @@ class HeavyBodies:
     def __init__(self) -> None:
         self._helper = HelperProcess()
 
+    async def start(self) -> None:
+        """Start the helper now rather than with the first large body."""
+        await self._helper.start()
+
     async def check(self, raw: bytes) -> Checked | None:
         """The verdict on `raw`, read in the helper: the checked request, ApiError
         for a refusal, or None if the helper died under it (read it on the loop)."""

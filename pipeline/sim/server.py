@@ -397,10 +397,15 @@ def create_sim_app(config: SimConfig, simulator: Simulator | None = None) -> web
 class SimServer:
     """The simulator on a TCP port: `async with SimServer(cfg) as s: s.url`."""
 
-    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, config: SimConfig, host: str = "127.0.0.1", port: int = 0, warm: bool = False
+    ) -> None:
         self.config = config
         self.host = host
         self.port = port
+        #: Start the helper that reads large bodies before listening (the
+        #: simulator process does; tests' in-process servers start it when used).
+        self.warm = warm
         self.simulator = Simulator(config)
         self._runner: web.AppRunner | None = None
 
@@ -410,6 +415,8 @@ class SimServer:
 
     async def start(self) -> None:
         app = create_sim_app(self.config, self.simulator)
+        if self.warm:
+            await app[HEAVY_KEY].start()
         # handler_cancellation: a client that gives up (a timeout fault) frees its handler.
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
