@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
 from pipeline.config import Settings
@@ -87,6 +88,26 @@ async def until_signalled() -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, so that the processes a command started (a benchmark's rig,
+    a chaos run's stack: each in a session of its own, which no signal to the
+    command reaches) are stopped by their context managers. Python's default is
+    to die at once and leave them running. A second SIGTERM during that cleanup
+    is ignored."""
+
+    def unwind(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load_settings() -> Settings:

@@ -19,6 +19,7 @@ from pipeline.cli.common import (
     non_negative_float,
     port,
     positive_int,
+    sigterm_unwinds,
     until_signalled,
 )
 
@@ -313,7 +314,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run
 
     names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
-    return run(names, quick=args.quick, results_dir=args.results, runs=args.runs)
+    with sigterm_unwinds():
+        return run(names, quick=args.quick, results_dir=args.results, runs=args.runs)
 
 
 def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -339,4 +341,5 @@ def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from pipeline.chaos import run_chaos
 
-    return run_chaos(args.quick, sys.stdout, args.results, keep=args.keep)
+    with sigterm_unwinds():
+        return run_chaos(args.quick, sys.stdout, args.results, keep=args.keep)
