@@ -20,10 +20,8 @@ What we touch, and why:
   1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
   and its `_prefetch_backoff` (`set_fetch_wait`): a flood's fetched records held
   back the fetch of every other partition on their broker for 100 ms;
-- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request` and `_in_flight`,
-  and its client's `send` (`fetch_heavy_apart`): a partner whose fetches carry
-  batches over the fetch limit is fetched apart, on a connection of its own
-  (`pipeline.fetchlanes`);
+- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request`, `_in_flight` and
+  its client's `send` (`fetch_heavy_apart`): heavy partners fetched apart;
 - the assignor's `external_topic_distribution`: how many group members consume
   request partitions (each worker plans with 1/N of an upstream key);
 - a channel's buffer (`Channel._queue`): the request channel's is a lane per
@@ -444,15 +442,13 @@ def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
     aiokafka_send = client.send
     in_flight = fetcher._in_flight
 
-    def lane_request(request: Any, topics: list[Any]) -> Any:
-        return FetchRequest(
-            request._max_wait_ms,
-            request._min_bytes,
-            request._max_bytes,
-            request._isolation_level,
-            topics,
-            rack_id=request._rack_id,
-        )
+    def lane_request(r: Any, topics: list[Any]) -> Any:
+        args = (r._max_wait_ms, r._min_bytes, r._max_bytes, r._isolation_level, topics)
+        return FetchRequest(*args, rack_id=r._rack_id)
+
+    #: Topics in a fetch under way: never in a second one (a topic changes lanes
+    #: when its hold ends, and its partitions must not be fetched twice at once).
+    fetching: set[str] = set()
 
     def get_actions_per_node(assignment: Any) -> tuple[Any, ...]:
         # aiokafka leaves out a broker's partitions while a task keyed by its
@@ -461,18 +457,26 @@ def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
         requests, *rest = aiokafka_actions(assignment)
         by_lane = []
         for node_id, request in requests:
-            lanes = heavy.split(request.topics)
+            lanes = heavy.split([t for t in request.topics if t[0] not in fetching])
             for lane, topics in lanes.items():
                 if (node_id, lane) not in in_flight:
-                    one = request if len(lanes) == 1 else lane_request(request, topics)
-                    by_lane.append(((node_id, lane), one))
+                    same = len(topics) == len(request.topics)
+                    by_lane.append(
+                        ((node_id, lane), request if same else lane_request(request, topics))
+                    )
         return (by_lane, *rest)
 
     async def proc_fetch_request(assignment: Any, node: Any, request: Any) -> bool:
-        if isinstance(node, tuple):
-            node, lane = node
-            _FETCH_LANE.set(lane)  # this task's own context: its send below
-        return bool(await aiokafka_proc(assignment, node, request))
+        if not isinstance(node, tuple):
+            return bool(await aiokafka_proc(assignment, node, request))
+        node, lane = node
+        _FETCH_LANE.set(lane)  # this task's own context: its send below
+        topics = {topic for topic, _partitions in request.topics}
+        fetching.update(topics)
+        try:
+            return bool(await aiokafka_proc(assignment, node, request))
+        finally:
+            fetching.difference_update(topics)
 
     async def send_on_lane(
         node_id: Any, request: Any, *, group: Any = ConnectionGroup.DEFAULT

@@ -267,3 +267,66 @@ def test_the_fetch_wait_and_the_prefetch_back_off_are_set_on_the_consumers_fetch
 
     with pytest.raises(AdapterError, match="_prefetch_backoff"):
         set_fetch_wait(app_with(SimpleNamespace(_fetch_max_wait_ms=1500)), 10)
+
+
+async def test_heavy_topics_are_fetched_apart_and_never_in_two_fetches_at_once() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.protocol.fetch import FetchRequest
+
+    from pipeline.faustadapter import LANE_GROUP, fetch_heavy_apart
+    from pipeline.fetchlanes import HEAVY, SHARED, HeavyTopics
+
+    now = [0.0]
+    heavy = HeavyTopics(100, hold_s=10.0, clock=lambda: now[0])
+    heavy.saw("t.heavy", 1000)
+    request = FetchRequest(10, 1, 1000, 0, [("t.heavy", [(0, 5, 100)]), ("t.light", [(0, 7, 100)])])
+    sent: list[tuple[int, int, list[str]]] = []
+    answer = asyncio.Event()
+
+    async def send(node_id: int, request: Any, *, group: int = 0) -> Any:
+        topics = [topic for topic, _ in request.topics]
+        sent.append((node_id, group, topics))
+        if topics != ["t.heavy"]:
+            return SimpleNamespace(topics=[(t, [(0, 0, 8, b"x" * 50)]) for t in topics])
+        await answer.wait()  # the heavy fetch is slow to come back, with another heavy batch
+        return SimpleNamespace(topics=[("t.heavy", [(0, 0, 6, b"x" * 500)])])
+
+    class Fetcher:  # aiokafka's, as far as the adapter touches it
+        def __init__(self) -> None:
+            self._in_flight: set[Any] = set()
+            self._client = SimpleNamespace(send=send)
+
+        def _get_actions_per_node(self, assignment: Any) -> tuple[Any, ...]:
+            return ([(7, request)], {}, 0.1, False, [])
+
+        async def _proc_fetch_request(self, assignment: Any, node_id: Any, request: Any) -> bool:
+            await self._client.send(node_id, request)
+            return True
+
+    fetcher = Fetcher()
+    fetch_heavy_apart(SimpleNamespace(_fetcher=fetcher), heavy)
+    fetch_heavy_apart(SimpleNamespace(_fetcher=fetcher), heavy)  # every assignment: once kept
+
+    def planned() -> list[tuple[Any, list[str]]]:
+        return [
+            (key, [t for t, _ in r.topics]) for key, r in fetcher._get_actions_per_node(None)[0]
+        ]
+
+    assert planned() == [((7, HEAVY), ["t.heavy"]), ((7, SHARED), ["t.light"])]
+    # as aiokafka's fetch routine does: one task per (node, lane) key in flight
+    tasks = []
+    for key, r in fetcher._get_actions_per_node(None)[0]:
+        fetcher._in_flight.add(key)
+        tasks.append(asyncio.create_task(fetcher._proc_fetch_request(None, key, r)))
+    assert planned() == []  # both lanes under way
+    await tasks[1]  # the shared lane's answer comes...
+    fetcher._in_flight.discard((7, SHARED))
+    assert sorted(sent) == [(7, 0, ["t.light"]), (7, LANE_GROUP + HEAVY, ["t.heavy"])]
+    now[0] = 11.0  # ...and t.heavy's hold ends while its own fetch is under way
+    assert planned() == [((7, SHARED), ["t.light"])]  # not fetched twice at once
+    answer.set()
+    await asyncio.gather(*tasks)
+    fetcher._in_flight.clear()
+    assert planned() == [((7, HEAVY), ["t.heavy"]), ((7, SHARED), ["t.light"])]  # heavy again
