@@ -115,17 +115,22 @@ class PipelineApp:
 
         Faust's conductor drops a change flagged while the app rebalances (its
         `_subscriber` clears the change event then): a partner added during a
-        rebalance was never consumed. So a change still missing `patience_s`
-        (longer than the conductor's resubscribe delay) after it was flagged
-        or after a rebalance is flagged again. Flagging twice costs nothing:
-        an unchanged subscription is not made again (see faustadapter)."""
+        rebalance was never consumed. So a change still missing when a
+        rebalance ends is flagged again at once (waiting `patience_s` first
+        cost a partner added during another's rebalance 2-4 s more), and one
+        still missing `patience_s` (longer than the conductor's resubscribe
+        delay) after it was flagged is flagged again. Flagging twice costs
+        nothing: an unchanged subscription is not made again (see
+        faustadapter)."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
+        rebalanced = False
         while missing := set(self.requests.topics) - faustadapter.subscribed_topics(self.app):
             await asyncio.sleep(poll_s)
             if self.app.rebalancing:
-                quiet_since = loop.time()
-            elif loop.time() - quiet_since >= patience_s:
+                rebalanced = True
+            elif rebalanced or loop.time() - quiet_since >= patience_s:
+                rebalanced = False
                 log.info(
                     "subscription change lost in a rebalance: asking again",
                     extra={"topics": sorted(missing)},

@@ -105,6 +105,41 @@ async def test_a_subscription_change_lost_in_a_rebalance_is_asked_again(monkeypa
         cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
 
 
+async def test_a_change_missing_when_a_rebalance_ends_is_asked_again_at_once(
+    monkeypatch: Any,
+) -> None:
+    # A partner added during another partner's rebalance: waiting the whole
+    # patience after the rebalance cost it 2-4 s more before it was consumed.
+    import asyncio
+    import contextlib
+
+    from pipeline import faustadapter
+
+    async def handler(record: Any, ack: Any) -> None:
+        pass
+
+    wiring = create_app(SETTINGS, handler=handler, request_topics=["claude.requests.a"])
+    flagged = asyncio.Event()
+    monkeypatch.setattr(
+        faustadapter, "subscribed_topics", lambda app: frozenset({"claude.requests.a"})
+    )
+    monkeypatch.setattr(wiring, "_flag_subscription", flagged.set)
+    try:
+        wiring.requests.topics = ["claude.requests.a", "claude.requests.b"]
+        wiring.app.rebalancing = True
+        waiting = asyncio.ensure_future(wiring.until_subscribed(patience_s=30.0, poll_s=0.01))
+        await asyncio.sleep(0.1)
+        assert not flagged.is_set()
+        wiring.app.rebalancing = False
+        async with asyncio.timeout(1):  # not after the 30 s patience
+            await flagged.wait()
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    finally:
+        cast(Any, wiring.app.consumer)._thread.thread_loop.close()  # never started
+
+
 async def test_an_unchanged_subscription_does_not_rejoin_the_group(monkeypatch: Any) -> None:
     from faust.transport.drivers import aiokafka as driver
 
