@@ -451,10 +451,12 @@ def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
     fetching: set[str] = set()
 
     def get_actions_per_node(assignment: Any) -> tuple[Any, ...]:
-        # aiokafka leaves out a broker's partitions while a task keyed by its
-        # node id is in flight: fetches are keyed (node id, lane) here, so only
-        # offset resets (still keyed by node id) hold a whole broker back.
         requests, *rest = aiokafka_actions(assignment)
+        if not fetching and not heavy.any():
+            return (requests, *rest)  # no heavy partner: aiokafka's own, keyed by node id
+        # aiokafka leaves out a broker's partitions while a task keyed by its
+        # node id is in flight: with a heavy partner, fetches are keyed (node id,
+        # lane), so only offset resets and a fetch from before hold a broker back.
         by_lane = []
         for node_id, request in requests:
             lanes = heavy.split([t for t in request.topics if t[0] not in fetching])

@@ -53,6 +53,10 @@ class HeavyTopics:
         log.info("fetched with the others again", extra={"topic": topic})
         return SHARED
 
+    def any(self) -> bool:
+        """Whether any topic is heavy now."""
+        return any(self.lane(topic) == HEAVY for topic in list(self._until))
+
     def saw(self, topic: str, nbytes: int) -> None:
         """A fetch response carried `nbytes` of records for one partition of `topic`."""
         if nbytes <= self.limit_bytes:

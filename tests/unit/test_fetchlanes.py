@@ -20,14 +20,17 @@ def test_a_topic_is_heavy_from_its_first_batch_over_the_limit_until_the_hold_pas
     heavy = HeavyTopics(LIMIT, hold_s=60.0, clock=clock)
     heavy.saw("claude.requests.a", LIMIT)  # at the limit: a full fetch, not an oversize batch
     assert heavy.lane("claude.requests.a") == SHARED
+    assert not heavy.any()
     heavy.saw("claude.requests.a", LIMIT + 1)
     assert heavy.lane("claude.requests.a") == HEAVY
+    assert heavy.any()
     assert heavy.lane("claude.requests.b") == SHARED
     clock.now += 59.9
     heavy.saw("claude.requests.a", 10 * 1024 * 1024)  # another one: the hold starts again
     clock.now += 59.9
     assert heavy.lane("claude.requests.a") == HEAVY
     clock.now += 0.1
+    assert not heavy.any()
     assert heavy.lane("claude.requests.a") == SHARED
 
 
