@@ -61,13 +61,13 @@ def test_a_benchmark_stopped_with_sigterm_stops_the_processes_it_started(tmp_pat
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while not any(" worker" in _cmdline(p) for p in started):
+        # until the worker has started its own helper (the simulator's starts
+        # before it listens, and the worker after the simulator): all under way
+        while not any(" worker" in _cmdline(p) and _descendants(p) for p in started):
             assert time.monotonic() < deadline, "the benchmark's worker never started"
             assert bench.poll() is None, "the benchmark ended before its worker started"
             time.sleep(0.1)  # polling the process tree
             started = _descendants(bench.pid)
-        time.sleep(1)  # the worker's own helper, the simulator's: everything under way
-        started = _descendants(bench.pid)
         names = [_cmdline(p) for p in started]
         assert len(started) >= 3, names  # the broker, the simulator, the worker (and helpers)
         bench.send_signal(signal.SIGTERM)
