@@ -20,7 +20,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from pipeline import faustadapter
+from pipeline import crcs, faustadapter
 from pipeline.config import Settings
 from pipeline.fetchlanes import HeavyTopics
 from pipeline.lanes import LANES_SHARED, FairBuffer
@@ -72,10 +72,11 @@ class PipelineApp:
         return list(self.requests.topics)
 
     def tune_fetch_wait(self, ms: int) -> None:
-        """Set the consumer's fetch wait, which Faust hard-codes to 1,500 ms, and
-        fetch heavy partners apart from the others."""
+        """Set the consumer's fetch wait, which Faust hard-codes to 1,500 ms, fetch
+        heavy partners apart from the others and check CRCs holding no GIL."""
         faustadapter.set_fetch_wait(self.app, ms)
-        faustadapter.fetch_heavy_apart(faustadapter.aiokafka_consumer(self.app), self.heavy)
+        check = crcs.check_fetched if crcs.FAST else None
+        faustadapter.fetch_heavy_apart(faustadapter.aiokafka_consumer(self.app), self.heavy, check)
 
     def owned_partitions(self) -> set[tuple[str, int]]:
         """The request topic partitions this worker consumes."""

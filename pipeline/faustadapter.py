@@ -12,7 +12,7 @@ What we touch, and why:
   subscription while there is no topic to subscribe to (aiokafka refuses it),
   and none that changes nothing (aiokafka would rejoin the group for it);
 - the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription
-  changes for 45 s; a new partner should not wait that long;
+  changes for 45 s, too long for a new partner to wait;
 - the consumer thread's aiokafka consumer, for its subscription: the conductor
   drops a change flagged while the app rebalances, so the pipeline checks that
   its change took (`PipelineApp.until_subscribed`);
@@ -20,8 +20,9 @@ What we touch, and why:
   1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
   and its `_prefetch_backoff` (`set_fetch_wait`): a flood's fetched records held
   back the fetch of every other partition on their broker for 100 ms;
-- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request`, `_in_flight` and
-  its client's `send` (`fetch_heavy_apart`): heavy partners fetched apart;
+- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request`, `_in_flight`,
+  `_check_crcs` and its client's `send` (`fetch_heavy_apart`): heavy partners
+  fetched apart, and CRCs checked without holding the GIL (`pipeline.crcs`);
 - the assignor's `external_topic_distribution`: how many group members consume
   request partitions (each worker plans with 1/N of an upstream key);
 - a channel's buffer (`Channel._queue`): the request channel's is a lane per
@@ -31,20 +32,18 @@ What we touch, and why:
   tables defined after the app starts can register; we define none (our state
   is in `pipeline.statelog`), and every worker start paid that second.
 
-The consumer fixes, all measured here, all Faust's own (they apply on any broker).
-They are numbered as they were found; fix 1 (end offsets for table recovery
-on the embedded broker) went with the tables, when state moved to
-`pipeline.statelog`.
+The consumer fixes, all measured here, all Faust's own (they apply on any broker),
+numbered as found; fix 1 (end offsets for table recovery on the embedded broker)
+went with the tables, when state moved to `pipeline.statelog`.
 
-2. No record lost at a rebalance. During Faust's recovery step the
-  consumer may already fetch request records; Faust abandons those it
-  cannot hand to the stream while its flow is stopped, and relies on seeking
-  back to the committed offset afterwards. aiokafka seeks only where an
-  offset above zero is committed, so on a partition with nothing committed
-  (a new partner's topic, say) the abandoned records were skipped for good
-  and their offsets committed past them. `seek_to_committed` here rewinds
-  such partitions to their log start, which is what
-  `auto_offset_reset=earliest` means.
+2. No record lost at a rebalance. During Faust's recovery step the consumer
+  may already fetch request records; Faust abandons those it cannot hand to the
+  stream while its flow is stopped, and relies on seeking back to the committed
+  offset afterwards. aiokafka seeks only where an offset above zero is
+  committed, so on a partition with nothing committed (a new partner's topic,
+  say) the abandoned records were skipped for good and their offsets committed
+  past them. `seek_to_committed` here rewinds such partitions to their log
+  start, which is what `auto_offset_reset=earliest` means.
 
 3. No refetched record dropped. Faust drops a fetched record whose offset is
   below the highest it has delivered for that partition, to hide refetches.
@@ -87,9 +86,8 @@ on the embedded broker) went with the tables, when state moved to
   SIGKILL. `_new_offset` here commits nothing while the offset at the committed
   position (or, before any commit, where reading started) is not acked.
 
-Records delivered twice are deduplicated by the dispatcher (by position) and
-by the replay guard (by request_id).
-"""
+Records delivered twice are deduplicated by the dispatcher (by position) and by
+the replay guard (by request_id)."""
 
 from __future__ import annotations
 
@@ -425,11 +423,14 @@ _FETCH_LANE: ContextVar[int] = ContextVar("pipeline_fetch_lane", default=0)
 LANE_GROUP = 100
 
 
-def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
+def fetch_heavy_apart(
+    consumer: Any, heavy: HeavyTopics, check_crcs: Callable[[Any], None] | None = None
+) -> None:
     """Fetch `heavy` topics apart from the others (`pipeline.fetchlanes`), on an
     aiokafka consumer that runs: its Fetcher sends each lane's partitions of a
     broker in a fetch of their own, one in flight per broker and lane, and every
-    fetch response tells `heavy` how large its batches were."""
+    fetch response tells `heavy` how large its batches were. `check_crcs` (see
+    `pipeline.crcs`) checks every fetch response instead of aiokafka."""
     from aiokafka.client import ConnectionGroup
     from aiokafka.protocol.fetch import FetchRequest
 
@@ -487,9 +488,13 @@ def fetch_heavy_apart(consumer: Any, heavy: HeavyTopics) -> None:
             return await aiokafka_send(node_id, request, group=group)
         lane = _FETCH_LANE.get()
         response = await aiokafka_send(node_id, request, group=LANE_GROUP + lane if lane else group)
+        if check_crcs is not None:
+            check_crcs(response)  # raised: aiokafka logs it and fetches the same again
         heavy.saw_response(response.topics)
         return response
 
+    if check_crcs is not None:
+        fetcher._check_crcs = False
     fetcher._get_actions_per_node = get_actions_per_node
     fetcher._proc_fetch_request = proc_fetch_request
     client.send = send_on_lane

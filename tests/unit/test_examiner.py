@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -96,6 +97,39 @@ async def test_heavy_refusals_are_the_ones_inline_intake_gives(examined: Harness
         assert examined.claude.calls == []
     finally:
         await inline.dispatcher.stop(0)
+
+
+async def test_a_heavy_refusal_hashes_its_value_off_the_event_loop(
+    examined: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing 10 MB for a dead letter takes 10 ms: on the loop, every partner waits."""
+    import hashlib
+
+    import pipeline.outcomes
+
+    hashed_on: list[str] = []
+
+    class Spy:
+        @staticmethod
+        def sha256(data: bytes) -> Any:
+            hashed_on.append(threading.current_thread().name)
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(pipeline.outcomes, "hashlib", Spy)
+    value = _heavy(examined, "unreadable").value or b""
+    bad = value[:2] + b"\x00" * 8 + value[10:]  # an unknown fingerprint
+    examined.offset += 1
+    headers = signed_headers("acme", b"secret-acme", bad)
+    record = SourceRecord("claude.requests.acme", 0, examined.offset, b"unreadable", bad, headers)
+    await examined.send(record)
+    await examined.settle(1)
+    [letter] = examined.dead_letters()
+    assert (letter["reason"], letter["payload_sha256"]) == (
+        "schema_error",
+        hashlib.sha256(bad).hexdigest(),
+    )
+    assert hashed_on
+    assert threading.main_thread().name not in hashed_on
 
 
 async def test_a_helper_that_dies_costs_one_record_and_is_replaced() -> None:

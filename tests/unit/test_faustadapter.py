@@ -331,3 +331,42 @@ async def test_heavy_topics_are_fetched_apart_and_never_in_two_fetches_at_once()
     await asyncio.gather(*tasks)
     fetcher._in_flight.clear()
     assert planned() == [((7, HEAVY), ["t.heavy"]), ((7, SHARED), ["t.light"])]  # heavy again
+
+
+async def test_with_a_crc_check_every_fetch_response_is_checked_instead_of_by_aiokafka() -> None:
+    from types import SimpleNamespace
+
+    from aiokafka.errors import CorruptRecordException
+    from aiokafka.protocol.fetch import FetchRequest
+
+    from pipeline.faustadapter import fetch_heavy_apart
+    from pipeline.fetchlanes import HeavyTopics
+
+    checked: list[Any] = []
+    responses = [SimpleNamespace(topics=[("t", [(0, 0, 1, b"ok")])]), SimpleNamespace(topics=[])]
+
+    def check(response: Any) -> None:
+        checked.append(response)
+        if not response.topics:
+            raise CorruptRecordException("invalid CRC")
+
+    async def send(node_id: int, request: Any, *, group: int = 0) -> Any:
+        return responses.pop(0) if isinstance(request, FetchRequest) else "metadata"
+
+    class Fetcher:  # aiokafka's, as far as the adapter touches it
+        def __init__(self) -> None:
+            self._check_crcs, self._in_flight = True, set[Any]()
+            self._client = SimpleNamespace(send=send)
+
+        def _get_actions_per_node(self, assignment: Any) -> Any: ...
+        async def _proc_fetch_request(self, *args: Any) -> Any: ...
+
+    fetcher = Fetcher()
+    fetch_heavy_apart(SimpleNamespace(_fetcher=fetcher), HeavyTopics(100), check)
+    assert fetcher._check_crcs is False  # aiokafka's own check is off...
+    request = FetchRequest(10, 1, 1000, 0, [("t", [(0, 0, 100)])])
+    assert (await fetcher._client.send(1, request)).topics  # ...ours saw the response
+    with pytest.raises(CorruptRecordException):  # aiokafka logs it and fetches again
+        await fetcher._client.send(1, request)
+    assert await fetcher._client.send(1, "not a fetch") == "metadata"
+    assert len(checked) == 2
