@@ -82,6 +82,7 @@ class WorkerRuntime(Service):
         self.health = Health(self.metrics.ready)
         self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
+        self.api_keys = ApiKeys(secrets, settings.anthropic_api_key)
         self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
         self.examiner = Examiner()
         self.wiring = create_app(
@@ -118,7 +119,7 @@ class WorkerRuntime(Service):
                 partitions=self._partition_count,
             ),
             claude=self.claude,
-            keys=ApiKeys(secrets, settings.anthropic_api_key),
+            keys=self.api_keys,
             codec=codec,
             builder=OutcomeBuilder(
                 prices,
@@ -230,6 +231,8 @@ class WorkerRuntime(Service):
             await asyncio.sleep(1.0)
 
     async def _read_secrets(self, partner: Partner) -> None:
+        """A partner's secrets into the resolver's cache, and its Anthropic key's SDK
+        client made (`ClaudeClient.prepare`), off the event loop."""
         refs = [
             partner.signing_secret_ref,
             partner.previous_signing_secret_ref,
@@ -239,6 +242,8 @@ class WorkerRuntime(Service):
         for ref in filter(None, refs):
             with contextlib.suppress(SecretError):  # the request that needs it says why
                 await asyncio.to_thread(self.secrets.resolve, ref)
+        with contextlib.suppress(SecretError):
+            await self.claude.prepare(await asyncio.to_thread(self.api_keys.for_partner, partner))
 
     def _on_partner_change(
         self, partner_id: str, before: Partner | None, after: Partner | None

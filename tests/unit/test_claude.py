@@ -91,3 +91,34 @@ def test_a_body_that_is_no_message_is_a_retriable_upstream_error(body: object) -
         to_result(body, {})  # type: ignore[arg-type]
     assert info.value.retriable
     assert info.value.status == 502
+
+
+async def test_a_prepared_key_s_client_is_made_off_the_event_loop_and_used_by_its_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Made at a key's first request, the SDK client (CA bundle, HTTP stack imports)
+    held the event loop 105 ms."""
+    import threading
+
+    from pipeline.claude import ClaudeClient
+
+    client = ClaudeClient("http://127.0.0.1:9", 1.0)
+    made_on: list[str] = []
+    new_client = client._new_client
+
+    def spy(api_key: str) -> object:
+        made_on.append(threading.current_thread().name)
+        return new_client(api_key)
+
+    monkeypatch.setattr(client, "_new_client", spy)
+    try:
+        await client.prepare("sk-a")
+        await client.prepare("sk-a")  # once per key
+        prepared = client._clients["sk-a"]
+        with pytest.raises(UpstreamError):  # nothing listens on port 9
+            await client.create("sk-a", {"model": "m", "max_tokens": 1, "messages": []})
+        assert client._clients["sk-a"] is prepared
+        assert len(made_on) == 1
+        assert made_on[0] != threading.main_thread().name
+    finally:
+        await client.close()
