@@ -34,7 +34,10 @@ def _examine(
     writer_schema: Any, reader_schema: Any, data: bytes, offset: int, partner: Partner
 ) -> Examined | SchemaError:
     try:
-        return examine_value(writer_schema, reader_schema, data, offset, partner, encode_body=True)
+        examined = examine_value(
+            writer_schema, reader_schema, data, offset, partner, encode_body=True
+        )
+        return examined.without_content()
     except SchemaError as exc:  # returned, not raised: no traceback to pickle
         return exc
 

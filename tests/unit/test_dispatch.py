@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -49,7 +50,10 @@ class FakeClaude:
     async def create(
         self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
     ) -> UpstreamResult:
-        prompt = params["messages"][-1]["content"]
+        # Like Claude, it reads the body when there is one (a heavy request's
+        # params come back from the examiner without their messages).
+        sent = json.loads(body) if body is not None else params
+        prompt = sent["messages"][-1]["content"]
         self.calls.append(prompt)
         self.keys.append(api_key)
         self.bodies.append(body)

@@ -69,6 +69,31 @@ async def test_a_heavy_request_is_served_with_the_body_the_helper_encoded(
     assert body == json_body(params)
 
 
+async def test_the_helper_sends_back_a_heavy_request_without_what_only_its_body_needs() -> None:
+    """Ten thousand messages as Python objects took the worker 6-18 ms to unpickle."""
+    examiner = Examiner()
+    try:
+        h = Harness(FakeClaude())
+        value = _heavy(h, "big-2").value or b""
+        writer, offset = CODEC.framing("ClaudeRequest", value)
+        reader = CODEC.store.current["ClaudeRequest"].parsed
+        partner = Partner(partner_id="acme", signing_secret_ref="env:S")
+        examined = await examiner.examine(writer, reader, value, offset, partner)
+        assert isinstance(examined, Examined)
+        assert examined.params is not None
+        assert "messages" not in examined.request
+        assert "messages" not in examined.params
+        assert examined.request["request_id"] == "big-2"
+        inline = examine_value(writer, reader, value, offset, partner, encode_body=True)
+        assert examined.body == inline.body  # the messages travel in the body
+        assert (examined.est_input_tokens, examined.upper_input_tokens) == (
+            inline.est_input_tokens,
+            inline.upper_input_tokens,
+        )
+    finally:
+        examiner.close()
+
+
 async def test_heavy_refusals_are_the_ones_inline_intake_gives(examined: Harness) -> None:
     inline = Harness(FakeClaude())
     await inline.dispatcher.start()
