@@ -1,93 +1,91 @@
 """Faust behind one adapter: every private name of Faust (and of aiokafka under it)
 that the pipeline touches lives in this module, and nowhere else.
 
-`check()` runs at start-up: a name this adapter relies on that the installed Faust
-lacks stops the worker with a message naming it and the Faust version, instead of
-a silent fallback. Each consumer fix is pinned by a contract test
-(tests/unit/test_faustadapter.py) that fails against an unpatched Faust.
+`check()` runs at start-up: a name this adapter relies on that the installed Faust lacks
+stops the worker with a message naming it and the Faust version, instead of a silent
+fallback. Each consumer fix is pinned by a contract test (tests/unit/test_faustadapter.py)
+that fails against an unpatched Faust.
 
 What we touch, and why:
 
-- the aiokafka driver's `Consumer` (subclassed, `install`): the fixes below, no
-  subscription while there is no topic to subscribe to (aiokafka refuses it),
-  and none that changes nothing (aiokafka would rejoin the group for it);
-- the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription
-  changes for 45 s, too long for a new partner to wait;
-- the consumer thread's aiokafka consumer, for its subscription: the conductor
-  drops a change flagged while the app rebalances, so the pipeline checks that
-  its change took (`PipelineApp.until_subscribed`);
-- the consumer thread's aiokafka `Fetcher._fetch_max_wait_ms`: Faust hard-codes
-  1,500 ms, and the embedded broker holds every fetch for its whole max-wait;
-  and its `_prefetch_backoff` (`set_fetch_wait`): a flood's fetched records held
-  back the fetch of every other partition on their broker for 100 ms;
-- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request`, `_in_flight`,
-  `_check_crcs` and its client's `send` (`fetch_heavy_apart`): heavy partners
-  fetched apart, and CRCs checked without holding the GIL (`pipeline.crcs`);
-- the assignor's `external_topic_distribution`: how many group members consume
-  request partitions (each worker plans with 1/N of an upstream key);
-- a channel's buffer (`Channel._queue`): the request channel's is a lane per
-  partner (`pipeline.lanes.FairBuffer`, a mode `FlowControlQueue` that keeps
-  its pressure callbacks per lane), not one FIFO;
-- the table manager's start (`TableManager`): Faust sleeps a second there so that
-  tables defined after the app starts can register; we define none (our state
-  is in `pipeline.statelog`), and every worker start paid that second.
+- the aiokafka driver's `Consumer` (subclassed, `install`): the fixes below, no subscription
+  while there is no topic to subscribe to (aiokafka refuses it), and none that changes
+  nothing (aiokafka would rejoin the group for it);
+- the conductor's `_resubscribe_sleep_lock_seconds`: Faust coalesces subscription changes
+  for 45 s, too long for a new partner to wait;
+- the consumer thread's aiokafka consumer, for its subscription: the conductor drops a
+  change flagged while the app rebalances, so the pipeline checks that its change took
+  (`PipelineApp.until_subscribed`);
+- the consumer thread's aiokafka `Fetcher._fetch_max_wait_ms`: Faust hard-codes 1,500 ms,
+  and the embedded broker holds every fetch for its whole max-wait; and its
+  `_prefetch_backoff` (`set_fetch_wait`): a flood's fetched records held back the fetch of
+  every other partition on their broker for 100 ms;
+- the Fetcher's `_get_actions_per_node`, `_proc_fetch_request`, `_in_flight`, `_check_crcs`
+  and its client's `send` (`fetch_heavy_apart`): heavy partners fetched apart, and CRCs
+  checked without holding the GIL (`pipeline.crcs`);
+- the assignor's `external_topic_distribution`: how many group members consume request
+  partitions (each worker plans with 1/N of an upstream key);
+- a channel's buffer (`Channel._queue`): the request channel's is a lane per partner
+  (`pipeline.lanes.FairBuffer`, a mode `FlowControlQueue` that keeps its pressure callbacks
+  per lane), not one FIFO;
+- the table manager's start (`TableManager`): Faust sleeps a second there so that tables
+  defined after the app starts can register; we define none (our state is in
+  `pipeline.statelog`), and every worker start paid that second.
 
-The consumer fixes, all measured here, all Faust's own (they apply on any broker),
-numbered as found; fix 1 (end offsets for table recovery on the embedded broker)
-went with the tables, when state moved to `pipeline.statelog`.
+The consumer fixes, all measured here, all Faust's own (they apply on any broker), numbered
+as found; fix 1 (end offsets for table recovery on the embedded broker) went with the
+tables, when state moved to `pipeline.statelog`.
 
-2. No record lost at a rebalance. During Faust's recovery step the consumer
-  may already fetch request records; Faust abandons those it cannot hand to the
-  stream while its flow is stopped, and relies on seeking back to the committed
-  offset afterwards. aiokafka seeks only where an offset above zero is
-  committed, so on a partition with nothing committed (a new partner's topic,
-  say) the abandoned records were skipped for good and their offsets committed
-  past them. `seek_to_committed` here rewinds such partitions to their log
-  start, which is what `auto_offset_reset=earliest` means.
+2. No record lost at a rebalance. During Faust's recovery step the consumer may already
+  fetch request records; Faust abandons those it cannot hand to the stream while its flow is
+  stopped, and relies on seeking back to the committed offset afterwards. aiokafka seeks
+  only where an offset above zero is committed, so on a partition with nothing committed (a
+  new partner's topic, say) the abandoned records were skipped for good and their offsets
+  committed past them. `seek_to_committed` here rewinds such partitions to their log start,
+  which is what `auto_offset_reset=earliest` means.
 
-3. No refetched record dropped. Faust drops a fetched record whose offset is
-  below the highest it has delivered for that partition, to hide refetches.
-  But records fetched before the seek keep being delivered after it, so the
-  highest delivered offset climbs back above the refetched records, and a
-  record whose first delivery was abandoned was dropped on its second (seen
-  here: offsets 2-9 refetched, all dropped, 9 never served). `ReadOffsets`
-  keeps Faust's bookkeeping of gaps in a partition (compaction, transaction
-  markers), but no record is dropped.
+3. No refetched record dropped. Faust drops a fetched record whose offset is below the
+  highest it has delivered for that partition, to hide refetches. But records fetched before
+  the seek keep being delivered after it, so the highest delivered offset climbs back above
+  the refetched records, and a record whose first delivery was abandoned was dropped on its
+  second (seen here: offsets 2-9 refetched, all dropped, 9 never served). `ReadOffsets`
+  keeps Faust's bookkeeping of gaps in a partition (compaction, transaction markers), but no
+  record is dropped.
 
-4. No record cleared from the stream's queue after the seek. Faust resumes a
-  worker after a rebalance in this order: seek the stream partitions to their
-  committed offsets, resume flow control (which empties every stream queue),
-  resume the consumer. But the consumer may already be running then, so
-  records handed over between the seek and the emptying were thrown away;
-  none of them is fetched again, and the commit passed over them (seen
-  here: the record at the committed offset refetched 4 ms after the seek,
-  gone 80 ms later, the next six served).
-  `perform_seek` here stops the consumer's flow first: nothing reaches a
-  queue until Faust resumes it, and everything past the committed offsets is
-  fetched again.
+4. No record cleared from the stream's queue after the seek. Faust resumes a worker after a
+  rebalance in this order: seek the stream partitions to their committed offsets, resume
+  flow control (which empties every stream queue), resume the consumer. But the consumer may
+  already be running then, so records handed over between the seek and the emptying were
+  thrown away; none of them is fetched again, and the commit passed over them (seen here:
+  the record at the committed offset refetched 4 ms after the seek, gone 80 ms later, the
+  next six served). `perform_seek` here stops the consumer's flow first: nothing reaches a
+  queue until Faust resumes it, and everything past the committed offsets is fetched again.
 
-5. No record dropped by a pause. Our intake pauses a partner's partitions
-  when its queue is full (`FaustFlowControl`). Faust hands a fetched batch
-  over record by record and drops those whose partition is no longer in its
-  live set of active partitions, the very set a pause shrinks; aiokafka had
-  already moved past them. With a queue of 4 per partner, 1,764 of 2,000
-  requests never got an outcome. `_wait_next_records` here gives Faust a
-  copy of the set the batch was fetched for; the pause takes effect from
-  the next fetch.
+5. No record dropped by a pause. Our intake pauses a partner's partitions when its queue is
+  full (`FaustFlowControl`). Faust hands a fetched batch over record by record and drops
+  those whose partition is no longer in its live set of active partitions, the very set a
+  pause shrinks; aiokafka had already moved past them. With a queue of 4 per partner, 1,764
+  of 2,000 requests never got an outcome. `_wait_next_records` here gives Faust a copy of
+  the set the batch was fetched for; the pause takes effect from the next fetch.
 
-6. No record committed past while it is not acked. Faust keeps a partition's
-  acked offsets and commits their first consecutive run, refusing only when the
-  run starts more than one past the committed position; but the committed
-  position is the next offset to read, so an unacked record right at it (the
-  oldest one in flight: a request a draining worker leaves for redelivery, a
-  retry dropped when its partition moves) was committed past as soon as a later
-  one was acked, and with nothing committed yet there was no check at all. Seen
-  here: 13 of 1,500 requests lost in a chaos run with one SIGTERM and one
-  SIGKILL. `_new_offset` here commits nothing while the offset at the committed
-  position (or, before any commit, where reading started) is not acked.
+6. No record committed past while it is not acked. Faust keeps a partition's acked offsets
+  and commits their first consecutive run, refusing only when the run starts more than one
+  past the committed position; but the committed position is the next offset to read, so an
+  unacked record right at it (the oldest one in flight: a request a draining worker leaves
+  for redelivery, a retry dropped when its partition moves) was committed past as soon as a
+  later one was acked, and with nothing committed yet there was no check at all. Seen here:
+  13 of 1,500 requests lost in a chaos run with one SIGTERM and one SIGKILL. `_new_offset`
+  here commits nothing while the offset at the committed position (or, before any commit,
+  where reading started) is not acked.
 
-Records delivered twice are deduplicated by the dispatcher (by position) and by
-the replay guard (by request_id)."""
+7. No crash when a batch outlives its partition. Faust asks for the highwater of each
+  record's partition as it hands the batch over; one revoked meanwhile (a rebalance under
+  way, and fix 5 keeps the batch's partitions) raised aiokafka's "Partition is not
+  assigned", which crashed the fetcher and the worker. `highwater` here answers None, as for
+  an unknown one; the dispatcher drops the record.
+
+Records delivered twice are deduplicated by the dispatcher (by position) and by the replay
+guard (by request_id)."""
 
 from __future__ import annotations
 
@@ -138,21 +136,14 @@ def never_committed(
     return [tp for tp, offset in committed.items() if not offset and tp[0] not in changelogs]
 
 
+# fmt: off
+_CONSUMER_NAMES = ("highwaters", "highwater", "_wait_next_records", "perform_seek",
+                   "seek_to_committed", "_seek", "stop_flow", "earliest_offsets", "_new_offset")
+_QUEUE_NAMES = ("put_nowait_enhanced", "force_put_nowait", "maybe_endorse_pressure_drop",
+                "pressure_high_size", "pressure_drop_size", "on_pressure_drop")
+# fmt: on
 REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    (
-        "faust.transport.drivers.aiokafka",
-        "Consumer",
-        (
-            "highwaters",
-            "_wait_next_records",
-            "perform_seek",
-            "seek_to_committed",
-            "_seek",
-            "stop_flow",
-            "earliest_offsets",
-            "_new_offset",
-        ),
-    ),
+    ("faust.transport.drivers.aiokafka", "Consumer", _CONSUMER_NAMES),
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", ("_ensure_consumer",)),
     ("faust.transport.drivers.aiokafka", "Transport", ("Consumer",)),
     ("faust.transport.conductor", "Conductor", ("_resubscribe_sleep_lock_seconds",)),
@@ -161,18 +152,7 @@ REQUIRED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("faust.channels", "Channel", ("queue",)),
     ("aiokafka.consumer.fetcher", "Fetcher", ("_get_actions_per_node", "_proc_fetch_request")),
     ("aiokafka.client", "AIOKafkaClient", ("send",)),
-    (
-        "mode.utils.queues",
-        "FlowControlQueue",
-        (
-            "put_nowait_enhanced",
-            "force_put_nowait",
-            "maybe_endorse_pressure_drop",
-            "pressure_high_size",
-            "pressure_drop_size",
-            "on_pressure_drop",
-        ),
-    ),
+    ("mode.utils.queues", "FlowControlQueue", _QUEUE_NAMES),
 )
 #: Instance attributes that only exist once an object runs: (module, class, name),
 #: checked in the source of the class's __init__.
@@ -186,6 +166,7 @@ REQUIRED_IN_INIT: tuple[tuple[str, str, str], ...] = (
     ("aiokafka.consumer.fetcher", "Fetcher", "_prefetch_backoff"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_in_flight"),
     ("aiokafka.consumer.fetcher", "Fetcher", "_client"),
+    ("aiokafka.consumer.fetcher", "Fetcher", "_check_crcs"),
     ("aiokafka.protocol.fetch", "FetchRequest", "_max_wait_ms"),
     ("aiokafka.protocol.fetch", "FetchRequest", "_min_bytes"),
     ("aiokafka.protocol.fetch", "FetchRequest", "_max_bytes"),
@@ -304,6 +285,12 @@ def install(app: Any) -> None:
             # The partitions these records were fetched for, not the live set
             # that a pause shrinks while the batch is still being handed over.
             return records, (None if active is None else set(active))
+
+        def highwater(self, tp: Any) -> int | None:  # type: ignore[override] # aiokafka's may be None
+            try:
+                return cast("int | None", super().highwater(tp))
+            except AssertionError:  # aiokafka's "Partition is not assigned" (fix 7)
+                return None
 
         async def perform_seek(self) -> None:
             self.stop_flow()  # Faust resumes it once the stream queues are emptied

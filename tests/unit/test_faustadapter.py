@@ -105,6 +105,26 @@ async def test_a_batch_keeps_the_partitions_it_was_fetched_for_when_a_pause_shri
         app.consumer._thread.thread_loop.close()
 
 
+async def test_a_batch_whose_partition_was_revoked_meanwhile_does_not_crash_the_fetcher(
+    monkeypatch: Any,
+) -> None:
+    """Seen in the suite: a rebalance revoked a partition while Faust handed over its
+    fetched batch; Faust's highwater lookup raised and the worker stopped."""
+    from faust.transport.drivers import aiokafka as driver
+
+    def unassigned(self: Any, tp: Any) -> int:
+        raise AssertionError("Partition is not assigned")  # what aiokafka raises
+
+    monkeypatch.setattr(driver.AIOKafkaConsumerThread, "highwater", unassigned)
+    app = _app("revoked-highwater-test")
+    try:
+        with pytest.raises(AssertionError):
+            driver.Consumer.highwater(app.consumer, cast(Any, "tp-revoked"))  # unpatched: raises
+        assert app.consumer.highwater("tp-revoked") is None
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
 async def test_a_partition_with_nothing_committed_is_rewound_to_its_start(
     monkeypatch: Any,
 ) -> None:
