@@ -105,3 +105,37 @@ def test_a_fetch_response_with_a_corrupt_batch_raises_naming_where() -> None:
 def test_the_hardware_crc_is_installed() -> None:
     """Without it, aiokafka keeps its own check (correct, but 10 ms per 10 MB)."""
     assert crcs.FAST
+
+
+@given(st.binary(max_size=3000), st.data())
+def test_a_tail_s_crc_from_the_whole_s_and_the_head_s_is_its_own(
+    data: bytes, draw: st.DataObject
+) -> None:
+    import google_crc32c
+
+    split = draw.draw(st.integers(0, len(data)))
+    whole, head = google_crc32c.value(data), google_crc32c.value(data[:split])
+    assert crcs._tail_crc(whole, head, len(data) - split) == google_crc32c.value(data[split:])
+
+
+def test_a_large_last_batch_is_checked_without_a_copy_and_still_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import google_crc32c
+
+    small, large = v2_batch(0, [b"a"]), v2_batch(1, [bytes(range(256)) * 1024])  # 256 KB
+    hashed: list[int] = []
+    original = google_crc32c.value
+
+    def value(data: bytes) -> int:
+        hashed.append(len(data))
+        return int(original(data))
+
+    monkeypatch.setattr(google_crc32c, "value", value)
+    data = small + large
+    assert crcs.corrupt_offset(data) is None
+    # the small batch copied out; for the large one, all of the data and what precedes it
+    assert hashed == [len(small) - 21, len(data), len(small) + 21]
+    broken = bytearray(data)
+    broken[-1000] ^= 0x10
+    assert crcs.corrupt_offset(bytes(broken)) == 1
