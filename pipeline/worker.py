@@ -242,8 +242,8 @@ class WorkerRuntime(Service):
         for ref in filter(None, refs):
             with contextlib.suppress(SecretError):  # the request that needs it says why
                 await asyncio.to_thread(self.secrets.resolve, ref)
-        with contextlib.suppress(SecretError):
-            await self.claude.prepare(await asyncio.to_thread(self.api_keys.for_partner, partner))
+        with contextlib.suppress(SecretError):  # resolved just above: from the cache
+            await self.claude.prepare(self.api_keys.for_partner(partner))
 
     def _on_partner_change(
         self, partner_id: str, before: Partner | None, after: Partner | None
