@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from pipeline.errors import Stage, internal
 from pipeline.failpoints import Failpoints
 from pipeline.metrics import Metrics
-from pipeline.outcomes import Outcome, OutcomeBuilder, fit
+from pipeline.outcomes import Outcome, OutcomeBuilder, fit, last_resort
 from pipeline.records import AckFn, Job, OutMessage, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.state import ReplayGuard, wait_all
@@ -204,9 +205,18 @@ class Completion:
         (acknowledged by the broker); 3. the done marker; 4. wait until what the
         request changed is durable; 5. report; 6. ack every delivery."""
         record = outcome.record
-        outcome, messages = fit(
-            self._builder, outcome, job, self._codec, self._config.max_record_bytes
-        )
+        try:
+            outcome, messages = fit(
+                self._builder, outcome, job, self._codec, self._config.max_record_bytes
+            )
+        except Exception as exc:  # noqa: BLE001 (an outcome that cannot be encoded)
+            fields = {
+                **record_fields(record),
+                "partner": outcome.partner_id,
+                "request_id": outcome.request_id,
+            }
+            error = internal(Stage.COMPLETION, exc, log, fields)
+            outcome, messages = last_resort(self._builder, outcome, job, self._codec, error)
         self._failpoints.hit("before_publish")
         await self._publish(messages, record)
         self._failpoints.hit("after_publish")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -88,13 +88,18 @@ def check_envelope(record: SourceRecord, max_value_bytes: int) -> None:
     """Limits on what surrounds the value, before anything reads it: one copy of
     each header, headers and key within bounds. (AuthFailed: the envelope carries
     the credentials.)"""
-    names = [name for name, _ in record.headers]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise AuthFailed(f"header {twice[0]} appears more than once")
-    size = sum(len(name.encode()) + len(value) for name, value in record.headers)
+    # Count and size first, then duplicates with a set: all linear, so no number
+    # of headers can hold the event loop (a count per name was quadratic).
+    if len(record.headers) > MAX_HEADERS:
+        raise AuthFailed(f"{len(record.headers)} headers: at most {MAX_HEADERS}")
+    size = sum(len(n.encode("utf-8", "surrogatepass")) + len(v) for n, v in record.headers)
     if size > MAX_HEADER_BYTES:
         raise AuthFailed(f"headers of {size} bytes exceed the {MAX_HEADER_BYTES}-byte limit")
+    seen: set[str] = set()
+    for name, _ in record.headers:
+        if name in seen:
+            raise AuthFailed(f"header {name} appears more than once")
+        seen.add(name)
     if record.key is not None and len(record.key) > MAX_REQUEST_ID_BYTES:
         raise AuthFailed(f"a record key of {len(record.key)} bytes: a request_id is at most 256")
     if record.value is not None and len(record.value) > max_value_bytes:
@@ -115,6 +120,8 @@ MAX_REQUEST_ID_BYTES = 256
 
 #: Headers a record may carry, all together (name and value bytes).
 MAX_HEADER_BYTES = 16 * 1024
+#: How many headers a record may carry (ours are five; the rest are the partner's).
+MAX_HEADERS = 64
 #: Characters a request_id may not contain: it is a record key and a log field.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -182,6 +189,39 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
                 )
 
 
+#: How far a request's own timestamps may stray from the worker's clock. They
+#: travel into every output record (latency_ms, an Avro long): outside these
+#: bounds a value is a bug or an attack, never a request (a dead letter replayed
+#: within a year keeps its original created_at_ms).
+MAX_REQUEST_AGE_MS = 366 * 24 * 3600 * 1000
+MAX_FUTURE_MS = 5 * 60 * 1000
+
+
+def check_times(request: Mapping[str, Any], now: float) -> None:
+    """created_at_ms and deadline_ms within plausible bounds of `now`."""
+    now_ms = int(now * 1000)
+    created = request.get("created_at_ms")
+    if not isinstance(created, int) or not (
+        now_ms - MAX_REQUEST_AGE_MS <= created <= now_ms + MAX_FUTURE_MS
+    ):
+        raise InvalidRequest(
+            "created_at_ms: not a time within a year before the worker's clock "
+            f"({now_ms} ms) and {MAX_FUTURE_MS // 1000} s after it"
+        )
+    deadline = request.get("deadline_ms")
+    if deadline is not None and not 0 <= deadline <= now_ms + MAX_REQUEST_AGE_MS:
+        raise InvalidRequest("deadline_ms: not a time within a year of the worker's clock")
+
+
+#: The fields of a request a refusal may carry: what the outcome records name
+#: (never its content: an invalid request's body is what it is refused for).
+SUMMARY_FIELDS = ("request_id", "partner_id", "model", "created_at_ms")
+
+
+def summary(request: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: request[k] for k in SUMMARY_FIELDS if k in request}
+
+
 @dataclass(frozen=True)
 class Examined:
     """What a decoded value says about itself: the request, its params or why they
@@ -231,7 +271,9 @@ def examine_value(
         params = params_of(request)
         validate(request, params, partner)
     except RequestError as exc:
-        return Examined(request, None, exc)
+        # The refusal names the request, never carries it: an invalid body may be
+        # millions of items, pickled back from the examiner for nothing.
+        return Examined(summary(request), None, exc)
     return Examined(
         request,
         params,
@@ -365,7 +407,7 @@ class Intake:
                 exc,
                 topic_partner,
                 request_id,
-                request,
+                summary(request) if request is not None else None,
                 respond=respond,
                 verified=True,
                 replay_count=verified.replay_count,
@@ -398,6 +440,7 @@ class Intake:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
             if examined.invalid is not None:
                 raise examined.invalid
+            check_times(request, now)
             deadline = request.get("deadline_ms")
             if deadline is not None and now * 1000 >= deadline:
                 raise DeadlineExpired(

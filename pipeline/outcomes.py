@@ -107,6 +107,11 @@ def source_aad(record: SourceRecord) -> bytes:
     return f"{record.topic}|{record.partition}|{record.offset}".encode()
 
 
+#: Bounds of the numbers an outcome computes from what a record says.
+MAX_LATENCY_MS = 10 * 366 * 24 * 3600 * 1000
+MAX_AVRO_INT = 2**31 - 1
+
+
 class OutcomeBuilder:
     def __init__(
         self, prices: PriceTable, wall_ms: Callable[[], int], seal: Sealer | None = None
@@ -123,7 +128,9 @@ class OutcomeBuilder:
 
     @staticmethod
     def _latency_ms(created_at_ms: int | None, now_ms: int) -> int:
-        return max(0, now_ms - created_at_ms) if created_at_ms else 0
+        # Intake bounds created_at_ms; this bound is for a record that never
+        # met intake's (an outcome's fields must always encode).
+        return min(max(0, now_ms - created_at_ms), MAX_LATENCY_MS) if created_at_ms else 0
 
     def success(self, job: Job, result: UpstreamResult, queued_ms: int) -> Outcome:
         now_ms = self._wall_ms()
@@ -166,6 +173,32 @@ class OutcomeBuilder:
         }
         return Outcome(job.record, job.partner_id, job.request_id, Status.OK, response, usage, None)
 
+    def bare(self, record: SourceRecord, error: RequestError) -> Outcome:
+        """A dead letter of nothing but the record's position and `error`: what is
+        left when nothing a record says can be encoded. Its payload stays at its
+        source offset (never replayed from here: it was not verified)."""
+        payload = record.value or b""
+        dead_letter: DeadLetter = {
+            "partner_id": None,
+            "request_id": None,
+            "reason": error.reason.value,
+            "detail": f"{error.detail} [no outcome could be encoded; the record stays "
+            "at its source offset]",
+            "source_topic": record.topic,
+            "source_partition": record.partition,
+            "source_offset": record.offset,
+            "payload": b"",
+            "headers": {},
+            "attempts": 0,
+            "failed_at_ms": self._wall_ms(),
+            "replay_count": 0,
+            "source_key": None,
+            "error_type": error.error_type,
+            "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        return Outcome(record, None, None, Status.ERROR, None, None, dead_letter)
+
     def failure(
         self,
         record: SourceRecord,
@@ -199,7 +232,9 @@ class OutcomeBuilder:
             "headers": {k: v for k, v in record.header_map().items() if k not in SIGNATURE_HEADERS},
             "attempts": attempts,
             "failed_at_ms": now_ms,
-            "replay_count": job.replay_count if job is not None else replay_count,
+            "replay_count": min(
+                max(0, job.replay_count if job is not None else replay_count), MAX_AVRO_INT
+            ),
             "source_key": record.key,
             "error_type": error.error_type,
             "payload_bytes": None,
@@ -348,3 +383,31 @@ def fit(
         )
         messages_ = outcome.messages(codec)
     return outcome, messages_
+
+
+def last_resort(
+    builder: OutcomeBuilder, outcome: Outcome, job: Job | None, codec: Codec, error: RequestError
+) -> tuple[Outcome, list[OutMessage]]:
+    """The records of an outcome that could not be encoded (`error` says so): the
+    request fails with what the worker itself computed, and if even that cannot be
+    encoded, a dead letter that names only the record's position. Either way the
+    record ends in a dead letter and can be acked: one record must never stop
+    the worker, and then the next worker it is redelivered to."""
+    try:
+        failed = builder.failure(
+            outcome.record,
+            error,
+            partner_id=outcome.partner_id,
+            request_id=outcome.request_id,
+            job=job,
+            verified=job is not None,
+        )
+        if outcome.status is Status.OK and outcome.usage is not None and failed.usage:
+            billed = {k: outcome.usage[k] for k in _BILLED}  # type: ignore[literal-required]
+            failed = dataclasses.replace(
+                failed, usage=cast(UsageRecord, {**failed.usage, **billed})
+            )
+        return failed, failed.messages(codec)
+    except Exception:  # noqa: BLE001 (whatever failed, the bare dead letter below cannot)
+        bare = builder.bare(outcome.record, error)
+        return bare, bare.messages(codec)

@@ -152,7 +152,7 @@ class Codec:
             buf.write(SINGLE_OBJECT_MAGIC + version.fingerprint)
         try:
             fastavro.schemaless_writer(buf, version.parsed, record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise SchemaError(f"cannot encode {name}: {exc}") from exc
         return buf.getvalue()
 

@@ -90,13 +90,25 @@ def _header_text(headers: Mapping[str, bytes], name: str) -> str | None:
         return None
 
 
+#: Unix seconds have 10 digits until the year 2286: more is not a timestamp.
+MAX_TIMESTAMP_DIGITS = 12
+#: A replay count travels in DeadLetter.replay_count (an Avro int): six digits
+#: is far past any sane replay policy and far inside the int.
+MAX_REPLAY_DIGITS = 6
+
+
+def _bounded_digits(text: str, most: int) -> bool:
+    """ASCII digits only, at most `most` of them: Python's int() would take
+    underscores, signs, other scripts' digits and numbers of any size."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def _check_age(ts_text: str | None, now: float, max_age_s: float, what: str) -> None:
     if ts_text is None:
         raise AuthFailed(f"missing header {what}")
-    try:
-        ts = int(ts_text)
-    except ValueError:
-        raise AuthFailed(f"malformed {what}: not unix seconds") from None
+    if not _bounded_digits(ts_text, MAX_TIMESTAMP_DIGITS):
+        raise AuthFailed(f"malformed {what}: not unix seconds")
+    ts = int(ts_text)
     age = now - ts
     if age > max_age_s:
         raise AuthFailed(f"stale signature: {what} is {age:.0f} s old (max {max_age_s:.0f} s)")
@@ -146,7 +158,7 @@ def verify(
         return 0
     # A replay by ops: its count is signed, so a copy cannot claim a new one.
     replay_sig = _header_text(headers, H_REPLAY_SIGNATURE)
-    if not count_text.isdigit() or replay_sig is None:
+    if not _bounded_digits(count_text, MAX_REPLAY_DIGITS) or replay_sig is None:
         raise AuthFailed(f"malformed {H_REPLAY_COUNT} or missing {H_REPLAY_SIGNATURE}")
     message = f"{ts_text}.{count_text}.{signature}".encode()
     if not _matches(secrets, message, replay_sig):

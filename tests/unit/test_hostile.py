@@ -1,0 +1,114 @@
+"""Records written to hurt the worker (issue 23): each is refused, dead-lettered
+and acked, and the worker goes on serving the next record."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipeline.completion import Completion, CompletionConfig, Deliveries, Reporter
+from pipeline.errors import InvalidRequest
+from pipeline.intake import MAX_HEADER_BYTES, check_envelope
+from pipeline.metrics import Metrics
+from pipeline.outcomes import OutcomeBuilder
+from pipeline.pricing import PriceTable
+from pipeline.records import SourceRecord
+from pipeline.security import replay_headers
+from tests.unit.test_dispatch import CODEC, FakeClaude, FakePublisher, Harness
+
+
+async def _served_after(h: Harness, hostile: SourceRecord) -> dict[str, Any]:
+    """Send `hostile` then a good record; both acked; the hostile one's dead letter."""
+    await h.dispatcher.start()
+    try:
+        await h.send(hostile)
+        await h.send(h.record("still here"))
+        await h.settle(2)
+    finally:
+        await h.dispatcher.stop(0)
+    assert sorted(h.acked) == sorted([hostile.offset, h.offset])
+    ok = [r for r in h.responses() if r["status"] == "ok"]
+    assert [r["request_id"] for r in ok] == [f"r{h.offset}"]  # the worker went on
+    (dead,) = h.dead_letters()
+    return dead
+
+
+async def test_a_signed_record_created_before_time_began_is_refused_not_fatal() -> None:
+    # Before: the refusal's latency_ms (now - created_at_ms) overflowed Avro's
+    # long in fastavro, nothing caught it, and the worker stopped, on every restart.
+    h = Harness(FakeClaude())
+    dead = await _served_after(h, h.record("old", now_ms=-(2**62)))
+    assert dead["reason"] == "invalid_request"
+    assert "created_at_ms" in dead["detail"]
+    (refusal,) = [r for r in h.responses() if r["status"] == "error"]
+    assert refusal["error_type"] == "invalid_request"
+    assert 0 <= refusal["latency_ms"] < 2**63
+
+
+async def test_a_signed_record_from_the_far_future_is_refused() -> None:
+    h = Harness(FakeClaude())
+    far = int(time.time() * 1000) + 10**15
+    dead = await _served_after(h, h.record("future", now_ms=far))
+    assert (dead["reason"], "created_at_ms" in dead["detail"]) == ("invalid_request", True)
+
+
+async def test_a_huge_signed_replay_count_is_refused_not_fatal() -> None:
+    # Before: x-replay-count 10**30 (signed) passed `isdigit`, and its dead
+    # letter's replay_count (an Avro int) could not be encoded: the worker stopped.
+    h = Harness(FakeClaude())
+    good = h.record("replayed")
+    value = good.value or b""
+    headers = replay_headers([], "acme", b"secret-acme", value, 10**30, time.time())
+    hostile = SourceRecord(good.topic, 0, good.offset, good.key, value, headers)
+    dead = await _served_after(h, hostile)
+    assert dead["reason"] == "auth_failed"
+    assert "x-replay-count" in dead["detail"]
+
+
+async def test_an_outcome_that_cannot_be_encoded_still_ends_in_a_dead_letter_and_is_acked() -> None:
+    # Whatever slips past intake's bounds, encoding an outcome must not stop the
+    # worker: the record is dead-lettered (internal_error) and acked.
+    publisher = FakePublisher()
+    deliveries = Deliveries()
+    builder = OutcomeBuilder(PriceTable(), lambda: 1)
+    completion = Completion(
+        publisher=publisher,
+        codec=CODEC,
+        builder=builder,
+        deliveries=deliveries,
+        reporter=Reporter(Metrics()),
+        guard=None,
+        config=CompletionConfig(),
+    )
+    record = SourceRecord("claude.requests.acme", 0, 9, b"r9", b"v", [])
+    acked: list[int] = []
+
+    async def ack() -> None:
+        acked.append(record.offset)
+
+    deliveries.arrive(record.position, ack)
+    outcome = builder.failure(record, InvalidRequest("x"), partner_id="acme", request_id="r9")
+    assert outcome.response is not None
+    outcome.response["attempts"] = 10**30  # an int no Avro int holds
+    await completion.finish(outcome)
+    assert acked == [9]
+    (dead,) = publisher.decoded("claude.dlq", "DeadLetter")
+    assert dead["reason"] == "internal_error"
+    assert "OverflowError" in dead["detail"] or "SchemaError" in dead["detail"]
+    (response,) = publisher.decoded("claude.responses.", "ClaudeResponse")
+    assert response["error_type"] == "internal_error"
+
+
+def test_many_headers_are_refused_in_linear_time() -> None:
+    # Before: duplicates were found with names.count(n) per name, before the
+    # size limit: 40k headers held the event loop for 40 s.
+    headers = [(f"h{i}", b"") for i in range(200_000)]
+    record = SourceRecord("claude.requests.acme", 0, 1, b"r", b"v", headers)
+    started = time.perf_counter()
+    try:
+        check_envelope(record, 1 << 20)
+    except Exception as exc:  # noqa: BLE001
+        refused = str(exc)
+    took = time.perf_counter() - started
+    assert f"{MAX_HEADER_BYTES}-byte limit" in refused or "headers" in refused
+    assert took < 0.5, f"{took:.2f} s for 200k headers"
