@@ -91,9 +91,14 @@ def remove_partner(settings: Settings, codec: Codec, partner_id: str) -> None:
     partners = load_partners(settings.partners_file)
     if partner_id not in partners:
         raise ConfigError(f"no partner {partner_id!r} in {settings.partners_file}")
-    del partners[partner_id]
+    # A removal record, not a tombstone: compaction keeps a partner's latest
+    # record, so workers started later still refuse its older records.
+    stamp = now_ms()
+    removal = partners.pop(partner_id).with_(
+        enabled=False, updated_at_ms=stamp, removed_at_ms=stamp
+    )
     save_partners(settings.partners_file, partners)
-    publish_partners(settings, codec, [partner_id])
+    publish_partners(settings, codec, [removal])
 
 
 def sync_partners(settings: Settings, codec: Codec) -> list[Partner]:

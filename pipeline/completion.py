@@ -209,7 +209,7 @@ class Completion:
             outcome, messages = fit(
                 self._builder, outcome, job, self._codec, self._config.max_record_bytes
             )
-        except Exception as exc:  # noqa: BLE001 (an outcome that cannot be encoded)
+        except Exception as exc:
             fields = {
                 **record_fields(record),
                 "partner": outcome.partner_id,

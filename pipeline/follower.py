@@ -43,11 +43,44 @@ def admit_partner(
     key: bytes | None,
     value: bytes | None,
     headers: Sequence[tuple[str, bytes]] | None,
-) -> tuple[str, Partner | None]:
-    """Decode and check one registry record; raises if it must not be applied."""
+) -> tuple[str, Partner | None, int]:
+    """Decode and check one registry record: (partner_id, config or None, the
+    record's signed timestamp); raises if it must not be applied."""
     pid, partner = decode_partner(codec, key, value)
-    policy.admit(key, value, list(headers or ()), partner, registry.partners)
-    return pid, partner
+    timestamp_ms = policy.admit(
+        key, value, list(headers or ()), partner, registry.partners, registry.removed
+    )
+    return pid, partner, timestamp_ms
+
+
+def apply_record(
+    codec: Codec,
+    policy: RegistryPolicy,
+    registry: Registry,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+    offset: int,
+    ignored: Callable[[], None] | None = None,
+) -> bool:
+    """Apply one registry record, or log and skip it: whatever a record holds,
+    it never stops the follower (and so every worker, at run time and at start)."""
+    try:
+        pid, partner, timestamp_ms = admit_partner(codec, policy, registry, key, value, headers)
+    except (SchemaError, ConfigError, AuthFailed) as exc:
+        log.warning("ignoring a partner record", extra={"offset": offset, "error": str(exc)})
+    except Exception as exc:
+        log.exception(
+            "ignoring a partner record nothing else refused (a bug: please report it)",
+            exc_info=exc,
+            extra={"offset": offset, "error": type(exc).__name__},
+        )
+    else:
+        registry.apply(pid, partner, timestamp_ms)
+        return True
+    if ignored is not None:
+        ignored()
+    return False
 
 
 def _headers(raw: object) -> list[tuple[str, bytes]]:
@@ -68,16 +101,15 @@ def load_registry(
     policy = policy or RegistryPolicy(None)
     registry = Registry()
     for msg in read_topics(settings, [PARTNERS_TOPIC]):
-        try:
-            pid, partner = admit_partner(
-                codec, policy, registry, msg.key(), msg.value(), _headers(msg.headers())
-            )
-        except (SchemaError, ConfigError, AuthFailed) as exc:
-            log.warning(
-                "ignoring a partner record", extra={"offset": msg.offset(), "error": str(exc)}
-            )
-            continue
-        registry.apply(pid, partner)
+        apply_record(
+            codec,
+            policy,
+            registry,
+            msg.key(),
+            msg.value(),
+            _headers(msg.headers()),
+            msg.offset() or 0,
+        )
     return registry
 
 
@@ -89,7 +121,9 @@ class PartnerFollower:
         registry: Registry,
         on_error: Callable[[BaseException], None] | None = None,
         policy: RegistryPolicy | None = None,
+        ignored: Callable[[], None] | None = None,
     ) -> None:
+        self._ignored = ignored
         self._policy = policy or RegistryPolicy(None)
         self._settings = settings
         self._codec = codec
@@ -136,22 +170,20 @@ class PartnerFollower:
         offset: int,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        try:
-            pid, partner = admit_partner(
-                self._codec, self._policy, self._registry, key, value, headers
-            )
-        except (SchemaError, ConfigError, AuthFailed) as exc:
-            log.warning("ignoring a partner record", extra={"offset": offset, "error": str(exc)})
-            return
+        pid = key.decode("utf-8", "replace") if key else ""
         before = self._registry.get(pid)
-        self._registry.apply(pid, partner)
-        if before != partner:
+        if not apply_record(
+            self._codec, self._policy, self._registry, key, value, headers, offset, self._ignored
+        ):
+            return
+        after = self._registry.get(pid)
+        if before != after:
             log.info(
                 "partner updated",
                 extra={
                     "partner": pid,
-                    "enabled": None if partner is None else partner.enabled,
-                    "removed": partner is None,
+                    "enabled": None if after is None else after.enabled,
+                    "removed": after is None,
                 },
             )
 

@@ -119,6 +119,12 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.registry_ignored = Counter(
+            "claude_registry_records_ignored",
+            "claude.partners records a worker refused to apply (unsigned, older, malformed): "
+            "each is logged with its offset and why",
+            registry=r,
+        )
         self.duplicates = Counter(
             "claude_partner_duplicates",
             "Later copies of a request_id, left as audit dead letters (never served again)",

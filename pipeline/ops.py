@@ -32,13 +32,13 @@ from pipeline.schemas import Codec
 from pipeline.sealing import Keyring, load_keyring, open_sealed
 from pipeline.security import SecretResolver, replay_headers
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> float:
     """`90s`, `10m`, `2h`, `1d` as seconds; ConfigError otherwise."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip())
     if not m:
         raise ConfigError(f"expected a duration like 90s, 10m, 2h or 1d, got {text!r}")
     return float(m.group(1)) * _UNIT_S[m.group(2)]
@@ -47,7 +47,7 @@ def parse_duration(text: str) -> float:
 def parse_since(text: str, now: float | None = None) -> int:
     """`15m`, `2h`, `7d` ago, or an ISO 8601 time; returns unix epoch milliseconds."""
     now = time.time() if now is None else now
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip())
     if m:
         return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1000)
     try:

@@ -51,7 +51,7 @@ def alert_quantities(path: Path = ALERTS) -> list[Query]:
     from a healthy pipeline (the comparison itself, rightly, returns nothing)."""
     out = []
     for rule in alert_rules(path):
-        match = _COMPARISON.match(" ".join(rule["expr"].split()))
+        match = _COMPARISON.fullmatch(" ".join(rule["expr"].split()))
         if match is None:
             raise ValueError(f"alert {rule['alert']}: not `<quantity> <op> <threshold>`")
         out.append(Query(f"alert: {rule['alert']}", match["quantity"]))

@@ -408,6 +408,6 @@ def last_resort(
                 failed, usage=cast(UsageRecord, {**failed.usage, **billed})
             )
         return failed, failed.messages(codec)
-    except Exception:  # noqa: BLE001 (whatever failed, the bare dead letter below cannot)
+    except Exception:
         bare = builder.bare(outcome.record, error)
         return bare, bare.messages(codec)

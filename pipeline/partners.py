@@ -2,8 +2,9 @@
 
 `partners add|disable|enable|...` edit `PIPELINE_PARTNERS_FILE` and publish the
 changed partner to `claude.partners` (key partner_id, value PartnerConfig; a
-tombstone removes). Workers follow that topic, so a change reaches every
-running worker within a second, without restarts.
+removal is a PartnerConfig with `removed_at_ms`, so compaction keeps it).
+Workers follow that topic, so a change reaches every running worker within a
+second, without restarts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from typing import Any
 from pipeline.errors import ConfigError, SecretError
 from pipeline.security import validate_ref
 
-PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: Identifiers are checked with `fullmatch`: `re.match` with `$` also accepts a
+#: trailing newline (`acme\n`), which then breaks the TOML file and log lines.
+PARTNER_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+#: A model name as the API, Bedrock and Vertex spell them.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 REQUESTS_PREFIX = "claude.requests."
 RESPONSES_PREFIX = "claude.responses."
 USAGE_TOPIC = "claude.usage"
@@ -32,7 +37,7 @@ STATE_TOPIC = "claude.pipeline.state"
 
 
 def check_partner_id(partner_id: str) -> str:
-    if not PARTNER_ID.match(partner_id):
+    if not isinstance(partner_id, str) or not PARTNER_ID.fullmatch(partner_id):
         raise ConfigError(f"partner id {partner_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
     return partner_id
 
@@ -72,6 +77,9 @@ class Partner:
     #: The upstream key before the last rotate-key ("" for the default key).
     previous_api_key_ref: str | None = None
     previous_api_key_expires_at_ms: int | None = None
+    #: Set on the record `partners remove` writes: the partner is gone, and no
+    #: record for it that is not newer than this one may bring it back.
+    removed_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         check_partner_id(self.partner_id)
@@ -83,6 +91,12 @@ class Partner:
                 raise ConfigError(f"partner {self.partner_id}: {name} must be >= 1")
         if self.monthly_budget_usd is not None and self.monthly_budget_usd <= 0:
             raise ConfigError(f"partner {self.partner_id}: monthly_budget_usd must be > 0")
+        for model in self.allowed_models:
+            if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+                raise ConfigError(
+                    f"partner {self.partner_id}: model {model!r} is not a model name "
+                    "(letters, digits and . _ : @ / -)"
+                )
         try:
             validate_ref(self.signing_secret_ref)
             if self.api_key_ref is not None:
@@ -196,6 +210,8 @@ class Registry:
     """What a worker knows: updated from the claude.partners topic."""
 
     partners: dict[str, Partner] = field(default_factory=dict)
+    #: Removed partners and when: a record for one must be newer to apply.
+    removed: dict[str, int] = field(default_factory=dict)
     listeners: list[Callable[[str, Partner | None, Partner | None], None]] = field(
         default_factory=list
     )
@@ -209,13 +225,19 @@ class Registry:
     def __len__(self) -> int:
         return len(self.partners)
 
-    def apply(self, partner_id: str, partner: Partner | None) -> None:
-        """Upsert, or remove on None (a tombstone); tell listeners what changed."""
+    def apply(self, partner_id: str, partner: Partner | None, removed_at_ms: int = 0) -> None:
+        """Upsert, or remove on a removal record or None (a tombstone, removing
+        what was there at `removed_at_ms`); tell listeners what changed."""
         before = self.partners.get(partner_id)
+        if partner is not None and partner.removed_at_ms is not None:
+            removed_at_ms, partner = partner.updated_at_ms, None
         if partner is None:
             self.partners.pop(partner_id, None)
+            floor = max(removed_at_ms, before.updated_at_ms if before else 0)
+            self.removed[partner_id] = max(floor, self.removed.get(partner_id, 0))
         else:
             self.partners[partner_id] = partner
+            self.removed.pop(partner_id, None)
         if before != partner:
             for listener in self.listeners:
                 listener(partner_id, before, partner)

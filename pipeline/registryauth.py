@@ -14,6 +14,10 @@ of memory. So:
 - a record's key must be its partner_id; a config must be newer
   (`updated_at_ms`) than the one a worker holds, a tombstone's timestamp newer
   than the config it removes (an old record produced again changes nothing);
+- `partners remove` writes a removal record (a PartnerConfig with
+  `removed_at_ms`), not a tombstone: compaction keeps it as the partner's latest
+  record, so a worker that starts later still knows the partner was removed and
+  when, and refuses every older record for it (a re-produced one included);
 - a partner's secret references must sit under the allowed prefixes
   (`PIPELINE_PARTNER_SECRETS`: `env:` name prefixes and `file:` directories);
 - a rotation's grace window is at most `MAX_GRACE_S`.
@@ -115,8 +119,11 @@ class RefPolicy:
             if scheme == "env" and target.startswith(p_target):
                 return True
             if scheme == "file":
-                directory = os.path.realpath(p_target)
-                path = os.path.realpath(target)
+                try:
+                    directory = os.path.realpath(p_target)
+                    path = os.path.realpath(target)
+                except (ValueError, OSError):  # a NUL byte, a path too long
+                    return False
                 if path.startswith(directory.rstrip(os.sep) + os.sep):
                     return True
         return False
@@ -162,6 +169,7 @@ class RegistryPolicy:
         headers: Sequence[tuple[str, bytes]],
         decoded: Partner | None,
         current: Mapping[str, Partner],
+        removed: Mapping[str, int] | None = None,
     ) -> int:
         """The record's timestamp if it may be applied; AuthFailed or ConfigError if not."""
         if not key:
@@ -181,6 +189,13 @@ class RegistryPolicy:
             raise ConfigError(
                 f"partner {pid}: updated_at_ms {decoded.updated_at_ms} is older than the "
                 f"config applied ({before.updated_at_ms})"
+            )
+        gone = (removed or {}).get(pid)
+        if gone is not None and decoded.updated_at_ms <= gone:
+            # an old record produced again after a removal: the partner stays gone
+            raise ConfigError(
+                f"partner {pid}: updated_at_ms {decoded.updated_at_ms} is not newer than "
+                f"its removal ({gone})"
             )
         self.refs.check(decoded)
         check_grace(decoded)

@@ -267,10 +267,18 @@ class SecretResolver:
 
 def validate_ref(ref: str) -> str:
     """Check a reference's shape (not its value) for the partner registry."""
+    if not isinstance(ref, str):
+        raise SecretError(_BAD_REF)
     scheme, sep, target = ref.partition(":")
     if scheme not in ("env", "file") or not sep or not target:
         raise SecretError(_BAD_REF)
+    if not target.isprintable() or len(ref) > MAX_REF_CHARS:
+        # a NUL byte stops os.path with ValueError; a newline forges log lines
+        raise SecretError("a secret reference must be printable text of at most 1024 characters")
     return ref
+
+
+MAX_REF_CHARS = 1024
 
 
 #: Headers a dead letter never keeps: signatures are credentials for their record.

@@ -146,7 +146,12 @@ class WorkerRuntime(Service):
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(
-            settings, codec, registry, on_error=self._fatal, policy=policy
+            settings,
+            codec,
+            registry,
+            on_error=self._fatal,
+            policy=policy,
+            ignored=self.metrics.registry_ignored.inc,
         )
         registry.listeners.append(self._on_partner_change)
         self.subscriptions = NewPartnerTopics(settings, codec, self.wiring)

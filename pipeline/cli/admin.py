@@ -112,7 +112,7 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
     for action, helptext in (
         ("disable", "refuse the partner's requests (reaches running workers within seconds)"),
         ("enable", "serve the partner's requests again"),
-        ("remove", "delete the partner (a tombstone on claude.partners)"),
+        ("remove", "delete the partner (a signed removal record on claude.partners)"),
     ):
         q = psub.add_parser(action, help=helptext)
         q.add_argument("partner_id", metavar="ID")

@@ -19,7 +19,7 @@ from pipeline.sim.errors import ApiError, invalid
 if TYPE_CHECKING:
     from pipeline.sim.engine import Simulator
 
-_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_BATCH_REQUESTS = 100_000
 EXPIRY_S = 24 * 3600
 
@@ -63,7 +63,7 @@ class BatchStore:
             if not isinstance(item, Mapping):
                 raise invalid(f"requests.{i}: Input should be a valid dictionary")
             custom_id = item.get("custom_id")
-            if not isinstance(custom_id, str) or not _CUSTOM_ID.match(custom_id):
+            if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
                 raise invalid(f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$")
             if custom_id in seen:
                 raise invalid(f"requests.{i}.custom_id: duplicate custom_id {custom_id!r}")

@@ -33,7 +33,7 @@ from pipeline.sim.validate import MessagesRequest, validate_count_tokens, valida
 __all__ = ["ApiError", "KeyStats", "Prepared", "Simulator"]
 
 #: `anthropic-version` is a release date; the SDK sends its own (newer SDKs, newer dates).
-_VERSION = re.compile(r"^20\d\d-[01]\d-[0-3]\d$")
+_VERSION = re.compile(r"20\d\d-[01]\d-[0-3]\d")
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Simulator:
         if version is None:
             self.record(key, 400)
             raise ApiError(400, "invalid_request_error", "anthropic-version: header is required")
-        if not _VERSION.match(version):
+        if not _VERSION.fullmatch(version):
             self.record(key, 400)
             raise ApiError(
                 400, "invalid_request_error", f"anthropic-version: unknown version {version!r}"

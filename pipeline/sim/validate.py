@@ -65,7 +65,7 @@ _COUNT_FIELDS = frozenset(
 
 
 MIN_THINKING_BUDGET = 1_024
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
 SERVICE_TIERS = ("auto", "standard_only")
 SERVER_TOOL_PREFIXES = (
@@ -149,7 +149,7 @@ def _check_tools(tools: object, counts: Counts) -> list[Mapping[str, Any]] | Non
         kind = tool.get("type")
         if kind is None or kind == "custom":
             name = tool.get("name")
-            if not isinstance(name, str) or not TOOL_NAME.match(name):
+            if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
                 raise invalid(
                     f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
                 )

@@ -185,7 +185,7 @@ def test_a_partner_added_during_a_rebalance_is_served(stack: Stack) -> None:
 
 
 def test_a_removed_partner_gets_unknown_partner(stack: Stack) -> None:
-    stack.remove_partner("gone")  # waits until the worker has applied the tombstone
+    stack.remove_partner("gone")  # waits until the worker has applied the removal
     key = stack.send("gone", "anyone there?")
     got = _wait(stack, [key])
     assert got.reason(key) == "unknown_partner", (

@@ -6,14 +6,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipeline.completion import Completion, CompletionConfig, Deliveries, Reporter
-from pipeline.errors import InvalidRequest
+from pipeline.errors import ConfigError, InvalidRequest, SecretError
 from pipeline.intake import MAX_HEADER_BYTES, check_envelope
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
+from pipeline.partners import Partner, check_partner_id
 from pipeline.pricing import PriceTable
 from pipeline.records import SourceRecord
-from pipeline.security import replay_headers
+from pipeline.security import replay_headers, validate_ref
 from tests.unit.test_dispatch import CODEC, FakeClaude, FakePublisher, Harness
 
 
@@ -107,8 +112,32 @@ def test_many_headers_are_refused_in_linear_time() -> None:
     started = time.perf_counter()
     try:
         check_envelope(record, 1 << 20)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         refused = str(exc)
     took = time.perf_counter() - started
     assert f"{MAX_HEADER_BYTES}-byte limit" in refused or "headers" in refused
     assert took < 0.5, f"{took:.2f} s for 200k headers"
+
+
+# -- 7: identifiers are matched whole ---------------------------------------------
+
+_CONTROL = st.sampled_from([chr(c) for c in [*range(0x20), 0x7F, 0x85, 0x2028]])
+
+
+def test_a_partner_id_with_a_trailing_newline_is_refused() -> None:
+    # Before: PARTNER_ID.match with `$` accepted "acme\n", and the TOML file broke.
+    with pytest.raises(ConfigError):
+        check_partner_id("acme\n")
+
+
+@given(st.text(alphabet="abc-_0", min_size=1, max_size=8), _CONTROL, st.integers(0, 8))
+def test_no_identifier_admits_a_control_character(base: str, bad: str, at: int) -> None:
+    name = base[:at] + bad + base[at:]
+    with pytest.raises(ConfigError):
+        check_partner_id(name)
+    with pytest.raises(ConfigError):
+        Partner("acme", "env:PARTNER_ACME", allowed_models=(f"claude-{name}",))
+    with pytest.raises(SecretError):
+        validate_ref(f"file:/secrets/{name}")
+    with pytest.raises(SecretError):
+        validate_ref(f"env:PARTNER_{name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,8 @@ def _record(partner: Partner, key: bytes | None = None) -> tuple[bytes, bytes]:
 
 
 def _admit(registry: Registry, key: bytes, value: bytes | None, headers: list) -> Partner | None:  # type: ignore[type-arg]
-    pid, partner = admit_partner(CODEC, POLICY, registry, key, value, headers)
-    registry.apply(pid, partner)
+    pid, partner, timestamp_ms = admit_partner(CODEC, POLICY, registry, key, value, headers)
+    registry.apply(pid, partner, timestamp_ms)
     return partner
 
 
@@ -143,3 +144,100 @@ def test_refresh_rereads_changed_files_and_forgets_removed_ones(tmp_path: Path) 
     resolver.refresh()
     with pytest.raises(SecretError, match="cannot read"):
         resolver.resolve(f"file:{path}")
+
+
+# -- issue 23: C, 4 and 7 -------------------------------------------------------
+
+
+def _signed(partner: Partner, stamp: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    key, value = _record(partner)
+    return key, value, registry_headers(KEY, key, value, stamp)
+
+
+def test_a_secret_ref_with_a_nul_byte_is_skipped_and_the_next_record_applies() -> None:
+    # Before: RefPolicy.allows -> os.path.realpath raised ValueError (embedded
+    # null byte), which nothing caught: the follower died, and no worker started.
+    from pipeline.follower import apply_record
+
+    assert RefPolicy(("file:/run/secrets",)).allows("file:/run/secrets/a\x00b") is False
+    registry, skipped = Registry(), []
+    raw = {**ACME.to_record(), "signing_secret_ref": "file:/run/secrets/a\x00b"}
+    key, value = b"acme", CODEC.encode("PartnerConfig", raw)
+    headers = registry_headers(KEY, key, value, 1_000)
+    assert not apply_record(
+        CODEC, POLICY, registry, key, value, headers, 5, lambda: skipped.append(5)
+    )
+    assert skipped == [5]
+    assert registry.get("acme") is None
+    key, value, headers = _signed(ACME, 1_000)
+    assert apply_record(CODEC, POLICY, registry, key, value, headers, 6)
+    assert registry.get("acme") == ACME
+
+
+def test_no_record_whatever_it_raises_stops_the_follower() -> None:
+    from pipeline.follower import apply_record
+
+    class Broken(RegistryPolicy):
+        def admit(self, *args: object, **kw: object) -> int:
+            raise RuntimeError("nobody foresaw this")
+
+    skipped: list[int] = []
+    key, value, headers = _signed(ACME, 1_000)
+    registry = Registry()
+    assert not apply_record(
+        CODEC, Broken(KEY), registry, key, value, headers, 1, lambda: skipped.append(1)
+    )
+    assert skipped == [1]
+    assert len(registry) == 0
+
+
+def _replay(log: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]) -> Registry:
+    """What a worker that reads `log` from the beginning applies."""
+    from pipeline.follower import apply_record
+
+    registry = Registry()
+    for offset, (key, value, headers) in enumerate(log):
+        apply_record(CODEC, POLICY, registry, key, value, headers, offset)
+    return registry
+
+
+def test_an_old_record_produced_again_after_a_removal_changes_nothing_across_restarts() -> None:
+    # Before: after r2 and a tombstone, producing r1 again re-added the partner
+    # with its old (possibly leaked) secret: with no current config there was
+    # no "newer only" check.
+    r1 = ACME.with_(signing_secret_ref="env:PARTNER_OLD", updated_at_ms=1_000)
+    r2 = ACME.with_(updated_at_ms=2_000)
+    removal = r2.with_(enabled=False, updated_at_ms=3_000, removed_at_ms=3_000)
+    again = _signed(r1, 1_000)
+    log = [_signed(r1, 1_000), _signed(r2, 2_000), _signed(removal, 3_000), again]
+    running = _replay(log)
+    assert running.get("acme") is None
+    assert running.removed == {"acme": 3_000}
+    # a worker started after compaction: the removal is acme's latest record
+    # before the old one was produced again
+    assert _replay([_signed(removal, 3_000), again]).get("acme") is None
+    # a tombstone (as older tools wrote) also remembers what it removed
+    tombstone = (b"acme", None, registry_headers(KEY, b"acme", None, 3_000))
+    assert _replay([_signed(r1, 1_000), _signed(r2, 2_000), tombstone, again]).get("acme") is None
+    # a genuinely newer registration brings the partner back
+    back = ACME.with_(updated_at_ms=4_000)
+    assert _replay([*log, _signed(back, 4_000)]).get("acme") == back
+
+
+def test_partners_remove_writes_a_removal_record_not_a_tombstone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import admin
+    from pipeline.config import Settings
+    from pipeline.partners import load_partners, save_partners
+
+    sent: list[list[object]] = []
+    settings = Settings(partners_file=tmp_path / "partners.toml")
+    save_partners(settings.partners_file, {"acme": ACME})
+    monkeypatch.setattr(admin, "publish_partners", lambda s, c, items: sent.append(list(items)))
+    admin.remove_partner(settings, CODEC, "acme")
+    assert load_partners(settings.partners_file) == {}
+    ((removal,),) = sent
+    assert isinstance(removal, Partner)
+    assert removal.removed_at_ms == removal.updated_at_ms > ACME.updated_at_ms
+    assert removal.enabled is False
