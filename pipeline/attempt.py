@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pipeline.claude import UpstreamResult
 from pipeline.errors import (
     DeadlineExpired,
+    NotSent,
     PartnerDisabled,
     RequestError,
     SecretError,
@@ -129,6 +130,11 @@ class Attempts:
             return Failed(err)
         except UpstreamError as err:
             return self._next_step(job, err)
+        except NotSent as exc:
+            # Nothing reached Claude: nothing is charged, to its limits or the budget.
+            self._settle_charge(job, None)
+            self._release_budget(job)
+            return Failed(internal(Stage.UPSTREAM, exc.__cause__ or exc, log, job_fields(job)))
         except Exception as exc:
             self._settle_charge(
                 job, None if not called else Cost(job.admitted.cost.input_tokens, 0)
@@ -153,7 +159,12 @@ class Attempts:
         try:
             api_key = self._keys.for_attempt(partner, job.progress, int(self._wall() * 1000))
         except SecretError as exc:
-            raise UpstreamRejected(str(exc), attempts=job.attempts) from None
+            raise UpstreamRejected(
+                f"cannot read the upstream API key: {exc}",
+                attempts=job.attempts,
+                public="the upstream API key for this partner cannot be read now "
+                "(the operator is told why)",
+            ) from None
         refused = self._limiter.key_refused(key_id(api_key))
         if refused is not None:
             raise UpstreamRejected(refused, attempts=job.attempts)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 from pipeline import messages
-from pipeline.errors import UpstreamError
+from pipeline.errors import NotSent, UpstreamError
 
 log = logging.getLogger("pipeline.claude")
 
@@ -228,7 +228,10 @@ class ClaudeClient:
         import httpx2
 
         anthropic = sdk()
-        content = body if body is not None else messages.json_body(params)
+        try:
+            content = body if body is not None else messages.json_body(params)
+        except Exception as exc:
+            raise NotSent(f"the request body could not be encoded: {type(exc).__name__}") from exc
         try:
             response = await self._client(api_key).post(
                 "/v1/messages", cast_to=httpx2.Response, content=content

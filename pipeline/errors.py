@@ -93,11 +93,21 @@ class RequestError(PipelineError):
 
     reason: ClassVar[Reason] = Reason.INVALID_REQUEST
 
-    def __init__(self, detail: str, *, attempts: int = 0, error_type: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        attempts: int = 0,
+        error_type: str | None = None,
+        public: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.attempts = attempts
         self.error_type = error_type
+        #: What the partner's response says, when `detail` (for the log and the
+        #: dead letter, which ops read) names what partners must not see.
+        self.public = detail if public is None else public
 
 
 class SchemaError(RequestError):
@@ -142,6 +152,11 @@ class Duplicate(RequestError):
 
 class InternalError(RequestError):
     reason = Reason.INTERNAL_ERROR
+
+
+class NotSent(PipelineError):
+    """The call to Claude could not even be made (its body could not be built):
+    nothing reached Claude, so nothing may be charged for it."""
 
 
 class UpstreamError(PipelineError):

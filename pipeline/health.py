@@ -97,6 +97,17 @@ def _answer(start: StartResponse, ok: bool, detail: str) -> Iterable[bytes]:
     return [body]
 
 
+def _not_found(start: StartResponse, path: str) -> Iterable[bytes]:
+    body = json.dumps(
+        {"status": "not_found", "detail": f"{path[:100]}: try /metrics, /healthz or /readyz"}
+    ).encode()
+    start(
+        "404 Not Found",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
 def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
 
@@ -106,7 +117,10 @@ def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[..., Itera
             return _answer(start, *health.alive())
         if path == "/readyz":
             return _answer(start, *health.ready())
-        return metrics(environ, start)  # type: ignore[no-any-return]
+        if path == "/metrics":
+            return metrics(environ, start)  # type: ignore[no-any-return]
+        # A probe or scrape with the wrong path must fail, not get the metrics page.
+        return _not_found(start, path)
 
     return app
 

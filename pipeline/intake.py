@@ -372,8 +372,14 @@ class Intake:
                 max_age_s=self._max_age,
             )
         except SecretError as exc:
+            # the detail names a file or a variable of the worker's: ops see it in
+            # the log and the dead letter, the partner a reason only
             raise Rejected(
-                AuthFailed(f"cannot read the partner's signing secret: {exc}"),
+                AuthFailed(
+                    f"cannot read the partner's signing secret: {exc}",
+                    public="the signing secret cannot be read now, so the signature "
+                    "cannot be checked (the operator is told why)",
+                ),
                 topic_partner,
                 key_id,
             ) from None

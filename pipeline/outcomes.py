@@ -267,7 +267,7 @@ class OutcomeBuilder:
             "stop_sequence": None,
             "usage": _no_usage(),
             "error_type": error.reason.value,
-            "error_message": error.detail,
+            "error_message": error.public,
             "attempts": attempts,
             "latency_ms": self._latency_ms(created, now_ms),
             "completed_at_ms": now_ms,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,9 +73,25 @@ def load_json(text: str, path: str, *, want: type | None = dict) -> Any:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise WireError(path, f"invalid JSON ({exc})") from None
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(value):
+        # json.loads joins escaped pairs; a lone half stays, and no UTF-8 body
+        # (so no call to Claude) can carry it
+        raise WireError(path, "invalid JSON (a lone UTF-16 surrogate escape, e.g. \\udfff)")
     if want is not None and not isinstance(value, want):
         raise WireError(path, f"must be a JSON {'object' if want is dict else want.__name__}")
     return value
+
+
+#: A \\u escape of a UTF-16 surrogate (D800-DFFF): only those can leave a lone half.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bracket_depth(text: str) -> int:

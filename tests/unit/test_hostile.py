@@ -141,3 +141,137 @@ def test_no_identifier_admits_a_control_character(base: str, bad: str, at: int) 
         validate_ref(f"file:/secrets/{name}")
     with pytest.raises(SecretError):
         validate_ref(f"env:PARTNER_{name}")
+
+
+# -- D: a lone surrogate is refused at intake; a call never made is never charged --
+
+
+def _tool_record(h: Harness, schema_text: str) -> SourceRecord:
+    from pipeline.client import request_record
+    from pipeline.security import signed_headers
+
+    h.offset += 1
+    rid = f"r{h.offset}"
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "t", "input_schema": {"type": "object", "description": "X"}}],
+    }
+    record = request_record(params, partner_id="acme", request_id=rid)
+    (name, tool) = record["tools"][0]
+    record["tools"] = [(name, {**tool, "input_schema_json": schema_text})]
+    value = CODEC.encode("ClaudeRequest", record)
+    headers = signed_headers("acme", b"secret-acme", value)
+    return SourceRecord("claude.requests.acme", 0, h.offset, rid.encode(), value, headers)
+
+
+async def test_a_lone_surrogate_in_a_json_field_is_refused_at_intake() -> None:
+    # Before: '\udfff' passed intake, encoding the body for Claude failed, and the
+    # request ended as internal_error with its budget charged the worst case.
+    h = Harness(FakeClaude())
+    hostile = _tool_record(h, '{"type":"object","description":"\\udfff"}')
+    dead = await _served_after(h, hostile)
+    assert dead["reason"] == "invalid_request"
+    assert "surrogate" in dead["detail"]
+    assert h.claude.calls == ["still here"]
+    # an escaped pair is one character, and fine
+    pair = _tool_record(Harness(FakeClaude()), '{"type":"object","description":"\\ud83d\\ude00"}')
+    assert Harness(FakeClaude()).intake.admit(pair).request_id == pair.key.decode()  # type: ignore[union-attr]
+
+
+async def test_a_call_that_could_not_be_made_is_never_charged() -> None:
+    # Before: a body that could not be encoded counted as "it may have reached
+    # Claude": the partner's budget was charged the request's worst case.
+    from pipeline.claude import ClaudeClient
+    from pipeline.errors import NotSent
+
+    client = ClaudeClient("http://127.0.0.1:9", 1.0)
+    try:
+        params = {
+            "model": "m",
+            "max_tokens": 1,
+            "messages": [{"role": "user", "content": "\udfff"}],
+        }
+        with pytest.raises(NotSent):
+            await client.create("sk-x", params)
+    finally:
+        await client.close()
+
+    class Unsendable(FakeClaude):
+        async def create(self, api_key: str, params: Any, *, body: bytes | None = None) -> Any:
+            if params["messages"][-1]["content"] == "unsendable":
+                raise NotSent("the request body could not be encoded") from UnicodeEncodeError(
+                    "utf-8", "", 0, 1, "surrogates not allowed"
+                )
+            return await super().create(api_key, params, body=body)
+
+    probe = Harness(FakeClaude())
+    worst = probe.intake.admit(probe.record("x", max_tokens=100)).worst_usd
+    h = Harness(Unsendable(), partner=Partner("acme", "env:S", monthly_budget_usd=worst * 1.5))
+    await h.dispatcher.start()
+    try:
+        await h.send(h.record("unsendable", max_tokens=100))
+        await h.settle(1)
+        await h.send(h.record("fits only if nothing was charged", max_tokens=100))
+        await h.settle(2)
+    finally:
+        await h.dispatcher.stop(0)
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "internal_error"
+    assert [r["status"] for r in h.responses()] == ["error", "ok"]
+
+
+# -- 6: a partner never reads the worker's file names ---------------------------
+
+
+def test_an_unreadable_signing_secret_gives_the_partner_a_reason_not_a_path(
+    tmp_path: Any,
+) -> None:
+    # Before: the partner's auth_failed response quoted "cannot read secret file
+    # /secrets/partners/acme.signing: No such file or directory".
+    from pipeline.intake import Intake, Rejected
+    from pipeline.partners import Registry
+    from pipeline.security import SecretResolver
+
+    missing = tmp_path / "partners" / "acme.signing"
+    registry = Registry()
+    registry.apply("acme", Partner("acme", f"file:{missing}"))
+    intake = Intake(registry, CODEC, SecretResolver({}), 300.0)
+    record = Harness(FakeClaude()).record("hello")
+    with pytest.raises(Rejected) as info:
+        intake.admit(record)
+    builder = OutcomeBuilder(PriceTable(), lambda: 1)
+    rejected = info.value
+    outcome = builder.failure(
+        record, rejected.error, partner_id="acme", request_id=rejected.request_id
+    )
+    assert outcome.response is not None
+    assert outcome.dead_letter is not None
+    assert str(missing) not in str(outcome.response["error_message"])
+    assert "secret" in str(outcome.response["error_message"])
+    assert str(missing) in outcome.dead_letter["detail"]  # ops still see why
+
+
+def test_an_unknown_http_path_is_404_not_the_metrics_page() -> None:
+    # Before: every path but /healthz and /readyz answered with the metrics, so a
+    # probe configured as /ready never failed.
+    import urllib.error
+    import urllib.request
+
+    from pipeline.health import Health, HttpEndpoint
+
+    metrics = Metrics()
+    endpoint = HttpEndpoint(metrics.registry, Health(metrics.ready))
+    port = endpoint.serve(0, "127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/ready", "/", "/metricsx", "/healthz/../metrics"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(base + path, timeout=5)  # noqa: S310
+            info.value.close()
+            assert info.value.code == 404, path
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310
+            assert b"claude_worker_ready" in r.read()
+    finally:
+        endpoint.close()

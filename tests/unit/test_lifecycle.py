@@ -13,7 +13,7 @@ import pytest
 from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
 from pipeline.claude import ClaudeClient
 from pipeline.completion import Arrival, Completion, CompletionConfig, Deliveries, Reporter
-from pipeline.errors import InvalidRequest, QuotaExceeded
+from pipeline.errors import InvalidRequest, NotSent, QuotaExceeded
 from pipeline.metrics import Metrics
 from pipeline.outcomes import OutcomeBuilder
 from pipeline.partners import Partner, Registry
@@ -117,8 +117,9 @@ async def test_a_bug_while_building_the_call_is_not_a_retriable_network_error() 
     # Before: any exception was classified as a retriable "connection" error.
     client = ClaudeClient("http://127.0.0.1:9", 1.0)
     try:
-        with pytest.raises(TypeError):
+        with pytest.raises(NotSent) as info:  # not sent: not charged, not retried
             await client.create("sk-x", {"model": "m", "not json": object()})
+        assert isinstance(info.value.__cause__, TypeError)
     finally:
         await client.close()
 
