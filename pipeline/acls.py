@@ -42,10 +42,28 @@ class Binding:
         )
 
 
-def principal_for(template: str, partner_id: str) -> str:
-    if "{partner}" not in template or ":" not in template:
-        raise ConfigError("a principal template looks like User:{partner}")
-    return template.format(partner=partner_id)
+#: Partners' Kafka users: a prefix no service principal has, so no partner id
+#: (`admin`, `claude-pipeline`) can name a super user or the workers.
+PARTNER_PRINCIPAL = "User:partner-{partner}"
+#: Principals of the deployment's own services (`deploy init`): never a partner's.
+SERVICE_PRINCIPALS = frozenset({"User:admin", "User:claude-pipeline", "User:CN=kafka"})
+
+
+def principal_for(
+    template: str, partner_id: str, reserved: Iterable[str] = SERVICE_PRINCIPALS
+) -> str:
+    """A partner's principal; ConfigError when the template could make it a
+    service's (`User:{partner}` with a partner named `admin`)."""
+    kind, sep, name = template.partition(":")
+    if not sep or not kind or "{partner}" not in name:
+        raise ConfigError("a principal template looks like User:partner-{partner}")
+    principal = template.format(partner=partner_id)
+    if principal in set(reserved):
+        raise ConfigError(
+            f"partner {partner_id!r} would be the principal {principal}, which a service "
+            f"uses: give partners a prefix (--partner-principal {PARTNER_PRINCIPAL})"
+        )
+    return principal
 
 
 #: Between a partner id and the rest of its consumer group names: a character
@@ -103,8 +121,9 @@ def all_bindings(
     partner_ids: Iterable[str], partner_template: str, worker_principal: str, group_id: str
 ) -> list[Binding]:
     bindings: list[Binding] = []
+    reserved = SERVICE_PRINCIPALS | {worker_principal}
     for pid in sorted(partner_ids):
-        bindings += partner_bindings(pid, principal_for(partner_template, pid))
+        bindings += partner_bindings(pid, principal_for(partner_template, pid, reserved))
     return bindings + worker_bindings(worker_principal, group_id)
 
 

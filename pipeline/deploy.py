@@ -1,8 +1,8 @@
 """`claude-pipeline deploy init`: the credentials and certificates docker-compose needs.
 
 Nothing guessable ships in the repository. This writes, into `deploy/secrets/`
-(git-ignored; readable by the containers, which run under their own users, so
-keep the host directory to yourself):
+(git-ignored; every file 0600 and every directory 0700 whatever the umask, owned
+by whoever runs it, which is the user compose runs the containers as):
 
 - a CA and the broker's certificate (CN=kafka, SAN kafka and localhost) as PEM
   key stores; Kafka listens with SASL_SSL for clients and SSL with client
@@ -15,6 +15,14 @@ keep the host directory to yourself):
 - each partner's signing secret, under `partners/`, the one directory partners'
   secret references may point into;
 - a Grafana admin password (anonymous access stays off).
+
+Those live in `store/`, which no container mounts. Each service mounts one
+directory of copies holding only what it needs (`SERVICES` says what), laid out
+as `store/` is, so the same `/secrets/...` paths work in every container:
+whoever takes over a worker (it parses hostile records) or Grafana (a web app)
+finds no super user's password, no broker key and no other service's secret.
+`handout/<id>/` is what a partner is given: its signing secret, its Kafka
+password (user `partner-<id>`) and the CA.
 
 Run it once (`--force` replaces everything, which invalidates what was
 handed out); `--partners a,b` adds partners later without touching the rest.
@@ -47,11 +55,23 @@ def _password() -> str:
     return secrets.token_urlsafe(24)  # 192 bits
 
 
+#: The SCRAM user of a partner (its principal is User:<this>; see acls.py).
+def partner_user(partner_id: str) -> str:
+    return "partner-" + partner_id
+
+
+def _private_dir(path: Path) -> None:
+    """A directory only its owner can enter (mkdir's mode is subject to the umask)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
 def _write(path: Path, text: str | bytes, created: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(path.parent)
     data = text.encode() if isinstance(text, str) else text
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode otherwise
         f.write(data)
     created.append(str(path))
 
@@ -127,8 +147,7 @@ def _certificates(directory: Path, created: list[str]) -> None:
     pem = serialization.Encoding.PEM
     pkcs8 = serialization.PrivateFormat.PKCS8
     plain = serialization.NoEncryption()
-    # The CA's key is not kept: every container sees this directory, and a new
-    # certificate is a `deploy init --force` away.
+    # The CA's key is not kept: a new certificate is a `deploy init --force` away.
     _write(directory / "ca.pem", ca.public_bytes(pem), created)
     # Kafka's PEM key store: the private key, then the certificate chain.
     keystore = key.private_bytes(pem, pkcs8, plain) + cert.public_bytes(pem) + ca.public_bytes(pem)
@@ -213,27 +232,97 @@ def pipeline_env(user: str, password: str) -> str:
     )
 
 
+#: What each service's directory holds (paths relative to `store/`; a trailing
+#: "/" copies a directory's files matching the suffix after it). Nothing else:
+#: tests/unit/test_deploy.py checks the compose file mounts only these.
+SERVICES: dict[str, tuple[str, ...]] = {
+    # the broker: its key store, the CA, and the admin password it formats with
+    "kafka": ("ca.pem", "kafka.pem", "admin.password", "server.properties", "admin.properties"),
+    # SCRAM users: the workers' and the partners' Kafka passwords, as admin
+    "setup": (
+        "ca.pem",
+        "admin.properties",
+        "worker.password",
+        "partners.list",
+        "partners/*.kafka-password",
+    ),
+    # workers: their own Kafka credential, the registry key (HMAC: verifying
+    # needs the key), the dead-letter keyring, partners' signing secrets
+    "worker": ("ca.pem", "worker.env", "registry.key", "dlq.keys", "partners/*.signing"),
+    # admin tools: the super user, signing registry records, opening and
+    # replaying dead letters (a replay is signed with the partner's secret)
+    "admin": ("ca.pem", "admin.env", "registry.key", "dlq.keys", "partners/*.signing"),
+    # Grafana: its own admin password, nothing of the pipeline's
+    "grafana": ("grafana.password",),
+}
+STORE = "store"
+HANDOUT = "handout"
+
+#: Files an earlier `deploy init` wrote at the top level, moved into `store/`.
+_LEGACY = (
+    "ca.pem", "kafka.pem", "admin.password", "worker.password", "grafana.password",
+    "registry.key", "dlq.keys", "partners",
+)  # fmt: skip
+
+
+#: Derived files an earlier run wrote at the top level (they quote passwords).
+_LEGACY_DERIVED = (
+    "server.properties", "admin.properties", "admin.env", "worker.env", "partners.list",
+)  # fmt: skip
+
+
+def _migrate(directory: Path) -> None:
+    store = directory / STORE
+    for name in _LEGACY:
+        old = directory / name
+        if old.exists() and not (store / name).exists():
+            _private_dir(store)
+            os.replace(old, store / name)
+    for name in _LEGACY_DERIVED:
+        (directory / name).unlink(missing_ok=True)
+
+
+def _copies(store: Path, entries: Iterable[str]) -> list[Path]:
+    out: list[Path] = []
+    for entry in entries:
+        out.extend(sorted(store.glob(entry)) if "*" in entry else [store / entry])
+    return out
+
+
+def _fill(target: Path, store: Path, files: Iterable[Path], created: list[str]) -> None:
+    """`target` holds exactly `files` (copies, same layout as the store)."""
+    if target.exists():
+        for path in sorted(target.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
+    _private_dir(target)
+    for path in files:
+        _write(target / path.relative_to(store), path.read_bytes(), created)
+
+
 def init(directory: Path, partners: Iterable[str] = (), *, force: bool = False) -> Written:
     """Write (or complete) the secrets directory; existing secrets are kept unless `force`."""
     ids = [check_partner_id(p) for p in partners]
     if force and directory.exists():
         for path in sorted(directory.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
+            path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
     created: list[str] = []
-    directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / "kafka.pem").exists():
-        _certificates(directory, created)
-    admin = _keep_or_make(directory / "admin.password", _password(), created)
-    worker = _keep_or_make(directory / "worker.password", _password(), created)
-    _keep_or_make(directory / "grafana.password", _password(), created)
-    _keep_or_make(directory / "registry.key", secrets.token_urlsafe(32), created)
-    _keep_or_make(directory / "dlq.keys", f"k1:{secrets.token_urlsafe(32)}", created)
+    _private_dir(directory)
+    _migrate(directory)
+    store = directory / STORE
+    _private_dir(store)
+    if not (store / "kafka.pem").exists():
+        _certificates(store, created)
+    admin = _keep_or_make(store / "admin.password", _password(), created)
+    worker = _keep_or_make(store / "worker.password", _password(), created)
+    _keep_or_make(store / "grafana.password", _password(), created)
+    _keep_or_make(store / "registry.key", secrets.token_urlsafe(32), created)
+    _keep_or_make(store / "dlq.keys", f"k1:{secrets.token_urlsafe(32)}", created)
     for pid in ids:
-        _keep_or_make(directory / "partners" / f"{pid}.signing", secrets.token_hex(32), created)
-        _keep_or_make(directory / "partners" / f"{pid}.kafka-password", _password(), created)
-    known = sorted(p.name.removesuffix(".kafka-password") for p in (directory / "partners").glob(
+        _keep_or_make(store / "partners" / f"{pid}.signing", secrets.token_hex(32), created)
+        _keep_or_make(store / "partners" / f"{pid}.kafka-password", _password(), created)
+    known = sorted(p.name.removesuffix(".kafka-password") for p in (store / "partners").glob(
         "*.kafka-password"
-    )) if (directory / "partners").exists() else []  # fmt: skip
+    )) if (store / "partners").exists() else []  # fmt: skip
     # Derived files: rewritten every time from the secrets above.
     for name, text in (
         ("server.properties", server_properties(admin)),
@@ -242,5 +331,27 @@ def init(directory: Path, partners: Iterable[str] = (), *, force: bool = False) 
         ("worker.env", pipeline_env("claude-pipeline", worker)),
         ("partners.list", "".join(f"{pid}\n" for pid in known)),
     ):
-        _write(directory / name, text, created)
+        _write(store / name, text, created)
+    for path in directory.rglob("*"):  # older runs wrote 0644
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    for service, entries in SERVICES.items():
+        _fill(directory / service, store, _copies(store, entries), created)
+    for pid in known:
+        handout = directory / HANDOUT / pid
+        _fill(handout, store, [], created)
+        for path in [store / "ca.pem", *_copies(store, [f"partners/{pid}.*"])]:
+            _write(handout / path.name, path.read_bytes(), created)
+        _write(handout / "kafka.user", partner_user(pid) + "\n", created)
     return Written(directory, created, known)
+
+
+def compose_env(path: Path, uid: int | None = None, gid: int | None = None) -> None:
+    """Set PIPELINE_UID and PIPELINE_GID in compose's `.env` (other lines kept):
+    the containers run as the user who owns the secrets, which only it can read."""
+    values = {
+        "PIPELINE_UID": str(os.getuid() if uid is None else uid),
+        "PIPELINE_GID": str(os.getgid() if gid is None else gid),
+    }
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.partition("=")[0].strip() not in values]
+    path.write_text("\n".join([*kept, *(f"{k}={v}" for k, v in values.items())]) + "\n")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create the SCRAM users: the workers, and one per partner listed by
 # `claude-pipeline deploy init` (passwords from /secrets, never from here).
+# A partner's user is partner-<id>: no partner id can name a service's user
+# (admin, claude-pipeline), and so none can take over its password.
 set -euo pipefail
 BIN=/opt/kafka/bin
 add_user() {
@@ -10,5 +12,5 @@ add_user() {
 }
 add_user claude-pipeline /secrets/worker.password
 while read -r partner; do
-  [ -n "$partner" ] && add_user "$partner" "/secrets/partners/$partner.kafka-password"
+  [ -n "$partner" ] && add_user "partner-$partner" "/secrets/partners/$partner.kafka-password"
 done < /secrets/partners.list

@@ -39,8 +39,9 @@ def add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
     c.add_argument("--apply", action="store_true", help="with --acls: create them on the cluster")
     c.add_argument(
         "--partner-principal",
-        default="User:{partner}",
-        help="principal of each partner (default User:{partner})",
+        default="User:partner-{partner}",
+        help="principal of each partner (default User:partner-{partner}: a prefix no "
+        "service principal has)",
     )
     c.add_argument(
         "--worker-principal",
@@ -352,17 +353,24 @@ def add_deploy(sub: argparse._SubParsersAction[Parser]) -> None:
     init.add_argument("--dir", default="deploy/secrets", help="where (deploy/secrets)")
     init.add_argument("--partners", type=csv_list, default=(), help="partner ids, a,b")
     init.add_argument("--force", action="store_true", help="replace every secret")
+    init.add_argument(
+        "--env-file",
+        default=".env",
+        help="compose's .env, where PIPELINE_UID/GID are set (default .env)",
+    )
     init.set_defaults(func=cmd_deploy_init)
 
 
 def cmd_deploy_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.deploy import init
+    from pipeline.deploy import compose_env, init
 
     written = init(Path(args.dir), args.partners, force=args.force)
+    compose_env(Path(args.env_file))
     print(
         f"{written.directory}: {len(written.created)} files written; partners: "
-        f"{', '.join(written.partners) or 'none yet (--partners a,b adds them)'}"
+        f"{', '.join(written.partners) or 'none yet (--partners a,b adds them)'}; "
+        f"{args.env_file}: the containers run as this user (PIPELINE_UID)"
     )
     return 0

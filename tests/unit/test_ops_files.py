@@ -191,7 +191,7 @@ def test_the_generated_kafka_properties_use_real_keys_and_agree(tmp_path: Path) 
 
     init(tmp_path, ["acme"])
     props = {}
-    for line in (tmp_path / "server.properties").read_text().splitlines():
+    for line in (tmp_path / "kafka" / "server.properties").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition("=")
             props[key.strip()] = value.strip()
