@@ -9,7 +9,7 @@ numbers the scheduler plans with are the numbers "Claude" charges.
 from __future__ import annotations
 
 import base64
-import re
+import functools
 import struct
 
 #: The media types the Messages API accepts for images.
@@ -97,15 +97,45 @@ def b64_prefix(data: str, chars: int = 262_144) -> bytes:
         return b""
 
 
-_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-
-
 def is_pdf(data: bytes) -> bool:
     return data.startswith(b"%PDF-")
 
 
-def pdf_pages(data: bytes) -> int:
-    """Page objects in a PDF (0 if none can be seen, e.g. pages in compressed object streams)."""
+#: Pages beyond which a count is not believed (Claude's PDF support stops at
+#: 100 pages per request; a tree claiming more is at best irrelevant).
+MAX_PDF_PAGES = 10_000
+
+
+@functools.lru_cache(maxsize=32)  # the estimate and the bound both ask
+def pdf_pages(data: bytes) -> int | None:
+    """The pages of a PDF, from its page tree, or None when that number cannot be
+    established with certainty: not a PDF, encrypted, damaged, or a tree whose
+    /Count disagrees with its leaves. Callers reserve the worst case for None.
+
+    A count of "/Type /Page" in the raw bytes (what this was) sees no page kept
+    in a compressed object stream and counts every decoy (a comment will do).
+    pypdf reads the cross-reference table or stream, object streams included,
+    and walks the tree from the catalog, as a viewer (and Claude) does."""
     if not is_pdf(data):
-        return 0
-    return len(_PAGE.findall(data))
+        return None
+    import io
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a damaged PDF is an answer here
+    try:
+        # strict: a PDF that needs repairing has no certain page count
+        reader = PdfReader(io.BytesIO(data), strict=True)
+        if reader.is_encrypted:
+            return None
+        declared = reader.trailer["/Root"]["/Pages"]["/Count"]
+        leaves = len(reader.pages)
+    except (PyPdfError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            RecursionError, OverflowError, AssertionError, LookupError,
+            UnicodeError, EOFError, OSError):  # fmt: skip
+        return None
+    if not isinstance(declared, int) or declared != leaves or not 0 < leaves <= MAX_PDF_PAGES:
+        return None
+    return leaves

@@ -95,7 +95,8 @@ def _image_size(block: Mapping[str, Any]) -> tuple[int, int] | None:
     return media.image_size(_source_bytes(source, full=False))
 
 
-def _pdf_pages(source: Mapping[str, Any]) -> int:
+def _pdf_pages(source: Mapping[str, Any]) -> int | None:
+    """None when the page count is not certain (the bound is then the worst case)."""
     return media.pdf_pages(_source_bytes(source, full=True))
 
 
@@ -133,7 +134,7 @@ def _count_document(block: Mapping[str, Any]) -> int:
     extra = count_text(f"{block.get('title') or ''}{block.get('context') or ''}")
     kind = source.get("type")
     if kind == "base64":
-        return extra + max(1, _pdf_pages(source)) * PDF_PAGE_TOKENS
+        return extra + max(1, _pdf_pages(source) or 1) * PDF_PAGE_TOKENS
     if kind == "text":
         data = source.get("data")
         return extra + (count_text(data) if isinstance(data, str) else 0)
