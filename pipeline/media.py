@@ -130,7 +130,7 @@ def pdf_pages(data: bytes) -> int | None:
         reader = PdfReader(io.BytesIO(data), strict=True)
         if reader.is_encrypted:
             return None
-        declared = reader.trailer["/Root"]["/Pages"]["/Count"]
+        declared = reader.trailer["/Root"]["/Pages"]["/Count"]  # type: ignore[index]
         leaves = len(reader.pages)
     except (PyPdfError, ValueError, TypeError, KeyError, AttributeError, IndexError,
             RecursionError, OverflowError, AssertionError, LookupError,
