@@ -92,6 +92,8 @@ class RequestError(PipelineError):
     """A request that cannot be served: it ends as a dead letter with `reason`."""
 
     reason: ClassVar[Reason] = Reason.INVALID_REQUEST
+    #: Whether a dead letter copies a heavy record's payload (to replay it).
+    copy_payload: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -132,6 +134,13 @@ class QuotaExceeded(RequestError):
 
 class InvalidRequest(RequestError):
     reason = Reason.INVALID_REQUEST
+
+
+class TooLarge(InvalidRequest):
+    """A request past a bound on its arrays (pipeline/bounded.py). Its dead letter
+    keeps no copy of a heavy payload: the same bytes would be refused again."""
+
+    copy_payload = False
 
 
 class DeadlineExpired(RequestError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from pipeline import messages, tokens
+from pipeline import bounded, messages, tokens
 from pipeline.errors import (
     AuthFailed,
     DeadlineExpired,
@@ -107,9 +107,9 @@ def check_envelope(record: SourceRecord, max_value_bytes: int) -> None:
 
 
 def check_identity(request: dict[str, Any], topic_partner: str) -> None:
-    if request["partner_id"] != topic_partner:
+    if request.get("partner_id") != topic_partner:
         raise AuthFailed(
-            f"partner_id {request['partner_id']!r} in the value does not match "
+            f"partner_id {request.get('partner_id')!r} in the value does not match "
             f"the topic's {topic_partner!r}"
         )
 
@@ -263,11 +263,19 @@ def examine_value(
     partner: Partner,
     *,
     encode_body: bool = False,
+    bounds: bounded.Bounds | None = None,
 ) -> Examined:
     """Decode a ClaudeRequest value (SchemaError when it is not one) and check it
-    for `partner`, without raising for an invalid request (`Examined.invalid`)."""
+    for `partner`, without raising for an invalid request (`Examined.invalid`).
+    Its arrays are counted before it is decoded: one past a bound is refused
+    without materialising the rest."""
+    bounds = bounds or bounded.default_bounds()
+    past = bounded.check(writer_schema, data, offset, bounds)
+    if past is not None:
+        return Examined(past[0], None, past[1])
     request = read_body("ClaudeRequest", writer_schema, reader_schema, data, offset)
     try:
+        bounds.check_decoded(request)
         params = params_of(request)
         validate(request, params, partner)
     except RequestError as exc:

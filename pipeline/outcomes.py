@@ -241,13 +241,15 @@ class OutcomeBuilder:
             "payload_sha256": None,
         }
         payload = record.value or b""
-        if error.reason in NEVER_REPLAYED and len(payload) > HEAVY_BYTES:
+        never = error.reason in NEVER_REPLAYED or not error.copy_payload
+        if never and len(payload) > HEAVY_BYTES:
             # Never replayed, so a copy would only cost: the record stays at its
             # source offset for the topic's retention, recognisable by its digest.
             digest = hashlib.sha256(payload).hexdigest()
+            why = error.reason.value if error.copy_payload else "a request past the bounds"
             dead_letter["detail"] += (
                 f" [payload of {len(payload)} bytes kept only at its source offset: "
-                f"{error.reason.value} is never replayed; sha256 {digest}]"
+                f"{why} is never replayed; sha256 {digest}]"
             )
             dead_letter["payload_bytes"] = len(payload)
             dead_letter["payload_sha256"] = digest
