@@ -24,7 +24,14 @@ import fastavro
 from pipeline.client import build_request, request_record
 from pipeline.messages import NS
 from pipeline.schemas import SINGLE_OBJECT_MAGIC, Codec
-from pipeline.security import H_PARTNER, H_SIGNATURE, H_TIMESTAMP, sign, signed_headers
+from pipeline.security import (
+    H_PARTNER,
+    H_SIGNATURE,
+    H_TIMESTAMP,
+    replay_headers,
+    sign,
+    signed_headers,
+)
 
 Headers = list[tuple[str, bytes]]
 
@@ -170,6 +177,27 @@ def corpus(partner: str, secret: bytes, codec: Codec) -> list[Poison]:
     other_block["messages"][0]["content"] = [(NS + "OtherBlock", {"type": "x", "json": "[1,"})]
     add("unknown block not JSON", encoded(other_block), "invalid_request", "invalid JSON",
         request_id=other_block["request_id"])  # fmt: skip
+    # -- issue 23: signed records that once stopped the worker or cost everyone
+    ancient = request(lambda r: r.update(created_at_ms=-(2**62)))
+    add("created before time began", encoded(ancient), "invalid_request", "created_at_ms",
+        request_id=ancient["request_id"])  # fmt: skip
+    replayed = request()
+    replayed_value = encoded(replayed)
+    add("replay count of 10**30", replayed_value, "auth_failed", "malformed x-replay-count",
+        request_id=replayed["request_id"],
+        headers=replay_headers([], partner, secret, replayed_value, 10**30, time.time()))  # fmt: skip
+    add("two hundred headers", body, "auth_failed", "headers: at most",
+        headers=[*_sign(partner, secret, body), *((f"x-h{i}", b"") for i in range(200))])  # fmt: skip
+    surrogate = request_record(
+        {"model": "claude-haiku-4-5", "max_tokens": 32,
+         "messages": [{"role": "user", "content": "q"}],
+         "tools": [{"name": "t", "input_schema": {"type": "object"}}]},
+        partner_id=partner, request_id=rid(),
+    )  # fmt: skip
+    tool_name, tool_fields = surrogate["tools"][0]
+    surrogate["tools"] = [(tool_name, {**tool_fields, "input_schema_json": '{"x":"\\udfff"}'})]
+    add("a lone surrogate in a tool schema", encoded(surrogate), "invalid_request", "surrogate",
+        request_id=surrogate["request_id"])  # fmt: skip
     # -- only Claude can judge
     for kind, mutate, fragment in (
         ("unknown model", lambda r: r.update(model="claude-imaginary-9"), "model: claude-imaginary-9"),
