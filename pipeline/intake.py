@@ -180,6 +180,11 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
         raise InvalidRequest("temperature must be within [0, 1]")
     _check_cache_controls(params)
     if partner.daily_token_budget is not None or partner.monthly_budget_usd is not None:
+        if params.get("speed") not in (None, "standard"):
+            raise InvalidRequest(
+                f"speed {params['speed']!r}: the price table has no fast-mode prices, so a "
+                "partner with a budget cannot use it"
+            )
         for i, tool in enumerate(params.get("tools") or ()):
             kind = tool.get("type")
             if kind not in (None, "custom"):

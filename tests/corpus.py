@@ -327,6 +327,13 @@ def corpus() -> dict[str, dict[str, Any]]:
             "thinking": {"type": "enabled", "budget_tokens": 1024},
             "messages": [_user("Is 1,001 prime? Think it through.")],
         },
+        # carried to Claude exactly, in extra_params_json (issue 24)
+        "fast_mode_in_the_eu": {
+            **base,
+            "speed": "fast",
+            "inference_geo": "eu",
+            "messages": [_user("Quickly, and in the EU: what is Kafka?")],
+        },
         "stop_sequences": {
             **base,
             "stop_sequences": ["kafka", "END"],

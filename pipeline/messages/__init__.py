@@ -20,14 +20,23 @@ cannot carry raises `WireError` (a ValueError) naming the key.
 """
 
 from pipeline.messages.params import fields_to_params, json_body, walk_blocks
-from pipeline.messages.request import GOVERNED, SDK_OPTIONS, TYPED_PARAMS, params_to_fields
+from pipeline.messages.request import (
+    CARRIED,
+    GOVERNED,
+    REFUSED,
+    SDK_OPTIONS,
+    TYPED_PARAMS,
+    params_to_fields,
+)
 from pipeline.messages.response import message_from_record, response_fields, usage_fields
 from pipeline.messages.values import MAX_JSON_DEPTH, NS, WireError, dump_json, json_depth, load_json
 
 __all__ = [
+    "CARRIED",
     "GOVERNED",
     "MAX_JSON_DEPTH",
     "NS",
+    "REFUSED",
     "SDK_OPTIONS",
     "TYPED_PARAMS",
     "WireError",

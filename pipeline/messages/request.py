@@ -37,21 +37,38 @@ TYPED_PARAMS = frozenset(
     }
 )
 
+#: Parameters a partner's request cannot carry, and why: `request_record`
+#: refuses each by name (nothing is dropped silently), and the worker refuses
+#: them in `extra_params_json`.
+REFUSED: dict[str, str] = {
+    "stream": "streaming does not travel over Kafka (the gateway streams)",
+    "workspace_id": "the operator's setting for the account, never a partner's",
+    "user_profile_id": "the operator's setting for the account, never a partner's",
+    # beta.messages.create only: they need the beta header, which the pipeline
+    # does not send for partners yet (issue 24's beta channel)
+    **dict.fromkeys(
+        (
+            "mcp_servers",
+            "context_management",
+            "compaction",
+            "fallbacks",
+            "fallback_credit_token",
+            "billing_policy",
+            "thread",
+        ),
+        "a beta parameter (beta.messages.create): the pipeline has no beta channel yet",
+    ),
+}
+
 #: Parameters `extra_params_json` may never carry: the typed ones (the worker
-#: governs them: models, max_tokens caps, budgets, limits all read them), the
-#: transport (stream), and those that change who pays or what a call costs in
-#: ways a budget cannot bound before the call.
-GOVERNED = TYPED_PARAMS | frozenset(
-    {
-        "stream",
-        "speed",
-        "inference_geo",
-        "container",
-        "mcp_servers",
-        "workspace_id",
-        "user_profile_id",
-    }
-)
+#: governs them: models, max_tokens caps, budgets, limits all read them) and the
+#: refused ones.
+GOVERNED = TYPED_PARAMS | frozenset(REFUSED)
+
+#: Parameters of the SDK's `create` that travel in `extra_params_json` exactly
+#: as given (Claude validates them): every other key does too, so a parameter
+#: newer than the schema still reaches Claude.
+CARRIED = frozenset({"speed", "inference_geo", "container", "output_config", "diagnostics"})
 
 #: Keyword arguments of the SDK's `create` that are request options, not API
 #: parameters: they cannot travel. (`extra_body` can: the SDK merges it into the
@@ -422,8 +439,11 @@ def params_to_fields(params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(extra_body, Mapping):
             raise WireError("extra_body", "must be an object (merged into the request body)")
         params = {**{k: v for k, v in params.items() if k != "extra_body"}, **extra_body}
-    if params.get("stream"):
-        raise WireError("stream", "streaming does not travel over Kafka (the gateway streams)")
+    for key, why in REFUSED.items():
+        if key == "stream" and not params.get(key):
+            continue  # stream=False is what Kafka does anyway
+        if key in params and (key == "stream" or params[key] is not None):
+            raise WireError(key, why)
     model = need(params, "model", str, "")
     max_tokens = params.get("max_tokens")
     if not is_int(max_tokens):

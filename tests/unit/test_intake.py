@@ -144,3 +144,16 @@ def test_a_record_outside_the_partition_its_key_gives_is_refused_without_a_respo
         intake.admit(dataclasses.replace(at_home, key=b"r2"))
     assert "must be the request_id" in info.value.error.detail
     assert not info.value.respond
+
+
+def test_fast_mode_is_carried_but_refused_to_a_partner_with_a_budget() -> None:
+    from pipeline.client import request_record
+
+    params = {"model": "claude-haiku-4-5", "max_tokens": 8, "speed": "fast",
+              "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    record = request_record(params, partner_id="acme", request_id="r1")
+    record["created_at_ms"] = int(NOW * 1000)
+    value = CODEC.encode("ClaudeRequest", record)
+    assert _intake().admit(_record(value)).params["speed"] == "fast"
+    reason, _, _ = _reason(_intake(monthly_budget_usd=5.0), _record(value))
+    assert reason == "invalid_request"

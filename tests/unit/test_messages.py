@@ -226,3 +226,45 @@ def test_records_from_before_blocks_become_one_text_block() -> None:
     message = anthropic.types.Message.model_validate(message_from_response(old))
     assert [b.type for b in message.content] == ["text"]
     assert message.content[0].text == "hello"  # type: ignore[union-attr]
+
+
+# -- issue 24 (part): every parameter of the SDK's create carried or refused ------
+
+
+def _sdk_create_params() -> set[str]:
+    import inspect
+
+    from anthropic.resources.beta.messages import Messages as BetaMessages
+    from anthropic.resources.messages import Messages
+    from anthropic.types import message_create_params as plain
+    from anthropic.types.beta import message_create_params as beta
+
+    keys = set(plain.MessageCreateParamsBase.__annotations__)
+    keys |= set(beta.MessageCreateParamsBase.__annotations__)
+    for create in (Messages.create, BetaMessages.create):
+        keys |= set(inspect.signature(create).parameters) - {"self"}
+    return keys
+
+
+def test_every_parameter_the_sdk_accepts_is_carried_or_refused_by_name() -> None:
+    # Before: speed, inference_geo, container, mcp_servers, workspace_id and
+    # user_profile_id vanished from the record without an error. A key a newer
+    # SDK adds fails here until it is placed in one of these sets.
+    from pipeline.messages import CARRIED, REFUSED, SDK_OPTIONS, TYPED_PARAMS
+
+    handled = TYPED_PARAMS | CARRIED | set(REFUSED) | SDK_OPTIONS | {"extra_body"}
+    assert _sdk_create_params() - handled == set()
+    base = {"model": "claude-haiku-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    for key, why in REFUSED.items():
+        for params in ({**base, key: "x"}, {**base, "extra_body": {key: "x"}}):
+            with pytest.raises(ValueError, match=f"^{key}: ") as info:
+                request_record(params, partner_id="p")
+            assert why in str(info.value)
+    values = {"speed": "fast", "inference_geo": "eu", "container": {"id": "c1", "skills": []},
+              "output_config": {"effort": "low"}, "diagnostics": {"x": 1}}  # fmt: skip
+    assert set(values) == CARRIED
+    for key, value in values.items():
+        for params in ({**base, key: value}, {**base, "extra_body": {key: value}}):
+            record = _wire(request_record(params, partner_id="p"), "ClaudeRequest")
+            assert fields_to_params(record)[key] == value  # reaches Claude exactly
