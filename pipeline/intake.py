@@ -161,8 +161,8 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
     if not partner.allows_model(request["model"]):
         raise InvalidRequest(f"model {request['model']!r} is not allowed for this partner")
     max_tokens = request["max_tokens"]
-    if max_tokens < 1:
-        raise InvalidRequest("max_tokens must be >= 1")
+    if max_tokens < 0:  # 0: pre-warm the prompt cache, generating nothing (the API's way)
+        raise InvalidRequest("max_tokens must be >= 0")
     if partner.max_tokens_cap is not None and max_tokens > partner.max_tokens_cap:
         raise InvalidRequest(
             f"max_tokens {max_tokens} exceeds this partner's cap of {partner.max_tokens_cap}"

@@ -327,6 +327,19 @@ def corpus() -> dict[str, dict[str, Any]]:
             "thinking": {"type": "enabled", "budget_tokens": 1024},
             "messages": [_user("Is 1,001 prime? Think it through.")],
         },
+        # max_tokens 0 pre-warms the prompt cache and generates nothing (issue 24)
+        "cache_prewarm": {
+            **base,
+            "max_tokens": 0,
+            "system": [
+                {
+                    "type": "text",
+                    "text": "You answer questions about Kafka. " * 40,
+                    "cache_control": {"type": "ephemeral"},
+                }
+            ],
+            "messages": [_user("Warm the cache.")],
+        },
         # carried to Claude exactly, in extra_params_json (issue 24)
         "fast_mode_in_the_eu": {
             **base,

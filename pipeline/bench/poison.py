@@ -137,8 +137,7 @@ def corpus(partner: str, secret: bytes, codec: Codec) -> list[Poison]:
         key=None, request_id=keyless["request_id"], responds=False)  # fmt: skip
     # -- decodes, but is no valid request
     for kind, mutate, fragment in (
-        ("max_tokens zero", lambda r: r.update(max_tokens=0), "max_tokens must be >= 1"),
-        ("max_tokens negative", lambda r: r.update(max_tokens=-5), "max_tokens must be >= 1"),
+        ("max_tokens negative", lambda r: r.update(max_tokens=-5), "max_tokens must be >= 0"),
         ("empty messages", lambda r: r.update(messages=[]), "messages is empty"),
         ("assistant first",
          lambda r: r.update(messages=[{"role": "assistant", "content": "hi"}]),

@@ -280,8 +280,8 @@ def validate_messages(body: object) -> MessagesRequest:
         raise invalid("max_tokens: Field required")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise invalid("max_tokens: Input should be a valid integer")
-    if max_tokens < 1:
-        raise invalid("max_tokens: Input should be greater than or equal to 1")
+    if max_tokens < 0:  # 0 pre-warms the prompt cache (the SDK documents it)
+        raise invalid("max_tokens: Input should be greater than or equal to 0")
     if max_tokens > model.max_output_tokens:
         raise invalid(
             f"max_tokens: {max_tokens} > {model.max_output_tokens}, which is the maximum "

@@ -91,6 +91,11 @@ def test_the_corpus_reaches_claude_field_for_field_and_comes_back_as_the_same_me
     assert kinds["thinking"] == ["ThinkingBlock", "TextBlock"]
     assert kinds["parallel_tool_calls"] == ["TextBlock", "ToolUseBlock", "ToolUseBlock"]
     assert by_name["tools_any"]["stop_reason"] == "tool_use"
+    # max_tokens 0 pre-warms the cache: nothing generated, the cache write billed
+    prewarm = by_name["cache_prewarm"]
+    assert (prewarm["stop_reason"], prewarm["usage"]["output_tokens"]) == ("max_tokens", 0)
+    assert prewarm["usage"]["cache_creation_input_tokens"] > 0
+    assert got.usage[("fidelity", "corpus-cache_prewarm")][0]["cost_usd"] > 0
     cache = by_name["system_cache_5m_and_1h"]["usage"]["cache_creation"]
     assert cache["ephemeral_1h_input_tokens"] > 0
     assert cache["ephemeral_5m_input_tokens"] > 0

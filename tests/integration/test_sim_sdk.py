@@ -82,7 +82,7 @@ async def test_max_tokens_and_stop_sequences(
     ("config", "kwargs", "error"),
     [
         ({"keys": frozenset({"right"})}, {}, anthropic.AuthenticationError),
-        ({}, {"max_tokens": 0}, anthropic.BadRequestError),
+        ({}, {"max_tokens": -1}, anthropic.BadRequestError),
         ({}, {"model": "claude-imaginary-9"}, anthropic.NotFoundError),
         ({"fail_rates": {"500": 1.0}}, {}, anthropic.InternalServerError),
         ({"fail_rates": {"529": 1.0}}, {}, anthropic.OverloadedError),
@@ -245,7 +245,7 @@ async def test_batches_round_trip(sim_factory: SimFactory, client_factory: Clien
             },
             {
                 "custom_id": "broken",
-                "params": {"model": MODEL, "max_tokens": 0, "messages": _user("batch B")},
+                "params": {"model": MODEL, "max_tokens": -1, "messages": _user("batch B")},
             },
         ]
     )

@@ -97,7 +97,7 @@ def test_disabled_partner() -> None:
     [
         ({"allowed_models": ("claude-haiku-4-5",)}, {"model": "claude-opus-4-8"}),
         ({"max_tokens_cap": 100}, {"max_tokens": 101}),
-        ({}, {"max_tokens": 0}),
+        ({}, {"max_tokens": -1}),
         ({}, {"temperature": 1.5}),
         ({}, {"prompt": ""}),
     ],

@@ -126,7 +126,7 @@ def test_batches_end_after_delay_with_per_request_results(
         {
             "requests": [
                 {"custom_id": "good", "params": _body("batch one")},
-                {"custom_id": "bad", "params": {**_body(), "max_tokens": 0}},
+                {"custom_id": "bad", "params": {**_body(), "max_tokens": -1}},
             ]
         },
     )

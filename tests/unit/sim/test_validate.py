@@ -30,7 +30,7 @@ def test_valid_request_passes() -> None:
         (_body(model=None), 400, "model: Field required"),
         (_body(model="claude-nonexistent"), 404, "model: claude-nonexistent"),
         (_body(max_tokens=None), 400, "max_tokens: Field required"),
-        (_body(max_tokens=0), 400, "greater than or equal to 1"),
+        (_body(max_tokens=-1), 400, "greater than or equal to 0"),
         (_body(max_tokens="10"), 400, "valid integer"),
         (_body(max_tokens=64_001), 400, "maximum allowed number of output tokens"),
         (_body(messages=None), 400, "messages: Field required"),
