@@ -1,5 +1,5 @@
-"""Bounds on a request's arrays and maps, checked over its Avro bytes before
-anything is materialised.
+"""Bounds on what a request holds: its arrays and maps, checked over its Avro
+bytes before anything is materialised, and its timestamps (`check_times`).
 
 fastavro builds the whole value before anyone can count it: ten million empty
 messages (3 bytes each, 30 MB, within the record limit) took the examiner 34 s
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import SchemaError, TooLarge
+from pipeline.errors import ConfigError, InvalidRequest, SchemaError, TooLarge
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,6 @@ class Bounds:
                 try:
                     values[name] = int(text)
                 except ValueError:
-                    from pipeline.errors import ConfigError
-
                     raise ConfigError(f"{var} must be a whole number, not {text!r}") from None
         return cls(**values)
 
@@ -88,6 +86,30 @@ _ENV = {
     "items": "PIPELINE_MAX_ITEMS",
     "nesting": "PIPELINE_MAX_NESTING",
 }
+
+#: How far a request's own timestamps may stray from the worker's clock. They
+#: travel into every output record (latency_ms, an Avro long): outside these
+#: bounds a value is a bug or an attack, never a request (a dead letter replayed
+#: within a year keeps its original created_at_ms).
+MAX_REQUEST_AGE_MS = 366 * 24 * 3600 * 1000
+MAX_FUTURE_MS = 5 * 60 * 1000
+
+
+def check_times(request: Mapping[str, Any], now: float) -> None:
+    """created_at_ms and deadline_ms within plausible bounds of `now`."""
+    now_ms = int(now * 1000)
+    created = request.get("created_at_ms")
+    if not isinstance(created, int) or not (
+        now_ms - MAX_REQUEST_AGE_MS <= created <= now_ms + MAX_FUTURE_MS
+    ):
+        raise InvalidRequest(
+            "created_at_ms: not a time within a year before the worker's clock "
+            f"({now_ms} ms) and {MAX_FUTURE_MS // 1000} s after it"
+        )
+    deadline = request.get("deadline_ms")
+    if deadline is not None and not 0 <= deadline <= now_ms + MAX_REQUEST_AGE_MS:
+        raise InvalidRequest("deadline_ms: not a time within a year of the worker's clock")
+
 
 #: Top-level fields a refusal may name the request by, read as the walk passes them.
 _SUMMARY = ("request_id", "partner_id", "model")

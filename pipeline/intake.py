@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pipeline import bounded, messages, tokens
 from pipeline.errors import (
@@ -30,6 +30,9 @@ from pipeline.pricing import PriceTable
 from pipeline.records import Admitted, ClaudeRequest, SourceRecord
 from pipeline.schemas import Codec, read_body
 from pipeline.security import SecretResolver, verify
+
+if TYPE_CHECKING:
+    from pipeline.outcomes import Outcome, OutcomeBuilder
 
 
 class Rejected(Exception):
@@ -58,6 +61,19 @@ class Rejected(Exception):
         #: replay count it carries is the partner's or a replay's, not a forger's).
         self.verified = verified
         self.replay_count = replay_count
+
+    def outcome(self, builder: OutcomeBuilder, record: SourceRecord) -> Outcome:
+        """The refusal's response, usage record and dead letter."""
+        return builder.failure(
+            record,
+            self.error,
+            partner_id=self.partner_id,
+            request_id=self.request_id,
+            request=self.request,
+            respond=self.respond,
+            verified=self.verified,
+            replay_count=self.replay_count,
+        )
 
 
 def key_request_id(record: SourceRecord) -> str | None:
@@ -192,30 +208,6 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
                     f"tools[{i}]: a server tool ({kind}) adds tokens and fees that cannot be "
                     "bounded before the call, so a partner with a budget cannot use it"
                 )
-
-
-#: How far a request's own timestamps may stray from the worker's clock. They
-#: travel into every output record (latency_ms, an Avro long): outside these
-#: bounds a value is a bug or an attack, never a request (a dead letter replayed
-#: within a year keeps its original created_at_ms).
-MAX_REQUEST_AGE_MS = 366 * 24 * 3600 * 1000
-MAX_FUTURE_MS = 5 * 60 * 1000
-
-
-def check_times(request: Mapping[str, Any], now: float) -> None:
-    """created_at_ms and deadline_ms within plausible bounds of `now`."""
-    now_ms = int(now * 1000)
-    created = request.get("created_at_ms")
-    if not isinstance(created, int) or not (
-        now_ms - MAX_REQUEST_AGE_MS <= created <= now_ms + MAX_FUTURE_MS
-    ):
-        raise InvalidRequest(
-            "created_at_ms: not a time within a year before the worker's clock "
-            f"({now_ms} ms) and {MAX_FUTURE_MS // 1000} s after it"
-        )
-    deadline = request.get("deadline_ms")
-    if deadline is not None and not 0 <= deadline <= now_ms + MAX_REQUEST_AGE_MS:
-        raise InvalidRequest("deadline_ms: not a time within a year of the worker's clock")
 
 
 #: The fields of a request a refusal may carry: what the outcome records name
@@ -459,7 +451,7 @@ class Intake:
                 raise PartnerDisabled(f"partner {topic_partner!r} is disabled")
             if examined.invalid is not None:
                 raise examined.invalid
-            check_times(request, now)
+            bounded.check_times(request, now)
             deadline = request.get("deadline_ms")
             if deadline is not None and now * 1000 >= deadline:
                 raise DeadlineExpired(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import struct
 
 #: The media types the Messages API accepts for images.
@@ -101,6 +102,9 @@ def is_pdf(data: bytes) -> bool:
     return data.startswith(b"%PDF-")
 
 
+# pypdf warns about every damaged PDF; here a damaged PDF is an answer (None)
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+
 #: Pages beyond which a count is not believed (Claude's PDF support stops at
 #: 100 pages per request; a tree claiming more is at best irrelevant).
 MAX_PDF_PAGES = 10_000
@@ -119,12 +123,10 @@ def pdf_pages(data: bytes) -> int | None:
     if not is_pdf(data):
         return None
     import io
-    import logging
 
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a damaged PDF is an answer here
     try:
         # strict: a PDF that needs repairing has no certain page count
         reader = PdfReader(io.BytesIO(data), strict=True)

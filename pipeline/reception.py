@@ -126,16 +126,7 @@ class Reception:
 
     def refused(self, record: SourceRecord, exc: Exception) -> Outcome:
         if isinstance(exc, Rejected):
-            return self._builder.failure(
-                record,
-                exc.error,
-                partner_id=exc.partner_id,
-                request_id=exc.request_id,
-                request=exc.request,
-                respond=exc.respond,
-                verified=exc.verified,
-                replay_count=exc.replay_count,
-            )
+            return exc.outcome(self._builder, record)
         # A bug must cost one record, not the partition.
         err = internal(Stage.INTAKE, exc, log, record_fields(record))
         return self._builder.failure(

@@ -69,16 +69,7 @@ def intake(data: bytes) -> None:
     try:
         admitted = INTAKE.admit(record)
     except Rejected as exc:
-        outcome = BUILDER.failure(
-            record,
-            exc.error,
-            partner_id=exc.partner_id,
-            request_id=exc.request_id,
-            request=exc.request,
-            replay_count=exc.replay_count,
-            respond=exc.respond,
-            verified=exc.verified,
-        )
+        outcome = exc.outcome(BUILDER, record)
     else:
         outcome = BUILDER.failure(
             record,
