@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.claude import UpstreamResult
+from pipeline.claude import UpstreamResult, request_headers
 from pipeline.errors import (
     DeadlineExpired,
     NotSent,
@@ -47,9 +47,15 @@ class Upstream(Protocol):
     """What an attempt needs from Claude (ClaudeClient in production)."""
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
+        self,
+        api_key: str,
+        params: Mapping[str, Any],
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResult:
-        """`body`: `params` already encoded as JSON (a heavy request's, off the loop)."""
+        """`body`: `params` already encoded as JSON (a heavy request's, off the loop);
+        `headers`: the request's own (its betas, the partner's Workspace)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,10 @@ class Attempts:
         started = self._mono()
         try:
             admitted = job.admitted
-            result = await self._claude.create(api_key, admitted.params, body=admitted.body)
+            headers = request_headers(admitted.request.get("betas"), partner.workspace_id)
+            result = await self._claude.create(
+                api_key, admitted.params, body=admitted.body, headers=headers
+            )
         except UpstreamError as err:
             self._account(job, started, err.status)
             self._metrics.errors.labels(job.partner_id, err.error_class).inc()

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import ModuleType
@@ -150,6 +150,17 @@ def _is_transport_failure(cause: BaseException | None) -> bool:
     )
 
 
+def request_headers(betas: Sequence[str] | None, workspace_id: str | None) -> dict[str, str]:
+    """The headers of one request beyond the SDK's own: the betas it names (intake
+    checked each against the partner's) and the partner's Workspace."""
+    headers = {}
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    if workspace_id:
+        headers["anthropic-workspace-id"] = workspace_id
+    return headers
+
+
 def to_result(message: Mapping[str, Any], headers: Mapping[str, str]) -> UpstreamResult:
     """Our result from a Messages API response body (a JSON object)."""
     if not isinstance(message, Mapping) or not isinstance(message.get("usage"), Mapping):
@@ -219,7 +230,12 @@ class ClaudeClient:
             await client.close()  # a request made one meanwhile
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
+        self,
+        api_key: str,
+        params: Mapping[str, Any],
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResult:
         """One Messages API call. The body is serialized here, not by the SDK (whose
         deep copy and encoding of a large request held the event loop for 100 ms
@@ -234,7 +250,10 @@ class ClaudeClient:
             raise NotSent(f"the request body could not be encoded: {type(exc).__name__}") from exc
         try:
             response = await self._client(api_key).post(
-                "/v1/messages", cast_to=httpx2.Response, content=content
+                "/v1/messages",
+                cast_to=httpx2.Response,
+                content=content,
+                options={"headers": dict(headers)} if headers else {},
             )
         except anthropic.APIConnectionError as exc:
             if not _is_transport_failure(exc.__cause__):

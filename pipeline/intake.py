@@ -176,6 +176,12 @@ def validate(request: dict[str, Any], params: dict[str, Any], partner: Partner) 
         raise InvalidRequest("request_id contains control characters")
     if not partner.allows_model(request["model"]):
         raise InvalidRequest(f"model {request['model']!r} is not allowed for this partner")
+    refused = partner.refused_beta(request.get("betas") or ())
+    if refused is not None:
+        raise InvalidRequest(
+            f"betas: {refused!r} is not allowed for this partner (the operator allows betas "
+            "with partners set --betas)"
+        )
     max_tokens = request["max_tokens"]
     if max_tokens < 0:  # 0: pre-warm the prompt cache, generating nothing (the API's way)
         raise InvalidRequest("max_tokens must be >= 0")

@@ -67,6 +67,39 @@ def usage_tokens(usage: TokenUsage) -> dict[str, Any]:
     }
 
 
+#: A UsageRecord's fields of what Claude's usage says beyond the token counts.
+_NO_DETAILS = {
+    "thinking_tokens": None,
+    "speed": None,
+    "inference_geo": None,
+    "server_tool_use_json": None,
+}
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+def usage_details(usage: object) -> dict[str, Any]:
+    """The thinking tokens, speed, region and server-tool counters of Claude's raw
+    `usage` object, for analytics (each None when Claude did not say)."""
+    if not isinstance(usage, Mapping):
+        return dict(_NO_DETAILS)
+    details = usage.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, Mapping) else None
+    server = usage.get("server_tool_use")
+    texts = {k: usage.get(k) for k in ("speed", "inference_geo")}
+    return {
+        "thinking_tokens": thinking if _is_count(thinking) else None,
+        **{k: v if isinstance(v, str) else None for k, v in texts.items()},
+        "server_tool_use_json": (
+            messages.dump_json(server, "usage.server_tool_use")
+            if isinstance(server, Mapping) and server
+            else None
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one record, before encoding."""
@@ -163,6 +196,7 @@ class OutcomeBuilder:
             "status": Status.OK.value,
             "http_status": result.status,
             **usage_tokens(fields["usage"]),  # type: ignore[typeddict-item]
+            **usage_details(result.message.get("usage")),
             "cost_usd": cost,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000),
@@ -290,6 +324,7 @@ class OutcomeBuilder:
             "web_search_requests": 0,
             "web_fetch_requests": 0,
             "service_tier": None,
+            **_NO_DETAILS,
             "cost_usd": 0.0,
             "queued_ms": queued_ms,
             "upstream_ms": int(job.upstream_s * 1000) if job is not None else 0,
@@ -314,6 +349,7 @@ _BILLED = (
     "web_search_requests",
     "web_fetch_requests",
     "service_tier",
+    *_NO_DETAILS,
     "cost_usd",
     "upstream_request_id",
 )

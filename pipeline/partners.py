@@ -14,12 +14,13 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, SecretError
+from pipeline.messages.governance import BETA_NAME
 from pipeline.security import validate_ref
 
 #: Identifiers are checked with `fullmatch`: `re.match` with `$` also accepts a
@@ -27,6 +28,7 @@ from pipeline.security import validate_ref
 PARTNER_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 #: A model name as the API, Bedrock and Vertex spell them.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+WORKSPACE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 REQUESTS_PREFIX = "claude.requests."
 RESPONSES_PREFIX = "claude.responses."
 USAGE_TOPIC = "claude.usage"
@@ -80,6 +82,10 @@ class Partner:
     #: Set on the record `partners remove` writes: the partner is gone, and no
     #: record for it that is not newer than this one may bring it back.
     removed_at_ms: int | None = None
+    #: Betas this partner's requests may name (`anthropic-beta`); empty: none.
+    betas: tuple[str, ...] = ()
+    #: The Workspace its requests run in (`anthropic-workspace-id`); None: the key's.
+    workspace_id: str | None = None
 
     def __post_init__(self) -> None:
         check_partner_id(self.partner_id)
@@ -97,6 +103,17 @@ class Partner:
                     f"partner {self.partner_id}: model {model!r} is not a model name "
                     "(letters, digits and . _ : @ / -)"
                 )
+        for beta in self.betas:
+            if not isinstance(beta, str) or not BETA_NAME.fullmatch(beta):
+                raise ConfigError(
+                    f"partner {self.partner_id}: beta {beta!r} is not a beta name "
+                    "(lowercase letters, digits, . and -, like mcp-client-2025-11-20)"
+                )
+        if self.workspace_id is not None and not WORKSPACE_ID.fullmatch(self.workspace_id):
+            raise ConfigError(
+                f"partner {self.partner_id}: workspace_id {self.workspace_id!r} is not a "
+                "Workspace id (letters, digits, _ and -, like wrkspc_01...)"
+            )
         try:
             validate_ref(self.signing_secret_ref)
             if self.api_key_ref is not None:
@@ -123,9 +140,14 @@ class Partner:
     def allows_model(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
 
+    def refused_beta(self, betas: Sequence[str]) -> str | None:
+        """The first of `betas` this partner may not use, or None."""
+        return next((b for b in betas if b not in self.betas), None)
+
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
         record["allowed_models"] = list(self.allowed_models)
+        record["betas"] = list(self.betas)
         return record
 
     @classmethod
@@ -133,6 +155,7 @@ class Partner:
         known = {f for f in cls.__dataclass_fields__}
         data = {k: v for k, v in record.items() if k in known}
         data["allowed_models"] = tuple(data.get("allowed_models") or ())
+        data["betas"] = tuple(data.get("betas") or ())
         try:
             return cls(**data)
         except TypeError as exc:

@@ -53,6 +53,7 @@ class ClaudeRequest(TypedDict):
     service_tier: str | None
     cache_control: dict[str, Any] | None
     extra_params_json: str | None
+    betas: list[str]
 
 
 class TokenUsage(TypedDict):
@@ -107,6 +108,10 @@ class UsageRecord(TypedDict):
     web_search_requests: int
     web_fetch_requests: int
     service_tier: str | None
+    thinking_tokens: int | None
+    speed: str | None
+    inference_geo: str | None
+    server_tool_use_json: str | None
 
 
 class DeadLetter(TypedDict):

@@ -31,6 +31,7 @@ COLUMNS = (
     "cache_creation_input_tokens", "cache_creation_5m_input_tokens",
     "cache_creation_1h_input_tokens", "cost_usd", "queued_ms", "upstream_ms", "attempts",
     "service_tier", "web_search_requests", "upstream_request_id",
+    "web_fetch_requests", "thinking_tokens", "speed", "inference_geo",
 )  # fmt: skip
 
 TOKEN_KINDS = {
@@ -85,6 +86,10 @@ def write_parquet(records: Iterable[UsageRecord], path: Path) -> int:
             ("service_tier", pa.string()),
             ("web_search_requests", pa.int64()),
             ("upstream_request_id", pa.string()),
+            ("web_fetch_requests", pa.int64()),
+            ("thinking_tokens", pa.int64()),
+            ("speed", pa.string()),
+            ("inference_geo", pa.string()),
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)

@@ -15,6 +15,8 @@ from typing import Any
 
 MODEL = "claude-haiku-4-5"
 THINKING_MODEL = "claude-sonnet-4-6"
+#: The beta the corpus's MCP request names (the partner sending it must be allowed it).
+MCP_BETA = "mcp-client-2025-11-20"
 
 
 def png(width: int, height: int) -> bytes:
@@ -346,6 +348,20 @@ def corpus() -> dict[str, dict[str, Any]]:
             "speed": "fast",
             "inference_geo": "eu",
             "messages": [_user("Quickly, and in the EU: what is Kafka?")],
+        },
+        # a beta channel: the betas travel as anthropic-beta, MCP servers to Claude (issue 24)
+        "mcp_servers_beta": {
+            **base,
+            "betas": [MCP_BETA],
+            "mcp_servers": [
+                {
+                    "type": "url",
+                    "url": "https://mcp.example.com/sse",
+                    "name": "docs",
+                    "authorization_token": "partner-mcp-token",
+                }
+            ],
+            "messages": [_user("Search our docs server for Kafka.")],
         },
         "stop_sequences": {
             **base,

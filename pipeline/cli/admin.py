@@ -156,7 +156,7 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
 #: Flags of `partners add` and `partners set`, by Partner field.
 _FIELDS = (
     "weight", "rpm", "tpm", "daily_token_budget", "monthly_budget_usd", "allowed_models",
-    "max_tokens_cap", "signing_secret_ref", "api_key_ref",
+    "max_tokens_cap", "signing_secret_ref", "api_key_ref", "betas", "workspace_id",
 )  # fmt: skip
 
 
@@ -180,10 +180,22 @@ def _partner_flags(p: argparse.ArgumentParser, *, adding: bool) -> None:
         help="env:NAME or file:PATH, within PIPELINE_PARTNER_SECRETS",
     )
     p.add_argument("--api-key-ref", help="the partner's own Anthropic key: env:NAME or file:PATH")
+    p.add_argument(
+        "--betas",
+        type=csv_list,
+        help="betas its requests may name (anthropic-beta), a,b; '' for none (default none)",
+    )
+    p.add_argument(
+        "--workspace-id",
+        help="the Workspace its requests run in (anthropic-workspace-id); '' for the key's own",
+    )
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    return {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    if given.get("workspace_id") == "":
+        given["workspace_id"] = None  # back to the API key's own Workspace
+    return given
 
 
 def cmd_partners_set(args: argparse.Namespace) -> int:
@@ -231,6 +243,8 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
             "max_tokens cap": r["max_tokens_cap"] or "-",
             "signing secret": r["signing_secret_ref"],
             "api key": r["api_key_ref"] or "default",
+            "betas": ",".join(r["betas"]) or "-",
+            "workspace": r["workspace_id"] or "-",
         }
         for r in records
     ]

@@ -19,19 +19,22 @@ is the same as none; ``stream: false`` is the default. Everything else the wire
 cannot carry raises `WireError` (a ValueError) naming the key.
 """
 
-from pipeline.messages.params import fields_to_params, json_body, walk_blocks
-from pipeline.messages.request import (
+from pipeline.messages.governance import (
+    BETA_PARAMS,
     CARRIED,
     GOVERNED,
     REFUSED,
     SDK_OPTIONS,
     TYPED_PARAMS,
-    params_to_fields,
+    betas_field,
 )
+from pipeline.messages.params import fields_to_params, json_body, walk_blocks
+from pipeline.messages.request import params_to_fields
 from pipeline.messages.response import message_from_record, response_fields, usage_fields
 from pipeline.messages.values import MAX_JSON_DEPTH, NS, WireError, dump_json, json_depth, load_json
 
 __all__ = [
+    "BETA_PARAMS",
     "CARRIED",
     "GOVERNED",
     "MAX_JSON_DEPTH",
@@ -40,6 +43,7 @@ __all__ = [
     "SDK_OPTIONS",
     "TYPED_PARAMS",
     "WireError",
+    "betas_field",
     "dump_json",
     "fields_to_params",
     "json_body",

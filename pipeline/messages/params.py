@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.messages.request import CUSTOM_TOOL_TYPED, GOVERNED
+from pipeline.messages.governance import GOVERNED, beta_params_need_betas, betas_field
+from pipeline.messages.request import CUSTOM_TOOL_TYPED
 from pipeline.messages.values import NS, WireError, drop_nulls, load_json
 
 Record = Mapping[str, Any]
@@ -169,6 +170,7 @@ def fields_to_params(record: Record) -> dict[str, Any]:
     Raises WireError (naming the field) for what no valid request can hold:
     invalid or too deeply nested JSON, a governed key in extra_params_json.
     """
+    betas = betas_field(record.get("betas"))  # they become a header: names only
     params: dict[str, Any] = {
         "model": record["model"],
         "max_tokens": record["max_tokens"],
@@ -203,6 +205,7 @@ def fields_to_params(record: Record) -> dict[str, Any]:
                 f"extra_params_json.{governed[0]}",
                 "a governed parameter cannot be set through extra_params_json",
             )
+        beta_params_need_betas(extra, betas, "extra_params_json.")
         params.update(extra)
     return params
 

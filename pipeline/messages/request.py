@@ -7,6 +7,13 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.messages.governance import (
+    GOVERNED,
+    REFUSED,
+    SDK_OPTIONS,
+    beta_params_need_betas,
+    betas_field,
+)
 from pipeline.messages.values import (
     NS,
     WireError,
@@ -17,63 +24,6 @@ from pipeline.messages.values import (
     need,
     only,
 )
-
-TYPED_PARAMS = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "messages",
-        "system",
-        "temperature",
-        "top_p",
-        "top_k",
-        "stop_sequences",
-        "metadata",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "service_tier",
-        "cache_control",
-    }
-)
-
-#: Parameters a partner's request cannot carry, and why: `request_record`
-#: refuses each by name (nothing is dropped silently), and the worker refuses
-#: them in `extra_params_json`.
-REFUSED: dict[str, str] = {
-    "stream": "streaming does not travel over Kafka (the gateway streams)",
-    "workspace_id": "the operator's setting for the account, never a partner's",
-    "user_profile_id": "the operator's setting for the account, never a partner's",
-    # beta.messages.create only: they need the beta header, which the pipeline
-    # does not send for partners yet (issue 24's beta channel)
-    **dict.fromkeys(
-        (
-            "mcp_servers",
-            "context_management",
-            "compaction",
-            "fallbacks",
-            "fallback_credit_token",
-            "billing_policy",
-            "thread",
-        ),
-        "a beta parameter (beta.messages.create): the pipeline has no beta channel yet",
-    ),
-}
-
-#: Parameters `extra_params_json` may never carry: the typed ones (the worker
-#: governs them: models, max_tokens caps, budgets, limits all read them) and the
-#: refused ones.
-GOVERNED = TYPED_PARAMS | frozenset(REFUSED)
-
-#: Parameters of the SDK's `create` that travel in `extra_params_json` exactly
-#: as given (Claude validates them): every other key does too, so a parameter
-#: newer than the schema still reaches Claude.
-CARRIED = frozenset({"speed", "inference_geo", "container", "output_config", "diagnostics"})
-
-#: Keyword arguments of the SDK's `create` that are request options, not API
-#: parameters: they cannot travel. (`extra_body` can: the SDK merges it into the
-#: JSON body, and so do we. This SDK passes temperature, top_p and top_k that way.)
-SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "timeout", "betas"})
 
 
 def cache_control_fields(value: object, path: str) -> dict[str, Any] | None:
@@ -439,6 +389,8 @@ def params_to_fields(params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(extra_body, Mapping):
             raise WireError("extra_body", "must be an object (merged into the request body)")
         params = {**{k: v for k, v in params.items() if k != "extra_body"}, **extra_body}
+    betas = betas_field(params.get("betas"))
+    beta_params_need_betas(params, betas, "")
     for key, why in REFUSED.items():
         if key == "stream" and not params.get(key):
             continue  # stream=False is what Kafka does anyway
@@ -492,4 +444,5 @@ def params_to_fields(params: Mapping[str, Any]) -> dict[str, Any]:
         "service_tier": params.get("service_tier"),
         "cache_control": cache_control_fields(params.get("cache_control"), "cache_control"),
         "extra_params_json": dump_json(extra, "extra params") if extra else None,
+        "betas": betas,
     }

@@ -14,7 +14,9 @@ from pipeline import media
 from pipeline.sim.errors import invalid
 
 #: Which block types each role may send.
-USER_BLOCKS = frozenset({"text", "image", "document", "search_result", "tool_result"})
+USER_BLOCKS = frozenset(
+    {"text", "image", "document", "search_result", "tool_result", "container_upload"}
+)
 
 
 ASSISTANT_BLOCKS = frozenset(
@@ -27,6 +29,21 @@ ASSISTANT_BLOCKS = frozenset(
         "web_search_tool_result",
         "web_fetch_tool_result",
         "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+    }
+)
+
+#: Server tool results: the id of the server_tool_use they answer, and a content.
+SERVER_TOOL_RESULTS = frozenset(
+    {
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
     }
 )
 
@@ -213,6 +230,10 @@ def check_block(block: object, where: str, role: str, counts: Counts) -> None:
         content = block.get("content")
         if isinstance(content, list):
             for i, item in enumerate(content):
+                if isinstance(item, Mapping) and item.get("type") == "tool_reference":
+                    need_str(item, "tool_name", f"{where}.content.{i}")  # tool search's
+                    counts.breakpoint(item.get("cache_control"), f"{where}.content.{i}")
+                    continue
                 check_block(item, f"{where}.content.{i}", "user", counts)
         elif content is not None and not isinstance(content, str):
             raise invalid(f"{where}.content: Input should be a valid string or list")
@@ -225,6 +246,12 @@ def check_block(block: object, where: str, role: str, counts: Counts) -> None:
             raise invalid(f"{where}: Invalid `signature` in `thinking` block")
     elif kind == "redacted_thinking":
         need_str(block, "data", where)
+    elif kind == "container_upload":
+        need_str(block, "file_id", where)
+    elif kind in SERVER_TOOL_RESULTS:
+        need_str(block, "tool_use_id", where)
+        if "content" not in block:
+            raise invalid(f"{where}.content: Field required")
     elif kind == "search_result":
         need_str(block, "source", where)
         need_str(block, "title", where)

@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ __all__ = ["ApiError", "KeyStats", "Prepared", "Simulator"]
 
 #: `anthropic-version` is a release date; the SDK sends its own (newer SDKs, newer dates).
 _VERSION = re.compile(r"20\d\d-[01]\d-[0-3]\d")
+#: Where a request that names no region runs (usage.inference_geo).
+DEFAULT_INFERENCE_GEO = "global"
 
 
 @dataclass
@@ -183,7 +185,9 @@ class Simulator:
 
     # -- the Messages API -------------------------------------------------
 
-    def prepare(self, key: str, body: object, checked: Checked | None = None) -> Prepared:
+    def prepare(
+        self, key: str, body: object, checked: Checked | None = None, betas: Sequence[str] = ()
+    ) -> Prepared:
         """Validate, draw a fault, admit against the key's limits, generate.
 
         Raises ApiError for every refusal (400/404/429/500/529), already
@@ -195,7 +199,7 @@ class Simulator:
             req = checked.request
         else:
             try:
-                req = validate_messages(body)
+                req = validate_messages(body, betas)
             except ApiError as exc:
                 self.record(key, exc.status)
                 raise
@@ -248,52 +252,30 @@ class Simulator:
 
     def complete(self, prepared: Prepared, message_id: str) -> dict[str, Any]:
         """Bill the output, record the success and build the Message object."""
-        usage = self.usage_dict(prepared)
+        usage = usage_dict(prepared)
         self.limits_for(prepared.key).charge_output(prepared.reply.output_tokens)
         self.record(prepared.key, 200, usage)
-        return self.message_object(prepared, message_id, usage)
+        return message_object(prepared, message_id, usage)
 
-    def remember(self, request_id: str, body: object, response: object) -> None:
-        """Keep an exchange for `GET /_sim/exchanges` (when `record_exchanges` is on)."""
+    def remember(
+        self,
+        request_id: str,
+        body: object,
+        response: object,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Keep an exchange for `GET /_sim/exchanges` (when `record_exchanges` is on):
+        the body, the response and the request's headers that select what ran it
+        (`anthropic-beta`, `anthropic-workspace-id`)."""
         if self.config.record_exchanges > 0:
-            self.exchanges.append({"request_id": request_id, "request": body, "response": response})
-
-    @staticmethod
-    def usage_dict(prepared: Prepared) -> dict[str, int]:
-        return {
-            "input_tokens": prepared.usage.input_tokens,
-            "output_tokens": prepared.reply.output_tokens,
-            "cache_creation_input_tokens": prepared.usage.cache_creation_input_tokens,
-            "cache_read_input_tokens": prepared.usage.cache_read_input_tokens,
-        }
-
-    @staticmethod
-    def usage_object(prepared: Prepared, usage: Mapping[str, int]) -> dict[str, Any]:
-        """The Messages API `usage` object: token counts, the cache-write split, the tier."""
-        return {
-            **usage,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": prepared.usage.cache_creation_5m_input_tokens,
-                "ephemeral_1h_input_tokens": prepared.usage.cache_creation_1h_input_tokens,
-            },
-            "service_tier": "standard",
-        }
-
-    @staticmethod
-    def message_object(
-        prepared: Prepared, message_id: str, usage: Mapping[str, int]
-    ) -> dict[str, Any]:
-        reply = prepared.reply
-        return {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": prepared.request.model.id,
-            "content": [dict(b) for b in reply.blocks],
-            "stop_reason": reply.stop_reason,
-            "stop_sequence": reply.stop_sequence,
-            "usage": Simulator.usage_object(prepared, usage),
-        }
+            self.exchanges.append(
+                {
+                    "request_id": request_id,
+                    "request": body,
+                    "response": response,
+                    "headers": dict(headers or {}),
+                }
+            )
 
     def batch_result(self, key: str, params: object) -> dict[str, Any]:
         """One batch request's result; batches have their own limits, so none apply."""
@@ -308,19 +290,66 @@ class Simulator:
         except ApiError as exc:
             return _errored(exc, self.new_id("req"))
         prepared = Prepared(key, req, usage, self._generate(req), None, 0.0)
-        usage_dict = self.usage_dict(prepared)
-        self.stats.setdefault(key, KeyStats()).add(usage_dict)
-        message = self.message_object(prepared, self.new_id("msg"), usage_dict)
+        counts = usage_dict(prepared)
+        self.stats.setdefault(key, KeyStats()).add(counts)
+        message = message_object(prepared, self.new_id("msg"), counts)
         return {"type": "succeeded", "message": message}
 
-    def count_tokens(self, key: str, body: object) -> dict[str, int]:
+    def count_tokens(self, key: str, body: object, betas: Sequence[str] = ()) -> dict[str, int]:
         try:
-            _, messages, system, tools = validate_count_tokens(body)
+            _, messages, system, tools = validate_count_tokens(body, betas)
         except ApiError as exc:
             self.record(key, exc.status)
             raise
         self.record(key, 200)
         return {"input_tokens": tokens.count_request(messages, system, tools)}
+
+
+def usage_dict(prepared: Prepared) -> dict[str, int]:
+    return {
+        "input_tokens": prepared.usage.input_tokens,
+        "output_tokens": prepared.reply.output_tokens,
+        "cache_creation_input_tokens": prepared.usage.cache_creation_input_tokens,
+        "cache_read_input_tokens": prepared.usage.cache_read_input_tokens,
+    }
+
+
+def usage_object(prepared: Prepared, usage: Mapping[str, int]) -> dict[str, Any]:
+    """The Messages API `usage` object: token counts, the cache-write split, the
+    tier, the speed and region it ran at, and the output spent on thinking."""
+    reply, req = prepared.reply, prepared.request
+    thinking = sum(
+        n
+        for block, n in zip(reply.blocks, reply.block_tokens, strict=False)
+        if block["type"] in ("thinking", "redacted_thinking")
+    )
+    out: dict[str, Any] = {
+        **usage,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": prepared.usage.cache_creation_5m_input_tokens,
+            "ephemeral_1h_input_tokens": prepared.usage.cache_creation_1h_input_tokens,
+        },
+        "service_tier": "standard",
+        "speed": req.speed or "standard",
+        "inference_geo": req.inference_geo or DEFAULT_INFERENCE_GEO,
+    }
+    if thinking:
+        out["output_tokens_details"] = {"thinking_tokens": thinking}
+    return out
+
+
+def message_object(prepared: Prepared, message_id: str, usage: Mapping[str, int]) -> dict[str, Any]:
+    reply = prepared.reply
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": prepared.request.model.id,
+        "content": [dict(b) for b in reply.blocks],
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": reply.stop_sequence,
+        "usage": usage_object(prepared, usage),
+    }
 
 
 def model_object(model_id: str) -> dict[str, Any]:

@@ -41,14 +41,15 @@ class Checked:
 Refusal = tuple[int, str, str]
 
 
-def check(raw: bytes) -> Checked | Refusal:
-    """Parse, validate and count one Messages body (run in the helper process)."""
+def check(raw: bytes, betas: tuple[str, ...] = ()) -> Checked | Refusal:
+    """Parse, validate and count one Messages body (run in the helper process);
+    `betas`: what its `anthropic-beta` header names."""
     try:
         body = json.loads(raw)
     except ValueError:
         return (400, "invalid_request_error", "Request body is not valid JSON")
     try:
-        req = validate_messages(body)
+        req = validate_messages(body, betas)
     except ApiError as exc:
         return (exc.status, exc.error_type, exc.message)
     return Checked(req, tokens.count_request(req.messages, req.system, req.tools))
@@ -65,11 +66,11 @@ class HeavyBodies:
         """Start the helper now rather than with the first large body."""
         await self._helper.start()
 
-    async def check(self, raw: bytes) -> Checked | None:
+    async def check(self, raw: bytes, betas: tuple[str, ...] = ()) -> Checked | None:
         """The verdict on `raw`, read in the helper: the checked request, ApiError
         for a refusal, or None if the helper died under it (read it on the loop)."""
         try:
-            got = await self._helper.run(check, raw)
+            got = await self._helper.run(check, raw, betas)
         except BrokenProcessPool:
             log.exception("the helper reading large bodies died", extra={"bytes": len(raw)})
             return None

@@ -13,7 +13,14 @@ from typing import Any, Self
 from aiohttp import web
 
 from pipeline.sim.config import SimConfig
-from pipeline.sim.engine import Prepared, Simulator, model_object, models_page
+from pipeline.sim.engine import (
+    Prepared,
+    Simulator,
+    message_object,
+    model_object,
+    models_page,
+    usage_dict,
+)
 from pipeline.sim.errors import ApiError, invalid
 from pipeline.sim.heavy import HEAVY_BODY_BYTES, HeavyBodies
 
@@ -112,21 +119,32 @@ async def _transport_fault(sim: Simulator, prepared: Prepared, request: web.Requ
     raise asyncio.CancelledError
 
 
+def _betas(request: web.Request) -> tuple[str, ...]:
+    """The betas the `anthropic-beta` header names (comma-separated, maybe repeated)."""
+    names = ",".join(request.headers.getall("anthropic-beta", ()))
+    return tuple(b.strip() for b in names.split(",") if b.strip())
+
+
+#: Request headers an exchange keeps: what selects how Claude runs a request.
+_RECORDED_HEADERS = ("anthropic-beta", "anthropic-workspace-id", "anthropic-version")
+
+
 @api
 async def messages(sim: Simulator, request: web.Request, request_id: str) -> web.StreamResponse:
     key = sim.authenticate(request.headers)
     raw = await _raw_body(sim, request, key)
+    betas = _betas(request)
     body: object = None
     checked = None
     if len(raw) > HEAVY_BODY_BYTES:
         try:
-            checked = await request.app[HEAVY_KEY].check(raw)
+            checked = await request.app[HEAVY_KEY].check(raw, betas)
         except ApiError as exc:
             sim.record(key, exc.status)
             raise
     if checked is None:
         body = _parsed(sim, raw, key)
-    prepared = sim.prepare(key, body, checked)
+    prepared = sim.prepare(key, body, checked, betas)
     if prepared.fault is not None:
         await _transport_fault(sim, prepared, request)
     if prepared.request.stream:
@@ -139,7 +157,8 @@ async def messages(sim: Simulator, request: web.Request, request_id: str) -> web
         await asyncio.sleep(prepared.delay_s)
     message = sim.complete(prepared, sim.new_id("msg"))
     if sim.config.record_exchanges > 0:
-        sim.remember(request_id, _parsed(sim, raw, key) if body is None else body, message)
+        seen = {h: request.headers[h] for h in _RECORDED_HEADERS if h in request.headers}
+        sim.remember(request_id, _parsed(sim, raw, key) if body is None else body, message, seen)
     headers["request-id"] = request_id
     return _json(message, headers)
 
@@ -163,8 +182,8 @@ async def _stream(
     await response.prepare(request)
     if cfg.latency_ms > 0:
         await asyncio.sleep(cfg.latency_ms / 1000.0)
-    usage = sim.usage_dict(prepared)
-    start = sim.message_object(prepared, sim.new_id("msg"), {**usage, "output_tokens": 1})
+    usage = usage_dict(prepared)
+    start = message_object(prepared, sim.new_id("msg"), {**usage, "output_tokens": 1})
     start.update(content=[], stop_reason=None, stop_sequence=None)
     await response.write(_sse("message_start", {"type": "message_start", "message": start}))
     reply = prepared.reply
@@ -250,7 +269,7 @@ def _block_events(index: int, block: dict[str, Any]) -> list[tuple[str, dict[str
 async def count_tokens(sim: Simulator, request: web.Request, request_id: str) -> web.Response:
     key = sim.authenticate(request.headers)
     body = await _body(sim, request, key)
-    return _json(sim.count_tokens(key, body), {"request-id": request_id})
+    return _json(sim.count_tokens(key, body, _betas(request)), {"request-id": request_id})
 
 
 @api

@@ -9,10 +9,11 @@ cache breakpoints, thinking budgets, tool names and tool_choice.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.messages.governance import BETA_PARAMS
 from pipeline.sim.blocks import (
     Counts,
     check_breakpoints,
@@ -40,8 +41,6 @@ _MESSAGE_FIELDS = frozenset(
         "service_tier",
         "cache_control",
         "container",
-        "mcp_servers",
-        "context_management",
         "output_config",
         "diagnostics",
         "inference_geo",
@@ -56,12 +55,18 @@ _COUNT_FIELDS = frozenset(
         "tools",
         "tool_choice",
         "thinking",
-        "mcp_servers",
         "cache_control",
         "output_config",
-        "context_management",
     }
 )
+
+#: Parameters the API accepts only when `anthropic-beta` names their beta (by
+#: prefix: any version of it); without it, they are extra inputs. The same
+#: table the pipeline's partner library refuses them by.
+BETA_FIELDS = BETA_PARAMS
+#: Tools the same way: a tool type (prefix) and the beta it needs.
+BETA_TOOLS = {"advisor_": "advisor-tool-", "mcp_toolset": "mcp-client-"}
+_COUNT_BETA_FIELDS = ("mcp_servers", "context_management")
 
 
 MIN_THINKING_BUDGET = 1_024
@@ -77,7 +82,10 @@ SERVER_TOOL_PREFIXES = (
     "memory_",
     "tool_search_tool_",
     "computer_",
+    "browser_toolset_",
+    *BETA_TOOLS,
 )
+THINKING_TYPES = ("enabled", "disabled", "adaptive", "between_tools")
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,8 @@ class MessagesRequest:
     thinking: Mapping[str, Any] | None = None
     cache_control: Mapping[str, Any] | None = None
     service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
 
     @property
     def thinking_budget(self) -> int | None:
@@ -137,7 +147,13 @@ def _check_messages(messages: object, counts: Counts) -> Sequence[Mapping[str, A
     return messages
 
 
-def _check_tools(tools: object, counts: Counts) -> list[Mapping[str, Any]] | None:
+def _has_beta(betas: Collection[str], prefix: str) -> bool:
+    return any(b.startswith(prefix) for b in betas)
+
+
+def _check_tools(
+    tools: object, counts: Counts, betas: Collection[str] = ()
+) -> list[Mapping[str, Any]] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
@@ -158,7 +174,11 @@ def _check_tools(tools: object, counts: Counts) -> list[Mapping[str, Any]] | Non
                 raise invalid(f"tools.{i}.custom.input_schema: Field required")
             if schema.get("type") != "object":
                 raise invalid(f"tools.{i}.custom.input_schema.type: Input should be 'object'")
-        elif not isinstance(kind, str) or not kind.startswith(SERVER_TOOL_PREFIXES):
+        elif (
+            not isinstance(kind, str)
+            or not kind.startswith(SERVER_TOOL_PREFIXES)
+            or any(kind.startswith(t) and not _has_beta(betas, b) for t, b in BETA_TOOLS.items())
+        ):
             raise invalid(f"tools.{i}.type: Input tag {kind!r} found using 'type' does not match")
         else:
             name = str(tool.get("name", kind))
@@ -196,13 +216,15 @@ def _check_thinking(body: Mapping[str, Any], max_tokens: int) -> Mapping[str, An
     thinking = body.get("thinking")
     if thinking is None:
         return None
-    if not isinstance(thinking, Mapping) or thinking.get("type") not in (
-        "enabled",
-        "disabled",
-        "adaptive",
-    ):
-        raise invalid("thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
-    if thinking["type"] == "disabled":
+    if not isinstance(thinking, Mapping) or thinking.get("type") not in THINKING_TYPES:
+        raise invalid(
+            "thinking.type: Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools'"
+        )
+    if thinking["type"] == "between_tools":
+        for key in thinking:
+            if key != "type":
+                raise invalid(f"thinking.between_tools.{key}: Extra inputs are not permitted")
+    if thinking["type"] in ("disabled", "between_tools"):
         return thinking
     if thinking["type"] == "enabled":
         budget = thinking.get("budget_tokens")
@@ -238,8 +260,16 @@ def _check_model(body: Mapping[str, Any]) -> tuple[ModelInfo, str]:
     return info, name
 
 
-def _check_extra(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+def _check_extra(
+    body: Mapping[str, Any],
+    allowed: Collection[str],
+    betas: Collection[str],
+    beta_fields: Collection[str],
+) -> None:
+    """Unknown keys are extra inputs, and so is a beta parameter without its beta."""
     for key in body:
+        if key in beta_fields and _has_beta(betas, BETA_FIELDS[key]):
+            continue
         if key not in allowed:
             raise invalid(f"{key}: Extra inputs are not permitted")
 
@@ -270,10 +300,11 @@ def _check_sampling(body: Mapping[str, Any]) -> None:
                 raise invalid("metadata.user_id: String should have at most 256 characters")
 
 
-def validate_messages(body: object) -> MessagesRequest:
+def validate_messages(body: object, betas: Collection[str] = ()) -> MessagesRequest:
+    """`betas`: what the request's `anthropic-beta` header names."""
     if not isinstance(body, Mapping):
         raise invalid("Request body must be a JSON object")
-    _check_extra(body, _MESSAGE_FIELDS)
+    _check_extra(body, _MESSAGE_FIELDS, betas, BETA_FIELDS)
     model, name = _check_model(body)
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
@@ -288,7 +319,7 @@ def validate_messages(body: object) -> MessagesRequest:
             f"allowed number of output tokens for {model.id}"
         )
     counts = Counts()
-    tools = _check_tools(body.get("tools"), counts)
+    tools = _check_tools(body.get("tools"), counts, betas)
     system = body.get("system")
     _check_system(system, counts)
     messages = _check_messages(body.get("messages"), counts)
@@ -316,18 +347,34 @@ def validate_messages(body: object) -> MessagesRequest:
         thinking=thinking,
         cache_control=body.get("cache_control"),
         service_tier=body.get("service_tier"),
+        speed=_choice(body, "speed", ("standard", "fast")),
+        inference_geo=_text(body, "inference_geo"),
     )
 
 
+def _choice(body: Mapping[str, Any], key: str, values: tuple[str, ...]) -> str | None:
+    value = body.get(key)
+    if value is not None and value not in values:
+        raise invalid(f"{key}: Input should be {' or '.join(repr(v) for v in values)}")
+    return value
+
+
+def _text(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise invalid(f"{key}: Input should be a valid string")
+    return value
+
+
 def validate_count_tokens(
-    body: object,
+    body: object, betas: Collection[str] = ()
 ) -> tuple[ModelInfo, Sequence[Mapping[str, Any]], object, Sequence[object] | None]:
     if not isinstance(body, Mapping):
         raise invalid("Request body must be a JSON object")
-    _check_extra(body, _COUNT_FIELDS)
+    _check_extra(body, _COUNT_FIELDS, betas, _COUNT_BETA_FIELDS)
     model, _ = _check_model(body)
     counts = Counts()
-    tools = _check_tools(body.get("tools"), counts)
+    tools = _check_tools(body.get("tools"), counts, betas)
     system = body.get("system")
     _check_system(system, counts)
     messages = _check_messages(body.get("messages"), counts)

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LIMIT = 2 * 1024 * 1024  # the worker's record limit in this module
 BUDGET_USD = 0.06
+WORKSPACE = "wrkspc_01fidelity"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         worker_env={"PIPELINE_MAX_RECORD_BYTES": str(LIMIT)},
     )
     try:
-        for pid in ("fidelity", "hostile", "legacy", "bulky"):
+        s.add_partner("fidelity", betas=(corpus.MCP_BETA,), workspace_id=WORKSPACE)
+        for pid in ("hostile", "legacy", "bulky"):
             s.add_partner(pid)
         s.add_partner("budgeted", monthly_budget_usd=BUDGET_USD)
         s.start_worker()
@@ -79,8 +81,12 @@ def test_the_corpus_reaches_claude_field_for_field_and_comes_back_as_the_same_me
         (response,) = got.responses[key]
         assert response["status"] == "ok", (key, response["error_message"])
         exchange = exchanges[response["message_id"]]
-        # the JSON body that reached the upstream is what the partner submitted
+        # the JSON body that reached the upstream is what the partner submitted, its
+        # betas in the anthropic-beta header, in the Workspace the operator set
+        betas = params.pop("betas", None)
         assert exchange["request"] == json.loads(json.dumps(params)), key
+        assert exchange["headers"].get("anthropic-beta") == (",".join(betas) if betas else None)
+        assert exchange["headers"]["anthropic-workspace-id"] == WORKSPACE
         # and the response record is the Message the upstream returned
         ours = anthropic.types.Message.model_validate(message_from_response(response))
         assert ours == anthropic.types.Message.model_validate(exchange["response"]), key
@@ -96,6 +102,18 @@ def test_the_corpus_reaches_claude_field_for_field_and_comes_back_as_the_same_me
     assert (prewarm["stop_reason"], prewarm["usage"]["output_tokens"]) == ("max_tokens", 0)
     assert prewarm["usage"]["cache_creation_input_tokens"] > 0
     assert got.usage[("fidelity", "corpus-cache_prewarm")][0]["cost_usd"] > 0
+    # fast mode in the EU ran fast in the EU, and analytics see it; thinking is counted
+    fast = got.usage[("fidelity", "corpus-fast_mode_in_the_eu")][0]
+    assert (fast["speed"], fast["inference_geo"]) == ("fast", "eu")
+    plain = got.usage[("fidelity", "corpus-stop_sequences")][0]
+    assert (plain["speed"], plain["inference_geo"], plain["thinking_tokens"]) == (
+        "standard", "global", None,
+    )  # fmt: skip
+    thought = got.usage[("fidelity", "corpus-thinking")][0]
+    assert 0 < thought["thinking_tokens"] < thought["output_tokens"]
+    mcp = exchanges[by_name["mcp_servers_beta"]["message_id"]]
+    assert mcp["request"]["mcp_servers"][0]["url"] == "https://mcp.example.com/sse"
+    assert mcp["headers"]["anthropic-beta"] == corpus.MCP_BETA
     cache = by_name["system_cache_5m_and_1h"]["usage"]["cache_creation"]
     assert cache["ephemeral_1h_input_tokens"] > 0
     assert cache["ephemeral_5m_input_tokens"] > 0
@@ -165,6 +183,14 @@ def test_bad_input_ends_as_a_dead_letter_naming_the_field_and_spares_good_traffi
                 cache_control={"type": "ephemeral", "ttl": "24h"},
             ),
             "cache_control.ttl",
+        ),
+        "beta-not-allowed": (
+            request_record(
+                corpus.corpus()["mcp_servers_beta"],
+                partner_id="hostile",
+                request_id="beta-not-allowed",
+            ),
+            f"betas: '{corpus.MCP_BETA}' is not allowed for this partner",
         ),
         "other-block-not-json": (
             {

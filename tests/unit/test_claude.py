@@ -122,3 +122,13 @@ async def test_a_prepared_key_s_client_is_made_off_the_event_loop_and_used_by_it
         assert made_on[0] != threading.main_thread().name
     finally:
         await client.close()
+
+
+def test_a_request_s_betas_and_its_partner_s_workspace_become_headers() -> None:
+    from pipeline.claude import request_headers
+
+    assert request_headers([], None) == {}
+    assert request_headers(["mcp-client-2025-11-20", "compact-2026-01-12"], "wrkspc_01") == {
+        "anthropic-beta": "mcp-client-2025-11-20,compact-2026-01-12",
+        "anthropic-workspace-id": "wrkspc_01",
+    }

@@ -48,7 +48,12 @@ class FakeClaude:
         self.gate: asyncio.Event | None = None
 
     async def create(
-        self, api_key: str, params: Mapping[str, Any], *, body: bytes | None = None
+        self,
+        api_key: str,
+        params: Mapping[str, Any],
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResult:
         # Like Claude, it reads the body when there is one (a heavy request's
         # params come back from the examiner without their messages).

@@ -199,7 +199,9 @@ async def test_a_call_that_could_not_be_made_is_never_charged() -> None:
         await client.close()
 
     class Unsendable(FakeClaude):
-        async def create(self, api_key: str, params: Any, *, body: bytes | None = None) -> Any:
+        async def create(
+            self, api_key: str, params: Any, *, body: Any = None, headers: Any = None
+        ) -> Any:
             if params["messages"][-1]["content"] == "unsendable":
                 raise NotSent("the request body could not be encoded") from UnicodeEncodeError(
                     "utf-8", "", 0, 1, "surrogates not allowed"

@@ -126,7 +126,9 @@ async def test_a_bug_while_building_the_call_is_not_a_retriable_network_error() 
 
 async def test_a_bug_at_the_upstream_stage_ends_as_internal_error_after_one_call() -> None:
     class Buggy(FakeClaude):
-        async def create(self, api_key: str, params: Any, *, body: bytes | None = None) -> Any:
+        async def create(
+            self, api_key: str, params: Any, *, body: Any = None, headers: Any = None
+        ) -> Any:
             self.calls.append("x")
             raise TypeError("a bug of ours")
 

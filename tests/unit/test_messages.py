@@ -34,6 +34,8 @@ def test_every_corpus_request_survives_the_wire_exactly(name: str) -> None:
     record = request_record(params, partner_id="acme", request_id="r1")
     decoded = _wire(record)
     assert decoded == record  # the record is complete: nothing filled in by the reader
+    betas = params.pop("betas", [])  # the anthropic-beta header, never the body
+    assert decoded["betas"] == betas
     assert json.dumps(fields_to_params(decoded), sort_keys=True) == json.dumps(
         params, sort_keys=True
     )
@@ -250,9 +252,12 @@ def test_every_parameter_the_sdk_accepts_is_carried_or_refused_by_name() -> None
     # Before: speed, inference_geo, container, mcp_servers, workspace_id and
     # user_profile_id vanished from the record without an error. A key a newer
     # SDK adds fails here until it is placed in one of these sets.
-    from pipeline.messages import CARRIED, REFUSED, SDK_OPTIONS, TYPED_PARAMS
+    from pipeline.messages import BETA_PARAMS, CARRIED, REFUSED, SDK_OPTIONS, TYPED_PARAMS
 
-    handled = TYPED_PARAMS | CARRIED | set(REFUSED) | SDK_OPTIONS | {"extra_body"}
+    handled = (
+        TYPED_PARAMS | CARRIED | set(REFUSED) | set(BETA_PARAMS) | SDK_OPTIONS
+        | {"extra_body", "betas"}
+    )  # fmt: skip
     assert _sdk_create_params() - handled == set()
     base = {"model": "claude-haiku-4-5", "max_tokens": 8,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
@@ -268,3 +273,42 @@ def test_every_parameter_the_sdk_accepts_is_carried_or_refused_by_name() -> None
         for params in ({**base, key: value}, {**base, "extra_body": {key: value}}):
             record = _wire(request_record(params, partner_id="p"), "ClaudeRequest")
             assert fields_to_params(record)[key] == value  # reaches Claude exactly
+
+
+def test_beta_parameters_travel_only_with_a_beta_named() -> None:
+    from pipeline.messages import BETA_PARAMS
+
+    base = {"model": "claude-haiku-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    servers = [{"type": "url", "url": "https://mcp.example/sse", "name": "docs"}]
+    for key in BETA_PARAMS:
+        value = servers if key == "mcp_servers" else {"edits": []}
+        with pytest.raises(ValueError, match=f"^{key}: a beta parameter: name its beta"):
+            request_record({**base, key: value}, partner_id="p")
+        params = {**base, key: value, "betas": ["mcp-client-2025-11-20"]}
+        record = _wire(request_record(params, partner_id="p"), "ClaudeRequest")
+        assert record["betas"] == ["mcp-client-2025-11-20"]
+        assert fields_to_params(record)[key] == value  # reaches Claude exactly
+        assert "betas" not in fields_to_params(record)  # a header, never the body
+        # a record that carries one without a beta is refused at the worker too
+        with pytest.raises(ValueError, match=f"^extra_params_json.{key}: a beta parameter"):
+            fields_to_params({**record, "betas": []})
+
+
+@pytest.mark.parametrize(
+    ("betas", "error"),
+    [
+        ("mcp-client-2025-11-20", "betas: must be a list"),
+        (["MCP"], r"betas\[0\]: not a beta name"),
+        (["a\r\nx-injected: 1"], r"betas\[0\]: not a beta name"),
+        ([f"b{i}" for i in range(17)], "betas: at most 16"),
+    ],
+)
+def test_betas_that_are_not_names_are_refused(betas: object, error: str) -> None:
+    base = {"model": "claude-haiku-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with pytest.raises(ValueError, match=error):
+        request_record({**base, "betas": betas}, partner_id="p")
+    record = _wire(request_record(base, partner_id="p"), "ClaudeRequest")
+    with pytest.raises(ValueError, match=error):
+        fields_to_params({**record, "betas": betas})  # a forged record, at the worker

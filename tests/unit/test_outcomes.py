@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipeline.claude import to_result
@@ -103,3 +104,30 @@ def test_a_heavy_record_that_is_never_replayed_is_not_copied_into_its_dead_lette
     assert kept is not None
     assert kept["payload"] == value
     assert kept["payload_bytes"] is None
+
+
+def test_the_usage_record_shows_thinking_speed_region_and_every_server_tool_counter() -> None:
+    job = _job()
+    usage = {"input_tokens": 10, "output_tokens": 300, "speed": "fast", "inference_geo": "eu",
+             "output_tokens_details": {"thinking_tokens": 120},
+             "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 1,
+                                 "code_execution_requests": 3}}  # fmt: skip
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "stop_sequence": None, "usage": usage}  # fmt: skip
+    usage_record = BUILDER.success(job, to_result(message, {}), 3).usage
+    assert usage_record is not None
+    record = CODEC.decode("UsageRecord", CODEC.encode("UsageRecord", usage_record))
+    assert (record["thinking_tokens"], record["speed"], record["inference_geo"]) == (
+        120, "fast", "eu",
+    )  # fmt: skip
+    assert (record["web_search_requests"], record["web_fetch_requests"]) == (2, 1)
+    assert json.loads(record["server_tool_use_json"])["code_execution_requests"] == 3
+    # what Claude did not say stays null; nonsense is not a count
+    message["usage"] = {"input_tokens": 1, "output_tokens": 1,
+                        "output_tokens_details": {"thinking_tokens": -5}, "speed": 3}  # fmt: skip
+    bare = BUILDER.success(_job(), to_result(message, {}), 3).usage
+    assert bare is not None
+    assert (bare["thinking_tokens"], bare["speed"], bare["server_tool_use_json"]) == (
+        None, None, None,
+    )  # fmt: skip

@@ -77,3 +77,40 @@ def test_registry_tells_listeners_about_changes() -> None:
     registry.apply("acme", None)
     assert seen == [("acme", True, False), ("acme", False, False), ("acme", False, True)]
     assert registry.get("acme") is None
+
+
+# -- issue 24: the betas a partner may name, and its Workspace --------------------
+
+
+def test_betas_and_workspace_are_checked_kept_and_round_trip(tmp_path: Path) -> None:
+    acme = Partner("acme", "env:X", betas=("mcp-client-2025-11-20",), workspace_id="wrkspc_01")
+    assert acme.refused_beta(["mcp-client-2025-11-20"]) is None
+    assert acme.refused_beta(["mcp-client-2025-11-20", "compact-2026-01-12"]) == (
+        "compact-2026-01-12"
+    )
+    assert Partner("globex", "env:X").refused_beta(["mcp-client-2025-11-20"]) is not None
+    path = tmp_path / "partners.toml"
+    save_partners(path, {"acme": acme})
+    assert load_partners(path) == {"acme": acme}
+    assert Partner.from_record(acme.to_record()) == acme
+    for bad in ({"betas": ("MCP Client",)}, {"betas": ("a\r\nx: 1",)},
+                {"workspace_id": "wrk space"}, {"workspace_id": ""}):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"^partner acme: (beta|workspace_id) "):
+            Partner("acme", "env:X", **bad)
+
+
+def test_partners_set_takes_betas_and_a_workspace_and_clears_them() -> None:
+    from pipeline.cli import build_parser
+    from pipeline.cli.admin import _given
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["partners", "set", "acme", "--betas", "mcp-client-2025-11-20,compact-2026-01-12",
+         "--workspace-id", "wrkspc_01"]
+    )  # fmt: skip
+    assert _given(args) == {
+        "betas": ("mcp-client-2025-11-20", "compact-2026-01-12"),
+        "workspace_id": "wrkspc_01",
+    }
+    args = parser.parse_args(["partners", "set", "acme", "--betas", "", "--workspace-id", ""])
+    assert _given(args) == {"betas": (), "workspace_id": None}

@@ -125,3 +125,82 @@ def test_blocks_tools_thinking_and_caching_are_judged_like_the_api(
         validate_messages(_body(**overrides))
     assert info.value.status == 400
     assert fragment in info.value.message
+
+
+# -- issue 24: what the API accepts, and the beta parameters only with their beta --
+
+_MCP = [{"type": "url", "url": "https://mcp.example/sse", "name": "docs"}]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "beta"),
+    [
+        ("mcp_servers", _MCP, "mcp-client-2025-11-20"),
+        ("context_management", {"edits": []}, "context-management-2025-06-27"),
+        ("compaction", {"enabled": True}, "compact-2026-01-12"),
+        ("fallbacks", [{"model": "claude-haiku-4-5"}], "server-side-fallback-2026-07-01"),
+        ("thread", {"id": "thr_1"}, "message-threads-2026-08-12"),
+    ],
+)
+def test_a_beta_parameter_is_accepted_only_when_the_header_names_its_beta(
+    field: str, value: object, beta: str
+) -> None:
+    with pytest.raises(ApiError, match=f"{field}: Extra inputs are not permitted"):
+        validate_messages(_body(**{field: value}))
+    with pytest.raises(ApiError, match=f"{field}: Extra inputs are not permitted"):
+        validate_messages(_body(**{field: value}), betas=("files-api-2025-04-14",))
+    validate_messages(_body(**{field: value}), betas=("files-api-2025-04-14", beta))
+
+
+@pytest.mark.parametrize(
+    ("tool", "beta"),
+    [
+        ({"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6"},
+         "advisor-tool-2026-03-01"),
+        ({"type": "mcp_toolset", "mcp_server_name": "docs"}, "mcp-client-2025-11-20"),
+    ],
+)  # fmt: skip
+def test_beta_tools_need_their_beta(tool: dict[str, Any], beta: str) -> None:
+    with pytest.raises(ApiError, match=r"tools\.0\.type: Input tag"):
+        validate_messages(_body(tools=[tool]))
+    req = validate_messages(_body(tools=[tool]), betas=(beta,))
+    assert req.tools == [tool]
+
+
+def test_the_newer_blocks_tools_and_thinking_type_are_accepted() -> None:
+    browser = {"type": "browser_toolset_20260801", "name": "browser"}
+    tool_result = {"type": "tool_result", "tool_use_id": "toolu_1",
+                   "content": [{"type": "tool_reference", "tool_name": "get_weather"}]}  # fmt: skip
+    server_results = [
+        {"type": kind, "tool_use_id": f"srvtoolu_{i}", "content": {"type": "x"}}
+        for i, kind in enumerate(
+            ("bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
+             "tool_search_tool_result")
+        )
+    ]  # fmt: skip
+    messages = [
+        {"role": "user", "content": [{"type": "container_upload", "file_id": "file_1"},
+                                     {"type": "text", "text": "run it"}]},
+        {"role": "assistant", "content": [*server_results,
+                                          {"type": "tool_use", "id": "toolu_1",
+                                           "name": "tool_search", "input": {}}]},
+        {"role": "user", "content": [tool_result]},
+    ]  # fmt: skip
+    tools = [browser, {"name": "tool_search", "input_schema": {"type": "object"}}]
+    req = validate_messages(
+        _body(messages=messages, tools=tools, thinking={"type": "between_tools"})
+    )
+    assert req.thinking == {"type": "between_tools"}
+    with pytest.raises(ApiError, match=r"between_tools\.budget_tokens: Extra inputs"):
+        validate_messages(_body(thinking={"type": "between_tools", "budget_tokens": 2048}))
+    with pytest.raises(ApiError, match=r"messages\.0\.content\.0\.file_id: Field required"):
+        validate_messages(
+            _body(messages=[{"role": "user", "content": [{"type": "container_upload"}]}])
+        )
+
+
+def test_speed_and_region_are_read_and_checked() -> None:
+    req = validate_messages(_body(speed="fast", inference_geo="eu"))
+    assert (req.speed, req.inference_geo) == ("fast", "eu")
+    with pytest.raises(ApiError, match="speed: Input should be 'standard' or 'fast'"):
+        validate_messages(_body(speed="ludicrous"))
