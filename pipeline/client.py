@@ -39,14 +39,16 @@ def request_record(
 ) -> dict[str, Any]:
     """A ClaudeRequest record from Messages API params.
 
-    ``params`` is exactly what a partner would pass to ``client.messages.create``:
-    model, max_tokens, messages (string or content blocks: text, image, document,
-    tool_use, tool_result, thinking, redacted_thinking, search_result, and any other
-    kind as JSON), system, tools, tool_choice, thinking, temperature, top_p, top_k,
-    stop_sequences, metadata, service_tier, cache_control, and parameters the
-    schema does not know yet. Raises ValueError naming the key for anything the
-    wire cannot carry; nothing is dropped silently (see the README, "What a
-    request can carry").
+    ``params`` is exactly what a partner would pass to ``client.messages.create``
+    (or ``client.beta.messages.create``, ``betas`` included): model, max_tokens,
+    messages (string or content blocks: text, image, document, tool_use,
+    tool_result, thinking, redacted_thinking, search_result, and any other kind as
+    JSON), system, tools, tool_choice, thinking, temperature, top_p, top_k,
+    stop_sequences, metadata, service_tier, cache_control, speed, inference_geo,
+    container, output_config, diagnostics, the beta parameters with a beta, and
+    in ``extra_body`` parameters newer than the SDK. Raises ValueError naming the
+    key for anything the wire cannot carry; nothing is dropped silently (see the
+    README, "What a request can carry").
     """
     if priority not in PRIORITIES:
         raise messages.WireError("priority", f"must be one of {', '.join(PRIORITIES)}")

@@ -68,6 +68,14 @@ CARRIED = frozenset({"speed", "inference_geo", "container", "output_config", "di
 #: JSON body, and so do we. This SDK passes temperature, top_p and top_k that way.)
 SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "timeout"})
 
+#: Every keyword the SDK's `create` and `beta.messages.create` take (and the
+#: sampling parameters, which this SDK takes through `extra_body`). Any other
+#: top-level key is refused, as the SDK refuses it (a TypeError there): a
+#: parameter newer than the SDK goes in `extra_body`, the SDK's way, and travels.
+SDK_KEYWORDS = (
+    TYPED_PARAMS | CARRIED | frozenset(REFUSED) | frozenset(BETA_PARAMS) | SDK_OPTIONS
+) | {"betas", "extra_body"}
+
 #: At most this many betas on one request, each a name like `mcp-client-2025-11-20`.
 MAX_BETAS = 16
 BETA_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")

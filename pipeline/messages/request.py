@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.messages.governance import (
     GOVERNED,
     REFUSED,
+    SDK_KEYWORDS,
     SDK_OPTIONS,
     beta_params_need_betas,
     betas_field,
@@ -384,6 +385,12 @@ def params_to_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     for key in params:
         if key in SDK_OPTIONS:
             raise WireError(key, "an SDK request option, not an API parameter: it cannot travel")
+        if key not in SDK_KEYWORDS:
+            raise WireError(
+                key,
+                "not a parameter of messages.create (pass a parameter newer than the SDK "
+                "in extra_body, as the SDK does)",
+            )
     if params.get("extra_body") is not None:
         extra_body = params["extra_body"]
         if not isinstance(extra_body, Mapping):

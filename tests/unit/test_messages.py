@@ -312,3 +312,18 @@ def test_betas_that_are_not_names_are_refused(betas: object, error: str) -> None
     record = _wire(request_record(base, partner_id="p"), "ClaudeRequest")
     with pytest.raises(ValueError, match=error):
         fields_to_params({**record, "betas": betas})  # a forged record, at the worker
+
+
+def test_a_key_the_sdk_does_not_take_is_refused_unless_it_comes_in_extra_body() -> None:
+    from pipeline.messages.governance import SDK_KEYWORDS
+
+    # no stale keyword either (this SDK takes the sampling parameters through
+    # extra_body only; partners may still pass them as parameters, the API's names)
+    assert _sdk_create_params() | {"temperature", "top_p", "top_k"} == SDK_KEYWORDS
+    base = {"model": "claude-haiku-4-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with pytest.raises(ValueError, match=r"^temprature: not a parameter of messages\.create"):
+        request_record({**base, "temprature": 0.5}, partner_id="p")  # a typo is not dropped
+    # the SDK's own way to send a parameter newer than it: it travels exactly
+    record = _wire(request_record({**base, "extra_body": {"new_knob": {"a": 1}}}, partner_id="p"))
+    assert fields_to_params(record)["new_knob"] == {"a": 1}
