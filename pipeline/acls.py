@@ -160,3 +160,73 @@ def apply(settings: Settings, bindings: Sequence[Binding], timeout: float = 15.0
             f"cannot create ACLs (needs a cluster with an authorizer): {exc}"
         ) from exc
     return len(acls)
+
+
+# -- SCRAM logins -----------------------------------------------------------------
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+#: PBKDF2 iterations of a stored credential (Kafka's minimum is 4096).
+SCRAM_ITERATIONS = 8192
+
+
+def set_scram_user(settings: Settings, name: str, password: bytes, timeout: float = 15.0) -> None:
+    """Create or rotate `name`'s SCRAM-SHA-512 credential on the cluster
+    (AlterUserScramCredentials): its next login needs the new password."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    if not name or any(c.isspace() or c in ",=" for c in name):
+        raise ConfigError(f"{name!r} is not a SCRAM user name (no spaces, commas or =)")
+    if len(password) < 12:
+        raise ConfigError("a SCRAM password must be at least 12 bytes")
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    admin = AdminClient(client_config(settings))
+    try:
+        for fut in admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(name, info, password)], request_timeout=timeout
+        ).values():
+            fut.result()
+    except KafkaException as exc:
+        raise BrokerError(f"cannot set {name}'s SCRAM credential: {exc.args[0]}") from None
+
+
+def remove_scram_user(settings: Settings, name: str, timeout: float = 15.0) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramMechanism,
+        UserScramCredentialDeletion,
+    )
+
+    admin = AdminClient(client_config(settings))
+    try:
+        for fut in admin.alter_user_scram_credentials(
+            [UserScramCredentialDeletion(name, ScramMechanism.SCRAM_SHA_512)],
+            request_timeout=timeout,
+        ).values():
+            fut.result()
+    except KafkaException as exc:
+        raise BrokerError(f"cannot remove {name}'s SCRAM credential: {exc.args[0]}") from None
+
+
+def scram_users(settings: Settings, timeout: float = 15.0) -> dict[str, list[str]]:
+    """Every SCRAM user and its mechanisms (never a password: Kafka keeps none)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(client_config(settings))
+    try:
+        # without a list of users it is one future of every user's description
+        future = admin.describe_user_scram_credentials(request_timeout=timeout)
+        described = future.result()  # type: ignore[union-attr]
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list SCRAM users: {exc.args[0]}") from None
+    return {
+        user: sorted(str(i.mechanism.name) for i in d.scram_credential_infos)
+        for user, d in sorted(described.items())
+    }

