@@ -217,10 +217,18 @@ def remove_scram_user(settings: Settings, name: str, timeout: float = 15.0) -> N
 def scram_users(settings: Settings, timeout: float = 15.0) -> dict[str, list[str]]:
     """Every SCRAM user and its mechanisms (never a password: Kafka keeps none)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AclOperation, AdminClient  # type: ignore[attr-defined]
 
     admin = AdminClient(client_config(settings))
     try:
+        # Asked first: confluent-kafka 2.x frees memory twice when the broker refuses
+        # DescribeUserScramCredentials (the process aborts): never ask without DESCRIBE.
+        cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout)
+        if AclOperation.DESCRIBE not in (cluster.authorized_operations or ()):
+            raise BrokerError(
+                "this login may not list SCRAM users (it needs DESCRIBE on the cluster): "
+                "run it as the admin"
+            )
         # without a list of users it is one future of every user's description
         future = admin.describe_user_scram_credentials(request_timeout=timeout)
         described = future.result()  # type: ignore[union-attr]

@@ -27,10 +27,22 @@ from pipeline.schemas import Codec
 from pipeline.security import SecretResolver
 
 
+def signing_key(settings: Settings) -> bytes | None:
+    """The registry key records are signed with; in the production profile there
+    must be one (workers there apply nothing unsigned), refused before any change."""
+    key = admin_key(settings, SecretResolver(settings.secret_env()).resolve)
+    if key is None and settings.profile == "production":
+        raise ConfigError(
+            "PIPELINE_REGISTRY_KEY is not set: production workers apply only registry "
+            "records signed with it; set it (env:NAME or file:PATH) as the workers have it"
+        )
+    return key
+
+
 def publish_partners(settings: Settings, codec: Codec, partners: Iterable[Partner | str]) -> None:
     """Write partners (or a tombstone, given just an id) to the compacted topic,
     signed with the registry key when there is one."""
-    key = admin_key(settings, SecretResolver(settings.secret_env()).resolve)
+    key = signing_key(settings)
     producer = SyncProducer(settings)
     for item in partners:
         if isinstance(item, str):
@@ -45,6 +57,7 @@ def publish_partners(settings: Settings, codec: Codec, partners: Iterable[Partne
 
 def checked(settings: Settings, partner: Partner) -> Partner:
     """What workers would refuse to apply is refused here, saying why."""
+    signing_key(settings)
     RefPolicy.parse(settings.partner_secrets).check(partner)
     check_grace(partner)
     return partner
@@ -89,6 +102,7 @@ def update_partner(settings: Settings, codec: Codec, partner_id: str, **changes:
 
 def remove_partner(settings: Settings, codec: Codec, partner_id: str) -> None:
     partners = load_partners(settings.partners_file)
+    signing_key(settings)
     if partner_id not in partners:
         raise ConfigError(f"no partner {partner_id!r} in {settings.partners_file}")
     # A removal record, not a tombstone: compaction keeps a partner's latest
@@ -103,6 +117,7 @@ def remove_partner(settings: Settings, codec: Codec, partner_id: str) -> None:
 
 def sync_partners(settings: Settings, codec: Codec) -> list[Partner]:
     """Publish every partner of the file to the topic (and provision its topics)."""
+    signing_key(settings)
     partners = load_partners(settings.partners_file)
     provision(settings, partners)
     publish_partners(settings, codec, partners.values())

@@ -164,6 +164,12 @@ class PartnerClient:
         self._producer.flush(timeout)
 
 
+def partner_reader_group(partner_id: str) -> str:
+    """The group id of a partner's response readers: under `<id>.`, the prefix its
+    ACLs grant (they never join the group or commit; librdkafka needs one)."""
+    return f"{partner_id}.responses"
+
+
 def read_responses(
     settings: Settings,
     partner_id: str,
@@ -179,6 +185,7 @@ def read_responses(
         follow=follow,
         idle_timeout=idle_timeout,
         from_end=from_end,
+        group_id=partner_reader_group(partner_id),
     ):
         value = msg.value()
         if value is not None:
@@ -198,12 +205,13 @@ class ResponseWaiter:
         self._settings = settings
         self._partner_id = partner_id
         self._codec = codec
-        self._start = end_offsets(settings, responses_topic(partner_id))
+        self._group = partner_reader_group(partner_id)
+        self._start = end_offsets(settings, responses_topic(partner_id), group_id=self._group)
 
     def wait(self, request_id: str, timeout: float) -> ClaudeResponse | None:
         from pipeline.kafka import read_from
 
-        for msg in read_from(self._settings, self._start, timeout=timeout):
+        for msg in read_from(self._settings, self._start, timeout=timeout, group_id=self._group):
             value = msg.value()
             if value is None or msg.key() != request_id.encode():
                 continue

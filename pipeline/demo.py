@@ -93,7 +93,10 @@ class Demo:
             simulate=self.use_sim,
         )
         try:
-            self.say(f"broker      Tansu on {stack.broker.bootstrap} (in memory)")
+            if stack.engine == "kafka":
+                self.say(f"broker      Apache Kafka 4.4 (KRaft) on {stack.broker.bootstrap}")
+            else:
+                self.say(f"broker      Tansu on {stack.broker.bootstrap} (in memory)")
             if self.use_sim:
                 self.say(f"claude      simulator on {stack.sim_url} (3% 529s, 1% 500s)")
             else:

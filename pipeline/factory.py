@@ -76,3 +76,58 @@ class Parts:
             err = exc.args[0] if exc.args else None
             detail = str(err.str()) if isinstance(err, KafkaError) else str(exc)
             raise unreachable(self.settings, f"no answer in {timeout_s:.0f} s: {detail}") from None
+
+
+#: The cluster id Tansu (the embedded broker) reports.
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+def broker_configs(admin: AdminClient, timeout_s: float = REACH_TIMEOUT_S) -> dict[str, str] | None:
+    """One broker's configuration as DescribeConfigs gives it; None when it cannot
+    be read (no permission: nothing to judge by)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+        broker = ConfigResource(ResourceType.BROKER, str(next(iter(metadata.brokers))))
+        (future,) = admin.describe_configs([broker], request_timeout=timeout_s).values()
+        entries = future.result(timeout=timeout_s)
+    except (KafkaException, StopIteration, TimeoutError):
+        return None
+    return {name: str(entry.value) for name, entry in entries.items() if entry.value is not None}
+
+
+def check_broker_fits(settings: Settings, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Say in one line what the broker lacks that the settings need (a ConfigError),
+    before the worker's clients fail at it deep inside a traceback or a join that
+    never ends: idempotent producers on the embedded broker, a session timeout
+    outside the broker's bounds."""
+    from pipeline.errors import ConfigError
+
+    admin = AdminClient(client_config(settings))
+    try:
+        cluster_id = admin.list_topics(timeout=timeout_s).cluster_id
+    except KafkaException:
+        return  # `reach` says it cannot reach the broker
+    configs = broker_configs(admin, timeout_s)
+    embedded = cluster_id == TANSU_CLUSTER_ID or configs == {}
+    if embedded and settings.broker_profile.idempotent_producers:
+        raise ConfigError(
+            "this broker is the embedded one (Tansu), which has no idempotent producers "
+            f"(InitProducerId) that the {settings.profile} profile uses: set "
+            "PIPELINE_PROFILE=dev (or PIPELINE_BROKER=embedded)"
+        )
+    session_ms = int(settings.timings.session_timeout_s * 1000)
+    least = int((configs or {}).get("group.min.session.timeout.ms", 0))
+    most = int((configs or {}).get("group.max.session.timeout.ms", 0)) or None
+    if session_ms < least or (most is not None and session_ms > most):
+        raise ConfigError(
+            f"the {settings.profile} profile's {session_ms} ms consumer session is outside "
+            f"this broker's group.min/max.session.timeout.ms ({least}-{most} ms), so the "
+            "worker could never join its group: "
+            + (
+                "set PIPELINE_PROFILE=production (the dev profile is for the embedded broker)"
+                if settings.profile == "dev"
+                else "ask for the broker's bounds to include it"
+            )
+        )

@@ -100,7 +100,8 @@ def load_registry(
     """The registry as the topic says now (synchronous, for start-up)."""
     policy = policy or RegistryPolicy(None)
     registry = Registry()
-    for msg in read_topics(settings, [PARTNERS_TOPIC]):
+    # under the worker's group id: the one its ACLs grant (it never joins or commits)
+    for msg in read_topics(settings, [PARTNERS_TOPIC], group_id=settings.group_id):
         apply_record(
             codec,
             policy,

@@ -29,10 +29,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pipeline.admin import add_partner, remove_partner, update_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
+from pipeline.engines import ENGINE_ENV, engine_of, sasl_env, start_broker
 from pipeline.errors import PipelineError
 from pipeline.factory import Parts, client_config
-from pipeline.kafkabroker import KafkaBroker
+from pipeline.kafkabroker import Credentials
 from pipeline.partners import DLQ_TOPIC, USAGE_TOPIC, Partner, responses_topic
 from pipeline.procs import Proc, free_port, stop_all, wait_until
 from pipeline.schemas import Codec
@@ -40,36 +40,6 @@ from pipeline.sealing import Opened, load_keyring, open_sealed
 from pipeline.security import SecretResolver
 
 T = TypeVar("T")
-ENGINES = ("tansu", "kafka")
-#: What each engine runs the pipeline with: Tansu needs the dev profile's
-#: workarounds; Apache Kafka runs the production profile, its real timings.
-ENGINE_ENV = {
-    "tansu": {"PIPELINE_PROFILE": "dev"},
-    "kafka": {"PIPELINE_PROFILE": "production", "PIPELINE_BROKER": "kafka"},
-}
-
-
-def engine_of(engine: str | None) -> str:
-    """The broker engine asked for, else `PIPELINE_TEST_BROKER`, else tansu."""
-    chosen = engine or os.environ.get("PIPELINE_TEST_BROKER") or "tansu"
-    if chosen not in ENGINES:
-        raise PipelineError(f"PIPELINE_TEST_BROKER must be one of {', '.join(ENGINES)}")
-    return chosen
-
-
-def start_broker(
-    engine: str, workdir: Path, settings: Mapping[str, str] | None = None
-) -> DevBroker | KafkaBroker:
-    """A started broker of `engine`, its log in `workdir`."""
-    broker: DevBroker | KafkaBroker
-    if engine == "kafka":
-        broker = KafkaBroker(workdir=workdir, settings=dict(settings or {}))
-    else:
-        broker = DevBroker(log_file=workdir / "broker.log")
-    broker.start()
-    return broker
-
-
 CLI = [sys.executable, "-m", "pipeline"]
 MODEL = "claude-haiku-4-5"
 DEFAULT_KEY = "sk-test-default-key"
@@ -263,15 +233,17 @@ class Stack(SimulatorControls):
         simulate: bool = True,
         engine: str | None = None,
         broker_settings: Mapping[str, str] | None = None,
+        sasl: Credentials | None = None,
     ) -> None:
         """`simulate=False` calls the real API with `api_key` instead of a simulator.
         `engine`: "tansu" (the embedded broker, dev profile) or "kafka" (Apache Kafka,
         production profile); by default `PIPELINE_TEST_BROKER`, else tansu.
-        `broker_settings`: extra server.properties of a Kafka broker."""
+        `broker_settings`: extra server.properties of a Kafka broker; `sasl`: its
+        super user, with SCRAM and ACLs enforced (every tool here logs in as it)."""
         self.tmp = workdir
         self.procs: list[Proc] = []
         self.engine = engine_of(engine)
-        self.broker = start_broker(self.engine, workdir, broker_settings)
+        self.broker = start_broker(self.engine, workdir, broker_settings, sasl)
         self._collector: Collector | None = None
         self.sim_port = free_port()
         if simulate:
@@ -298,6 +270,7 @@ class Stack(SimulatorControls):
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "PIPELINE_PARTNERS_FILE": str(workdir / "partners.toml"),
             **ENGINE_ENV[self.engine],
+            **(sasl_env(sasl.username, sasl.password) if sasl else {}),
             **upstream,
             "ANTHROPIC_API_KEY": api_key,
             "PIPELINE_MAX_ATTEMPTS": "3",

@@ -185,13 +185,18 @@ class SyncProducer:
             raise BrokerError(f"{len(errors)} records failed: {errors[0]}")
 
 
-def reader(settings: Settings, group_id: str = "claude-pipeline-cli") -> Consumer:
+#: The group id of the operator's readers (dlq, usage, inspect); a partner's
+#: readers use one under its own prefix (`partner_reader_group`), which its ACLs grant.
+CLI_GROUP = "claude-pipeline-cli"
+
+
+def reader(settings: Settings, group_id: str | None = None) -> Consumer:
     """A consumer that never joins its group or commits: it assigns partitions
     itself (librdkafka requires a group.id; an offset fetch reads that group's)."""
     return Consumer(
         {
             **client_config(settings),
-            "group.id": group_id,
+            "group.id": group_id or CLI_GROUP,
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
         }
@@ -206,13 +211,14 @@ def read_topics(
     from_end: bool = False,
     idle_timeout: float | None = None,
     timeout: float = 15.0,
+    group_id: str | None = None,
 ) -> Iterator[Message]:
     """Every record of `topics`, from the beginning (or the end) to the current end.
 
     With `follow`, keep yielding new records until the caller stops iterating or
     nothing arrives for `idle_timeout` seconds.
     """
-    consumer = reader(settings)
+    consumer = reader(settings, group_id)
     try:
         meta = consumer.list_topics(timeout=timeout)
         tps: list[TopicPartition] = []
@@ -240,16 +246,19 @@ def read_topics(
                     if not follow and len(at_end) >= len(tps):
                         return
                     continue
-                raise BrokerError(f"reading {msg.topic()}: {err.str()}")
+                what = msg.topic() or ", ".join(sorted({tp.topic for tp in tps}))
+                raise BrokerError(f"reading {what}: {err.str()}")
             last = time.monotonic()
             yield msg
     finally:
         consumer.close()
 
 
-def end_offsets(settings: Settings, topic: str, timeout: float = 15.0) -> list[TopicPartition]:
+def end_offsets(
+    settings: Settings, topic: str, timeout: float = 15.0, group_id: str | None = None
+) -> list[TopicPartition]:
     """The current end of every partition of `topic`."""
-    consumer = reader(settings)
+    consumer = reader(settings, group_id)
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         t = meta.topics.get(topic)
@@ -264,9 +273,11 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 15.0) -> list[T
         consumer.close()
 
 
-def read_from(settings: Settings, start: list[TopicPartition], timeout: float) -> Iterator[Message]:
+def read_from(
+    settings: Settings, start: list[TopicPartition], timeout: float, group_id: str | None = None
+) -> Iterator[Message]:
     """Records from the given offsets on, until `timeout` seconds pass."""
-    consumer = reader(settings)
+    consumer = reader(settings, group_id)
     try:
         consumer.assign(start)
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ from pipeline.config import Settings
 from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, ConfigError, SecretError
 from pipeline.examiner import Examiner
-from pipeline.factory import Parts
+from pipeline.factory import Parts, check_broker_fits
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.gauges import Gauges
 from pipeline.health import Health, HttpEndpoint
@@ -357,6 +357,7 @@ def build_runtime(settings: Settings, redactor: Redactor | None = None) -> Worke
             "records signed with it (see README, Security)"
         )
     parts.reach()
+    check_broker_fits(settings)
     codec = parts.codec
     ensure_topics(settings, core_topics(settings))
     registry = load_registry(settings, codec, policy)

@@ -298,6 +298,12 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("--sim", action="store_true", help="use the simulator even with a real key")
     p.add_argument(
+        "--engine",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="the broker: the embedded Tansu (default) or Apache Kafka (Java 17+, Maven)",
+    )
+    p.add_argument(
         "--requests", type=positive_int, default=100, help="valid requests per partner (sim)"
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
@@ -309,11 +315,22 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
+    from pipeline.engines import use_engine
 
+    use_engine(args.engine)
     api_key = load_settings().anthropic_api_key
     use_sim = args.sim or not api_key
     return run_demo(
         api_key, use_sim=use_sim, per_partner=args.requests, keep=args.keep, report=args.report
+    )
+
+
+def _broker_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="run on the embedded Tansu (default) or Apache Kafka (production profile)",
     )
 
 
@@ -342,6 +359,7 @@ def add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("scenario", choices=[*BENCH_SCENARIOS, "all"], metavar="SCENARIO")
     p.add_argument("--quick", action="store_true", help="a small version (CI runs it)")
+    _broker_flag(p)
     p.add_argument(
         "--results", type=Path, default=Path("bench-results"), help="where the JSON goes"
     )
@@ -356,7 +374,9 @@ def add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run
+    from pipeline.engines import use_engine
 
+    use_engine(args.broker)
     names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
     with sigterm_unwinds():
         return run(names, quick=args.quick, results_dir=args.results, runs=args.runs)
@@ -377,6 +397,7 @@ def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
         ),
     )
     p.add_argument("--quick", action="store_true", help="the small version (CI runs it)")
+    _broker_flag(p)
     p.add_argument("--results", type=Path, default=Path("bench-results"), help="chaos.json here")
     p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
     p.set_defaults(func=cmd_chaos)
@@ -384,6 +405,8 @@ def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def cmd_chaos(args: argparse.Namespace) -> int:
     from pipeline.chaos import run_chaos
+    from pipeline.engines import use_engine
 
+    use_engine(args.broker)
     with sigterm_unwinds():
         return run_chaos(args.quick, sys.stdout, args.results, keep=args.keep)

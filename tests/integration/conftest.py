@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.harness import engine_of
+from pipeline.engines import engine_of
 from pipeline.sim import SimConfig, SimServer
 
 SimFactory = Callable[..., Awaitable[SimServer]]

@@ -232,7 +232,7 @@ def test_partners_remove_writes_a_removal_record_not_a_tombstone(
     from pipeline.partners import load_partners, save_partners
 
     sent: list[list[object]] = []
-    settings = Settings(partners_file=tmp_path / "partners.toml")
+    settings = Settings(partners_file=tmp_path / "partners.toml", profile="dev")
     save_partners(settings.partners_file, {"acme": ACME})
     monkeypatch.setattr(admin, "publish_partners", lambda s, c, items: sent.append(list(items)))
     admin.remove_partner(settings, CODEC, "acme")
@@ -241,3 +241,23 @@ def test_partners_remove_writes_a_removal_record_not_a_tombstone(
     assert isinstance(removal, Partner)
     assert removal.removed_at_ms == removal.updated_at_ms > ACME.updated_at_ms
     assert removal.enabled is False
+
+
+def test_partners_add_without_the_registry_key_is_refused_in_production(tmp_path: Path) -> None:
+    # Before: it published an unsigned record that production workers ignore, and
+    # logged that again at every start.
+    from pipeline.admin import add_partner, remove_partner, sync_partners
+    from pipeline.config import Settings
+    from pipeline.errors import ConfigError
+    from pipeline.partners import Partner
+    from pipeline.schemas import Codec
+
+    settings = Settings(partners_file=tmp_path / "partners.toml", bootstrap_servers="127.0.0.1:9")
+    for change in (
+        lambda: add_partner(settings, Codec(), Partner("acme", "env:PARTNER_ACME")),
+        lambda: remove_partner(settings, Codec(), "acme"),
+        lambda: sync_partners(settings, Codec()),
+    ):
+        with pytest.raises(ConfigError, match=r"^PIPELINE_REGISTRY_KEY is not set: production"):
+            change()
+    assert not settings.partners_file.exists()  # nothing half done
