@@ -141,6 +141,10 @@ class PipelineApp:
                 quiet_since = loop.time()
 
 
+#: How stale the worker's and partners' view of a topic's partitions may get.
+METADATA_MAX_AGE_MS = 30_000
+
+
 def create_app(
     settings: Settings,
     *,
@@ -176,6 +180,10 @@ def create_app(
         # can take minutes under rate limits); revoked work is redelivered.
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",
+        # Partitions added to a request topic (CreatePartitions) are seen within
+        # this, and the group rebalances onto them without a restart (aiokafka's
+        # default is 5 minutes, during which records on a new partition wait).
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         producer_acks=-1,
         producer_linger_ms=2,
         # Images and PDFs make large requests, dead letters and responses.

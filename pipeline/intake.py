@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -318,7 +318,7 @@ class Intake:
         mono: Callable[[], float] = time.monotonic,
         prices: PriceTable | None = None,
         max_value_bytes: int = 32 * 1024 * 1024,
-        partitions: Callable[[str], int | None] = lambda topic: None,
+        partitions: Callable[[str], Collection[int]] = lambda topic: (),
     ) -> None:
         self._partitions = partitions
         self._prices = prices or PriceTable()
@@ -339,8 +339,13 @@ class Intake:
             # The signature covers the value, not the key: a signed record moved
             # to another key (and so another partition) is a replay in disguise.
             raise AuthFailed("the record key must be the request_id the value was signed with")
-        count = self._partitions(record.topic)
-        if count and record.partition != (home := partition_for(record.key, count)):
+        # Every partition count the topic has had while this worker ran, the
+        # current one first: after partitions are added, a producer with an older
+        # view still puts a key where the older count said (for up to its
+        # metadata max age), and that record is placed right too.
+        counts = list(self._partitions(record.topic))
+        if counts and not any(record.partition == partition_for(record.key, n) for n in counts):
+            home, count = partition_for(record.key, counts[0]), counts[0]
             raise AuthFailed(
                 f"record in partition {record.partition}, but its key belongs in partition "
                 f"{home} of {count} (Kafka's default partitioner, murmur2; librdkafka "

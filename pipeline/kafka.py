@@ -25,7 +25,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.config import Settings
-from pipeline.errors import BrokerError
+from pipeline.errors import BrokerError, ConfigError
 from pipeline.factory import client_config, unreachable
 from pipeline.partners import (
     DLQ_TOPIC,
@@ -120,6 +120,24 @@ def ensure_topics(
     return sorted(created)
 
 
+def grow_topic(settings: Settings, topic: str, total: int, timeout: float = 15.0) -> int:
+    """Give `topic` `total` partitions (CreatePartitions); returns how many it had."""
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    before = list_topics(settings, timeout).get(topic)
+    if before is None:
+        raise ConfigError(f"topic {topic} does not exist (topics create makes it)")
+    if total <= before:
+        raise ConfigError(f"{topic} has {before} partitions: Kafka can only add partitions")
+    admin = AdminClient(client_config(settings))
+    try:
+        for future in admin.create_partitions([NewPartitions(topic, total)]).values():
+            future.result(timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot add partitions to {topic}: {exc.args[0]}") from None
+    return before
+
+
 def list_topics(settings: Settings, timeout: float = 15.0) -> dict[str, int]:
     admin = AdminClient(client_config(settings))
     try:
@@ -143,8 +161,11 @@ class SyncProducer:
             # librdkafka's CRC32 default: the worker checks a request record sits in
             # the partition its key gives (pipeline/placement.py).
             "partitioner": "murmur2_random",
+            # partitions added to a topic are used within this (librdkafka: 5 min)
+            "topic.metadata.refresh.interval.ms": 30_000,
         }
         conf.update(overrides)
+        self.config = conf
         self._producer = Producer(conf)
         self._errors: list[str] = []
 

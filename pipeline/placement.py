@@ -11,6 +11,8 @@ partition cannot be served twice by two workers at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
 _MASK = 0xFFFFFFFF
@@ -44,3 +46,34 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key`."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class PartitionCounts:
+    """Each request topic's partition count now, and every count it had while
+    this process ran: after partitions are added (CreatePartitions), a producer
+    with an older view still places keys where the older count said, for up to
+    its metadata max age, and those records are placed right too."""
+
+    def __init__(self, lookup: Callable[[str], int | None]) -> None:
+        self._lookup = lookup  # the consumer's metadata
+        self._current: dict[str, int] = {}
+        self._seen: dict[str, list[int]] = {}
+
+    def current(self, topic: str) -> int | None:
+        total = self._current.get(topic)
+        if total is None:
+            total = self._lookup(topic)
+            if total:
+                self._current[topic] = total
+                seen = self._seen.setdefault(topic, [])
+                if total not in seen:
+                    seen.insert(0, total)
+        return total
+
+    def every(self, topic: str) -> list[int]:
+        """The count now, then the earlier ones (empty while it is not known)."""
+        return self._seen.get(topic, []) if self.current(topic) is not None else []
+
+    def refresh(self) -> None:
+        """Read the counts again (a rebalance follows a change of partitions)."""
+        self._current = {}

@@ -41,6 +41,7 @@ from pipeline.partners import (
     requests_topic,
     responses_topic,
 )
+from pipeline.placement import PartitionCounts
 from pipeline.pricing import PriceTable
 from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
@@ -78,7 +79,7 @@ class WorkerRuntime(Service):
             PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable()
         )
         self._owned: set[tuple[str, int]] = set()
-        self._partitions: dict[str, int] = {}
+        self._partitions = PartitionCounts(lambda topic: self.wiring.partition_count(topic))
         self.health = Health(self.metrics.ready)
         self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
@@ -116,7 +117,7 @@ class WorkerRuntime(Service):
                 settings.signature_max_age_s,
                 prices=prices,
                 max_value_bytes=settings.max_record_bytes,
-                partitions=self._partition_count,
+                partitions=self._partitions.every,
             ),
             claude=self.claude,
             keys=self.api_keys,
@@ -188,22 +189,13 @@ class WorkerRuntime(Service):
         topic = requests_topic(partner_id)
         owned = frozenset(p for t, p in self._owned if t == topic)
         # 0 when not known yet: the ledger holds the partner's requests until it is
-        return Ownership(owned, self._partition_count(topic) or 0)
-
-    def _partition_count(self, topic: str) -> int | None:
-        """How many partitions a request topic has (from the consumer's metadata)."""
-        total = self._partitions.get(topic)
-        if total is None:
-            total = self.wiring.partition_count(topic)
-            if total:
-                self._partitions[topic] = total
-        return total
+        return Ownership(owned, self._partitions.current(topic) or 0)
 
     def _on_assigned(self) -> None:
         # Records wait until what the partitions' previous owners wrote is read.
         self.statelog.resync()
         self._owned = self.wiring.owned_partitions()
-        self._partitions = {}
+        self._partitions.refresh()
         try:
             self.wiring.tune_fetch_wait(self.settings.broker_profile.fetch_max_wait_ms)
         except AdapterError as exc:

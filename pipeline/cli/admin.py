@@ -49,6 +49,19 @@ def add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
         help="principal of the workers (default User:claude-pipeline)",
     )
     c.set_defaults(func=cmd_topics_create)
+    g = tsub.add_parser(
+        "grow",
+        help="add partitions to a partner's request topic (running workers follow)",
+        description=(
+            "CreatePartitions on claude.requests.<ID>: running workers see the new count "
+            "within 30 s and rebalance onto it without a restart; records a producer "
+            "places by the older count meanwhile are still served. Kafka cannot remove "
+            "partitions: grow only."
+        ),
+    )
+    g.add_argument("--partner", required=True, metavar="ID")
+    g.add_argument("--partitions", type=positive_int, required=True, help="the new total")
+    g.set_defaults(func=cmd_topics_grow)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -76,6 +89,17 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
             print(binding)
         if args.apply:
             print(f"applied {apply(settings, bindings)} ACL bindings")
+    return 0
+
+
+def cmd_topics_grow(args: argparse.Namespace) -> int:
+    from pipeline.kafka import grow_topic
+    from pipeline.partners import check_partner_id, requests_topic
+
+    check_partner_id(args.partner)
+    topic = requests_topic(args.partner)
+    before = grow_topic(kafka_parts().settings, topic, args.partitions)
+    print(f"{topic}: {before} -> {args.partitions} partitions")
     return 0
 
 

@@ -105,7 +105,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             deadline_ms=deadline_ms,
         )
     waiter = ResponseWaiter(settings, args.partner, codec) if args.wait else None
-    client = PartnerClient(settings, args.partner, secret, codec)
+    client = PartnerClient(settings, args.partner, secret, codec, one_shot=True)
     request_id = client.send(request)
     client.flush()
     if waiter is None:

@@ -128,7 +128,7 @@ def test_a_record_outside_the_partition_its_key_gives_is_refused_without_a_respo
     registry = Registry()
     registry.apply("acme", Partner("acme", "env:ACME"))
     intake = Intake(
-        registry, CODEC, SecretResolver(ENV), 300.0, wall=lambda: NOW, partitions=lambda t: 4
+        registry, CODEC, SecretResolver(ENV), 300.0, wall=lambda: NOW, partitions=lambda t: [4]
     )
     home = partition_for(b"r1", 4)
     at_home = dataclasses.replace(_record(_value()), partition=home)
@@ -144,6 +144,27 @@ def test_a_record_outside_the_partition_its_key_gives_is_refused_without_a_respo
         intake.admit(dataclasses.replace(at_home, key=b"r2"))
     assert "must be the request_id" in info.value.error.detail
     assert not info.value.respond
+
+
+def test_after_partitions_are_added_a_key_is_placed_right_by_the_old_count_too() -> None:
+    # CreatePartitions 4 -> 8: a producer with a fresh view puts a key where 8
+    # says, one with an older view (up to its metadata max age) where 4 said.
+    # Before, the worker checked only the newest count and refused the latter.
+    registry = Registry()
+    registry.apply("acme", Partner("acme", "env:ACME"))
+    counts = [8, 4]
+    intake = Intake(registry, CODEC, SecretResolver(ENV), 300.0, wall=lambda: NOW,
+                    partitions=lambda t: counts)  # fmt: skip
+    key = next(k for k in (f"r{i}".encode() for i in range(100))
+               if partition_for(k, 8) != partition_for(k, 4))  # fmt: skip
+    value = _value(request_id=key.decode())
+    for n in (8, 4):
+        record = dataclasses.replace(_record(value, key=key), partition=partition_for(key, n))
+        assert intake.admit(record).request_id == key.decode()
+    wrong = next(p for p in range(8) if p not in (partition_for(key, 8), partition_for(key, 4)))
+    with pytest.raises(Rejected) as info:
+        intake.admit(dataclasses.replace(_record(value, key=key), partition=wrong))
+    assert f"belongs in partition {partition_for(key, 8)} of 8" in info.value.error.detail
 
 
 def test_fast_mode_is_carried_but_refused_to_a_partner_with_a_budget() -> None:
