@@ -81,6 +81,14 @@ def _need(tool: str, what: str) -> str:
     return path
 
 
+def java() -> str:
+    """The java to run the broker with: $JAVA_HOME's, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    return _need("java", "Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+
+
 def classpath(log_file: Path | None = None) -> Path:
     """The directory of the broker's jars, fetched with Maven on first use."""
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
@@ -221,12 +229,6 @@ class KafkaBroker:
         props.update(self.extra)
         return props
 
-    def _java(self) -> str:
-        home = os.environ.get("JAVA_HOME")
-        if home and (Path(home) / "bin" / "java").exists():
-            return str(Path(home) / "bin" / "java")
-        return _need("java", "Java 17 or newer (apt-get install openjdk-17-jre-headless)")
-
     def _format(self, java: str, lib: Path, config: Path) -> None:
         args = [java, "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
                 f"--cluster-id={cluster_id()}", "-c", str(config), "--standalone"]  # fmt: skip
@@ -241,16 +243,16 @@ class KafkaBroker:
             raise BrokerError(f"formatting Kafka's storage failed: {last[0]}")
 
     def start(self, timeout: float = 60.0) -> None:
-        java = self._java()
+        java_bin = java()
         lib = classpath(self.workdir / "maven.log")
         data = self._data = self.workdir / f"kafka-data-{uuid.uuid4().hex[:8]}"
         data.mkdir(parents=True)
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(data).items()))
-        self._format(java, lib, config)
+        self._format(java_bin, lib, config)
         self._log = self.log_file.open("ab")
         self._proc = subprocess.Popen(  # noqa: S603 (java, our classpath and config)
-            [java, f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            [java_bin, f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={lib / 'log4j2.yaml'}",
              "-cp", f"{lib}/*", "kafka.Kafka", str(config)],
             stdout=self._log,

@@ -34,84 +34,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from aiolimiter import AsyncLimiter
-
+from pipeline.buckets import Bucket, Clock
 from pipeline.circuit import Circuit
 from pipeline.partners import Partner
 
-Clock = Callable[[], float]
-
 RESOURCES = ("requests", "input_tokens", "output_tokens")
 _HEADER = {"requests": "requests", "input_tokens": "input-tokens", "output_tokens": "output-tokens"}
-
-
-class Bucket(AsyncLimiter):
-    """aiolimiter's leaky bucket with an injected clock and a few exact queries.
-
-    `level` is what is in the bucket; `capacity - level` is available. A charge
-    bigger than what is available is allowed once the bucket is empty enough
-    for it to fit, or, if it is bigger than the whole bucket, once the bucket
-    is empty: the bucket then runs a debt that the leak pays back.
-    """
-
-    __slots__ = ("_clock",)
-
-    def __init__(self, capacity: float, rate_per_s: float, clock: Clock) -> None:
-        super().__init__(max_rate=capacity, time_period=capacity / rate_per_s)
-        self._clock = clock
-        self._last_check = clock()
-
-    def _leak(self) -> None:
-        # The parent leaks by the event loop's clock; ours is injected.
-        now = self._clock()
-        if self._level:
-            self._level = max(self._level - (now - self._last_check) * self._rate_per_sec, 0.0)
-        self._last_check = now
-
-    @property
-    def capacity(self) -> float:
-        return self.max_rate
-
-    @property
-    def rate_per_s(self) -> float:
-        return self._rate_per_sec
-
-    def reconfigure(self, capacity: float, rate_per_s: float) -> None:
-        self._leak()
-        self.max_rate = capacity
-        self.time_period = capacity / rate_per_s
-        self._rate_per_sec = rate_per_s
-
-    def available(self) -> float:
-        self._leak()
-        return self.max_rate - self._level
-
-    def wait_time(self, amount: float, reserve: float = 0.0) -> float:
-        """Seconds until `amount` may be charged leaving `reserve` unused (0: now).
-
-        What cannot fit beside the reserve waits for an empty bucket.
-        """
-        self._leak()
-        fits = min(amount + reserve, self.max_rate)
-        excess = self._level + fits - self.max_rate
-        return 0.0 if excess <= 1e-9 else excess / self._rate_per_sec
-
-    def consume(self, amount: float) -> None:
-        self._leak()
-        self._level += amount
-
-    def refund(self, amount: float) -> None:
-        self._leak()
-        self._level = max(0.0, self._level - amount)
-
-    def set_available(self, available: float) -> None:
-        self._leak()
-        self._level = min(self.max_rate, max(0.0, self.max_rate - available))
-
-    def tighten_to(self, remaining: float) -> None:
-        """Never believe more is left than the server says."""
-        self._leak()
-        self._level = max(self._level, self.max_rate - remaining)
 
 
 @dataclass(frozen=True)
@@ -247,7 +175,7 @@ class KeyState:
 
 @dataclass
 class _PartnerBuckets:
-    config: tuple[int | None, int | None]
+    config: tuple[int | None, int | None, float]
     rpm: Bucket | None
     tpm: Bucket | None
 
@@ -299,6 +227,13 @@ class Verdict:
 GO = Verdict(0.0)
 
 
+def _share_bucket(limit: int | None, share: float, clock: Clock) -> Bucket | None:
+    """A per-minute limit's bucket for `share` of it (at least one unit)."""
+    if not limit:
+        return None
+    return Bucket(max(1.0, limit * share), limit / 60.0 * share, clock)
+
+
 @dataclass
 class Limiter:
     """Every bucket the dispatcher consults before sending a request."""
@@ -310,6 +245,11 @@ class Limiter:
     #: worker's view believes it both ways (and so borrows what others leave).
     slack: float = 0.5
     share: float = 1.0
+    #: This worker's part of a partner's RPM and TPM: the fraction of the
+    #: partner's request partitions it owns (keys are random request_ids, so a
+    #: partner's traffic spreads evenly over them). N workers then give a partner
+    #: its limit, not N times it.
+    partner_share: Callable[[str], float] = field(default=lambda partner_id: 1.0)
     _keys: dict[str, KeyState] = field(default_factory=dict)
     _partners: dict[str, _PartnerBuckets] = field(default_factory=dict)
 
@@ -331,13 +271,20 @@ class Limiter:
         return state
 
     def _partner(self, partner: Partner) -> _PartnerBuckets:
-        config = (partner.rpm, partner.tpm)
+        share = min(1.0, max(self.partner_share(partner.partner_id), 0.01))
+        config = (partner.rpm, partner.tpm, share)
         buckets = self._partners.get(partner.partner_id)
-        if buckets is None or buckets.config != config:
+        if buckets is not None and buckets.config[:2] == config[:2] and buckets.config != config:
+            # the same limits, another share (a rebalance): keep what was used
+            for bucket, limit in ((buckets.rpm, partner.rpm), (buckets.tpm, partner.tpm)):
+                if bucket is not None and limit:
+                    bucket.reconfigure(max(1.0, limit * share), limit / 60.0 * share)
+            buckets.config = config
+        elif buckets is None or buckets.config != config:
             buckets = _PartnerBuckets(
                 config,
-                Bucket(partner.rpm, partner.rpm / 60.0, self.clock) if partner.rpm else None,
-                Bucket(partner.tpm, partner.tpm / 60.0, self.clock) if partner.tpm else None,
+                _share_bucket(partner.rpm, share, self.clock),
+                _share_bucket(partner.tpm, share, self.clock),
             )
             self._partners[partner.partner_id] = buckets
         return buckets

@@ -226,6 +226,12 @@ class Ownership:
     owned: frozenset[int]
     total: int
 
+    @property
+    def fraction(self) -> float:
+        """The part of the partner's traffic these partitions carry (its keys are
+        random request_ids, spread evenly); 1.0 while the total is not known."""
+        return len(self.owned) / self.total if self.total else 1.0
+
 
 class BudgetLedger:
     """Daily token and monthly dollar budgets that cannot be overrun.

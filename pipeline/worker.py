@@ -84,7 +84,12 @@ class WorkerRuntime(Service):
         self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
         self.api_keys = ApiKeys(secrets, settings.anthropic_api_key)
-        self.limiter = Limiter(upstream=settings.upstream_limits, slack=settings.limit_slack)
+        self.limiter = Limiter(
+            upstream=settings.upstream_limits,
+            slack=settings.limit_slack,
+            # a partner's RPM and TPM: the part its owned partitions carry
+            partner_share=lambda partner_id: self._ownership(partner_id).fraction,
+        )
         self.examiner = Examiner()
         self.wiring = create_app(
             settings,

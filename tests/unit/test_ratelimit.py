@@ -104,6 +104,29 @@ def test_partner_rpm_and_tpm(clock: FakeClock) -> None:
     assert lim.wait(P, kid, SMALL).go
 
 
+def test_a_worker_enforces_its_share_of_a_partner_s_rpm(clock: FakeClock) -> None:
+    # Before, each of N workers gave a partner its whole RPM: N times it in all.
+    shares = {"busy": 0.5}
+    lim = Limiter(clock=clock, upstream={"requests": 10_000},
+                  partner_share=lambda pid: shares[pid])  # fmt: skip
+    kid = key_id("k")
+    busy = Partner("busy", "env:X", rpm=60)
+    for _ in range(30):  # half of 60 at once
+        assert lim.wait(busy, kid, SMALL).go
+        lim.consume(busy, kid, SMALL)
+    v = lim.wait(busy, kid, SMALL)
+    assert v.reason == "partner_rpm"
+    assert v.wait_s == pytest.approx(2.0)  # refilled at half of 1/s
+    # a rebalance gives this worker all of the partner: what was used stays used
+    shares["busy"] = 1.0
+    for _ in range(30):  # 30 of 60 are left
+        assert lim.wait(busy, kid, SMALL).go
+        lim.consume(busy, kid, SMALL)
+    v = lim.wait(busy, kid, SMALL)
+    assert v.reason == "partner_rpm"
+    assert v.wait_s == pytest.approx(1.0)  # refilled at the whole 1/s
+
+
 def test_settle_refunds_what_was_not_used(clock: FakeClock) -> None:
     lim = Limiter(
         clock=clock, upstream={"requests": 60, "input_tokens": 1000, "output_tokens": 1000}
