@@ -89,10 +89,14 @@ def test_a_thousand_requests_get_exactly_one_outcome_that_sums_to_claudes_counts
     assert stats["requests"].get("529", 0) > 0
 
 
+#: What the worker that is killed may have in flight.
+IN_FLIGHT = 32
+
+
 def test_a_crashed_worker_loses_nothing(workers: Stack) -> None:
     stack = workers
     pids = _partners(stack, "crash")
-    worker = stack.start_worker("crash-first")
+    worker = stack.start_worker("crash-first", {"PIPELINE_MAX_IN_FLIGHT": str(IN_FLIGHT)})
     keys = _send_many(stack, pids, 300, "crash")
     # let some outcomes land, then kill -9 mid-flight: nothing is flushed or committed
     stack.outcomes(pids, lambda o: sum(1 for k in keys if k in o.responses) >= 50, timeout=60)
@@ -102,9 +106,14 @@ def test_a_crashed_worker_loses_nothing(workers: Stack) -> None:
     got = stack.outcomes(pids, lambda o: o.complete(keys), timeout=120)
     missing = [k for k in keys if k not in got.responses]
     assert not missing, f"{len(missing)} requests lost"
-    duplicates = sum(len(got.responses[k]) - 1 for k in keys)
-    # at-least-once: a crash may repeat what was in flight, never more than that
-    assert duplicates <= 300 - 50
+    # At least once, with a done marker per request: a crash repeats only what
+    # the dead worker had in flight (its outcome published, its marker not yet
+    # durable), each once. Measured: 2 repeats on Tansu, 18 on Kafka (of 256 in
+    # flight); it was `<= 250` before.
+    repeated = [k for k in keys if len(got.responses[k]) > 1]
+    assert all(len(got.responses[k]) == 2 for k in repeated)
+    assert len(repeated) <= IN_FLIGHT
+    assert all(len({r["content"] for r in got.responses[k]}) == 1 for k in repeated)
     # the done marker follows the outcome: a response never lacks its usage record
     assert all(len(got.usage[k]) >= 1 for k in keys)
 
