@@ -276,6 +276,8 @@ def test_logs_are_json_with_fields_and_leak_nothing(stack: Stack) -> None:
     marker = "a distinctive prompt that must never be logged"
     key = stack.send("alpha", marker)
     _wait(stack, [key])
+    # the line follows the outcome's publication: a response can be read first
+    stack.wait_log(lambda e: e.get("msg") == "served" and e.get("request_id") == key[1])
     proc = stack.workers["worker"][0]
     raw = proc.log_text()
     lines = [line for line in raw.splitlines() if line.strip()]
