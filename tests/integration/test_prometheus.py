@@ -158,7 +158,7 @@ def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
         b"forged-inspect", forged, signed_headers("inspect-a", b"wrong", forged)
     )
     stack.client("inspect-a").flush()
-    stack.outcomes(["inspect-a"], lambda o: o.complete(keys), timeout=60)
+    got = stack.outcomes(["inspect-a"], lambda o: o.complete(keys), timeout=60)
 
     def inspect(*args: str) -> list[dict[str, Any]]:
         done = subprocess.run(
@@ -176,14 +176,20 @@ def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
     assert "not Avro" in bad["error"]
     responses = inspect("claude.responses.inspect-a")
     status = {r["value"]["request_id"]: r["value"]["status"] for r in responses}
-    assert status == {**{k: "ok" for _, k in keys}, "forged-inspect": "error"}
-    (dead,) = inspect("claude.dlq", "--partner", "inspect-a")
-    assert dead["value"]["reason"] == "auth_failed"
+    # what the worker published, as inspect decodes it (the module's simulator
+    # fails a tenth of calls with 429 and a tenth with 529: three in a row is an
+    # error response, about one request in 125)
+    published = {k: got.responses[("inspect-a", k)][0]["status"] for _, k in keys}
+    assert status == {**published, "forged-inspect": "error"}
+    (dead,) = [
+        d for d in inspect("claude.dlq", "--partner", "inspect-a")
+        if d["value"]["reason"] == "auth_failed"
+    ]  # fmt: skip
     # sealed (pipeline/sealing.py): shown as its size, never dumped
     assert re.fullmatch(r"<\d+ bytes>", dead["value"]["payload"])
     usage = inspect("claude.usage", "--partner", "inspect-a")
     used = {u["value"]["request_id"]: u["value"]["status"] for u in usage}
-    assert used == {**{k: "ok" for _, k in keys}, "forged-inspect": "error"}
+    assert used == {**published, "forged-inspect": "error"}
 
 
 def test_usage_report_filters_and_writes_files_analytics_can_read(
