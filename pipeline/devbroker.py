@@ -8,9 +8,7 @@ on real Kafka.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +18,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from pipeline.errors import BrokerError, ConfigError
+from pipeline.procs import end_group
 
 log = logging.getLogger("pipeline.devbroker")
 
@@ -114,15 +113,7 @@ class DevBroker:
         """SIGINT, then SIGKILL after `timeout`: Tansu waits for connected clients
         to leave before it exits, and a dev broker must not hold a shutdown up."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        end_group(proc, signal.SIGINT, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from pipeline.errors import BrokerError, ConfigError
-from pipeline.procs import free_port
+from pipeline.procs import end_group, free_port
 
 log = logging.getLogger("pipeline.kafkabroker")
 
@@ -308,15 +308,7 @@ class KafkaBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (a controlled shutdown), SIGKILL after `timeout`."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        end_group(proc, signal.SIGTERM, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -132,6 +132,21 @@ class Proc:
         return int(self.popen.returncode)
 
 
+def end_group(proc: subprocess.Popen[bytes] | None, first: signal.Signals, timeout: float) -> None:
+    """Send a child's process group `first`, then SIGKILL if it has not exited
+    within `timeout` (the brokers' stop)."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, first)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+
+
 def stop_all(procs: Sequence[Proc], timeout: float = 10.0) -> None:
     """Stop every process at once (SIGTERM to all, then wait): a stack stops in the
     time of its slowest process, not the sum of all."""

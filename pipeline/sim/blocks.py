@@ -19,22 +19,6 @@ USER_BLOCKS = frozenset(
 )
 
 
-ASSISTANT_BLOCKS = frozenset(
-    {
-        "text",
-        "tool_use",
-        "thinking",
-        "redacted_thinking",
-        "server_tool_use",
-        "web_search_tool_result",
-        "web_fetch_tool_result",
-        "code_execution_tool_result",
-        "bash_code_execution_tool_result",
-        "text_editor_code_execution_tool_result",
-        "tool_search_tool_result",
-    }
-)
-
 #: Server tool results: the id of the server_tool_use they answer, and a content.
 SERVER_TOOL_RESULTS = frozenset(
     {
@@ -45,6 +29,12 @@ SERVER_TOOL_RESULTS = frozenset(
         "text_editor_code_execution_tool_result",
         "tool_search_tool_result",
     }
+)
+
+
+ASSISTANT_BLOCKS = (
+    frozenset({"text", "tool_use", "thinking", "redacted_thinking", "server_tool_use"})
+    | SERVER_TOOL_RESULTS
 )
 
 
