@@ -36,6 +36,7 @@ from pipeline.completion import (
 from pipeline.errors import DeadlineExpired, RequestError
 from pipeline.examiner import Examiner
 from pipeline.failpoints import Failpoints
+from pipeline.homes import Homes
 from pipeline.intake import Intake
 from pipeline.keys import ApiKeys
 from pipeline.metrics import Metrics
@@ -90,6 +91,8 @@ class Stages:
     state_synced: Callable[[], Awaitable[None]] | None = None
     #: Decodes heavy records in a helper process (None: on the event loop, as any).
     examiner: Examiner | None = None
+    #: Tells a misplaced record's producer mistake from a replay (None: never answered).
+    homes: Homes | None = None
 
 
 class Dispatcher:
@@ -134,6 +137,7 @@ class Dispatcher:
             spawn=lambda coro, name: self._tasks.spawn(coro, name),
             pausing=stages.pausing,
             examiner=stages.examiner,
+            homes=stages.homes,
             deliver=self._enqueue,
             owned=self._owns,
         )
@@ -359,6 +363,7 @@ def assemble(
     state_synced: Callable[[], Awaitable[None]] | None = None,
     prices: PriceTable | None = None,
     examiner: Examiner | None = None,
+    homes: Homes | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -404,4 +409,5 @@ def assemble(
         ledger=ledger,
         state_synced=state_synced,
         examiner=examiner,
+        homes=homes,
     )

@@ -120,6 +120,17 @@ class AuthFailed(RequestError):
     reason = Reason.AUTH_FAILED
 
 
+class Misplaced(AuthFailed):
+    """A signed record in a partition (or under a key) its request_id does not put
+    it in. `homes`: the partitions of `topic` where that request_id belongs (one per
+    partition count the topic has had while the worker ran)."""
+
+    def __init__(self, detail: str, topic: str, homes: list[int]) -> None:
+        super().__init__(detail)
+        self.topic = topic
+        self.homes = homes
+
+
 class UnknownPartner(RequestError):
     reason = Reason.UNKNOWN_PARTNER
 

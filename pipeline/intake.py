@@ -18,6 +18,7 @@ from pipeline.errors import (
     AuthFailed,
     DeadlineExpired,
     InvalidRequest,
+    Misplaced,
     PartnerDisabled,
     RequestError,
     SchemaError,
@@ -333,23 +334,28 @@ class Intake:
     def _check_placement(self, record: SourceRecord, request: dict[str, Any]) -> None:
         """Every copy of a request_id must land in one partition, so one worker reads
         them all in order: the key is the signed request_id, in the partition that
-        Kafka's default partitioner gives it."""
+        Kafka's default partitioner gives it. Raises Misplaced."""
         signed_id = str(request.get("request_id") or "").encode("utf-8", "surrogatepass")
+        # Every partition count the topic had while this worker ran, the current
+        # first: after partitions are added, a producer with an older view puts a
+        # key where the older count said (for its metadata max age): placed right.
+        counts = list(self._partitions(record.topic))
+        homes = list(dict.fromkeys(partition_for(signed_id, n) for n in counts))
         if record.key is None or record.key != signed_id:
             # The signature covers the value, not the key: a signed record moved
             # to another key (and so another partition) is a replay in disguise.
-            raise AuthFailed("the record key must be the request_id the value was signed with")
-        # Every partition count the topic has had while this worker ran, the
-        # current one first: after partitions are added, a producer with an older
-        # view still puts a key where the older count said (for up to its
-        # metadata max age), and that record is placed right too.
-        counts = list(self._partitions(record.topic))
-        if counts and not any(record.partition == partition_for(record.key, n) for n in counts):
-            home, count = partition_for(record.key, counts[0]), counts[0]
-            raise AuthFailed(
+            raise Misplaced(
+                "the record key must be the request_id the value was signed with",
+                record.topic,
+                homes,
+            )
+        if counts and record.partition not in homes:
+            raise Misplaced(
                 f"record in partition {record.partition}, but its key belongs in partition "
-                f"{home} of {count} (Kafka's default partitioner, murmur2; librdkafka "
-                "clients need partitioner=murmur2_random)"
+                f"{homes[0]} of {counts[0]} (Kafka's default partitioner, murmur2; "
+                "librdkafka clients need partitioner=murmur2_random)",
+                record.topic,
+                homes,
             )
 
     def admit(self, record: SourceRecord) -> Admitted:
@@ -452,10 +458,10 @@ class Intake:
             raise rejected(exc, request_id, request) from None
         try:
             self._check_placement(record, request)
-        except AuthFailed as exc:
+        except Misplaced as exc:
             # Genuine bytes where they do not belong: a replay in disguise, or a
-            # producer with the wrong key or partitioner. Either way the copy in
-            # the right place is the one served, so this one gets no response.
+            # producer with the wrong key or partitioner. A copy at home is the one
+            # served; with none the partner is told (pipeline/homes.py decides).
             raise rejected(exc, request_id, request, respond=False) from None
         try:
             if not partner.enabled:

@@ -131,3 +131,10 @@ class Metrics:
             ["partner"],
             registry=r,
         )
+        self.misplaced = Counter(
+            "claude_partner_misplaced",
+            "Signed records in a partition (or under a key) their request_id does not put "
+            "them in: a producer's partitioner or key is wrong, or a replay was moved",
+            ["partner"],
+            registry=r,
+        )

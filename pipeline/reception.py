@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from pipeline.attempt import job_fields
 from pipeline.completion import Arrival, Completion, Deliveries, record_fields
-from pipeline.errors import Duplicate, SchemaError, Stage, internal
+from pipeline.errors import Duplicate, Misplaced, SchemaError, Stage, internal
 from pipeline.examiner import Examiner
+from pipeline.homes import Homes
 from pipeline.intake import Intake, Rejected, key_request_id
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Outcome, OutcomeBuilder
@@ -50,7 +51,9 @@ class Reception:
         deliver: Callable[[Job], None],
         owned: Callable[[SourceRecord], bool],
         examiner: Examiner | None = None,
+        homes: Homes | None = None,
     ) -> None:
+        self._homes = homes
         #: Heavy records, examined in the examiner process (without one: like any other).
         self._lane = (
             None
@@ -109,20 +112,59 @@ class Reception:
                 # Only a record whose signature holds may cost a schema-registry
                 # call (off the event loop, with a timeout, then cached).
                 await self._codec.prefetch(record.value)
-        return self.admitted(self._admit_now(record))
+        result: Admitted | Outcome
+        try:
+            result = self._intake.admit_verified(self._intake.authenticate(record))
+        except Exception as exc:
+            if self.misplaced(record, exc):
+                return None
+            result = self.refused(record, exc)
+        return self.admitted(result)
 
-    def admitted(self, result: Admitted | Outcome) -> Admitted | None:
+    def misplaced(self, record: SourceRecord, exc: Exception) -> bool:
+        """Take a signed record refused for where it sits (see pipeline/homes.py):
+        counted, then its outcome (answered or not) is decided off the stream.
+        False for any other refusal."""
+        if not (isinstance(exc, Rejected) and isinstance(exc.error, Misplaced)):
+            return False
+        pid = exc.partner_id or ""
+        self._metrics.misplaced.labels(pid).inc()
+        if self._homes is None or exc.request_id is None:
+            return False  # refused as before: the dead letter only
+        if self._pausing is not None:
+            self._pausing.refusing(pid, +1)
+        name = f"misplaced-{record.partition}-{record.offset}"
+        self._spawn(self._misplaced(record, exc, pid, self._homes, exc.request_id), name)
+        return True
+
+    async def _misplaced(
+        self, record: SourceRecord, exc: Rejected, pid: str, homes: Homes, request_id: str
+    ) -> None:
+        error = cast(Misplaced, exc.error)
+        try:
+            try:
+                answer = await homes.unclaimed(pid, request_id, error.topic, error.homes)
+            except Exception:  # the dead letter still goes out; the answer was a nicety
+                log.warning("cannot tell a misplaced record from a replay", exc_info=True)
+                answer = False
+            if answer:
+                exc.respond = True
+                log.warning(
+                    "a signed record outside its key's partition, and no copy at home: "
+                    "its partner is told where the key belongs",
+                    extra={**record_fields(record), "request_id": request_id},
+                )
+            outcome = await asyncio.to_thread(self.refused, record, exc)
+            await self._completion.finish(outcome)
+        finally:
+            if self._pausing is not None:
+                self._pausing.refusing(pid, -1)
+
+    def admitted(self, result: Admitted | Outcome | None) -> Admitted | None:
         if isinstance(result, Outcome):
             self._end(result)
             return None
         return result
-
-    def _admit_now(self, record: SourceRecord) -> Admitted | Outcome:
-        """The admitted request, or the outcome of refusing it."""
-        try:
-            return self._intake.admit_verified(self._intake.authenticate(record))
-        except Exception as exc:
-            return self.refused(record, exc)
 
     def refused(self, record: SourceRecord, exc: Exception) -> Outcome:
         if isinstance(exc, Rejected):
@@ -249,7 +291,7 @@ class HeavyLane:
             if self._pausing is not None and pid:
                 self._pausing.examining(pid, -1)
 
-    async def _admit(self, record: SourceRecord) -> Admitted | Outcome:
+    async def _admit(self, record: SourceRecord) -> Admitted | Outcome | None:
         """The signature checked in a thread (hashing releases the GIL), the value
         decoded and checked in the examiner process (fastavro and json do not), the
         rest here; a refusal's dead letter made in a thread."""
@@ -267,6 +309,8 @@ class HeavyLane:
             examined = await self._examiner.examine(writer, reader, data, offset, partner)
             return intake.admit_verified(verified, examined)
         except Exception as exc:
+            if self._r.misplaced(record, exc):
+                return None
             # Its dead letter hashes or seals the whole value: 10 ms for 10 MB,
             # which holds no GIL but would hold the loop.
             return await asyncio.to_thread(self._r.refused, record, exc)

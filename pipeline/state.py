@@ -137,6 +137,14 @@ class ReplayGuard:
             return GuardVerdict(Seen.NEW, first)  # an ops replay
         return GuardVerdict(Seen.REPLAY, first)
 
+    def known(self, partner_id: str, request_id: str) -> bool:
+        """Whether a copy of this request_id was served (by any worker: done markers
+        are in the state log) or is in flight here, within the signature window."""
+        entry = self._store.get(self._key(partner_id, request_id))
+        if not isinstance(entry, dict):
+            return False
+        return self._wall() * 1000 - int(entry["at"]) <= self.window_s * 1000
+
     def _entry(self, position: Position, replay_count: int, state: str) -> dict[str, Any]:
         topic, partition, offset = position
         return {

@@ -216,20 +216,26 @@ class StateLog:
             self._resync.add_done_callback(self._task_done)
 
     async def sync(self) -> None:
-        """Return once every write acknowledged before the call has been applied."""
+        """Hold record handling until every write acknowledged before the call has
+        been applied."""
         self._synced.clear()
         self._again = True
         while self._again:
             self._again = False
-            self._syncs += 1
-            markers = []
-            for partition in self._partitions:
-                key = f"{_SYNC}{self.writer}/{self._syncs}/{partition}"
-                seen = self._waiting[key] = asyncio.get_running_loop().create_future()
-                markers.append(seen)
-                await self.write(key, None, partition)
-            await asyncio.gather(*markers)
+            await self.caught_up()
         self._synced.set()
+
+    async def caught_up(self) -> None:
+        """Return once every write acknowledged before the call has been applied
+        (records keep being handled meanwhile)."""
+        self._syncs += 1
+        markers = []
+        for partition in self._partitions:
+            key = f"{_SYNC}{self.writer}/{self._syncs}/{partition}"
+            seen = self._waiting[key] = asyncio.get_running_loop().create_future()
+            markers.append(seen)
+            await self.write(key, None, partition)
+        await asyncio.gather(*markers)
 
     async def _follow(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from pipeline.factory import Parts, check_broker_fits
 from pipeline.follower import PartnerFollower, load_registry
 from pipeline.gauges import Gauges
 from pipeline.health import Health, HttpEndpoint
+from pipeline.homes import Homes, HomeScan
 from pipeline.intake import Intake
 from pipeline.kafka import core_topics, ensure_topics, partner_topics
 from pipeline.keys import ApiKeys
@@ -107,6 +108,10 @@ class WorkerRuntime(Service):
             writer=self.statelog.writer,
             ready=lambda: self.statelog.synced,
         )
+        guard = ReplayGuard(
+            self.statelog.table("served"), settings.signature_max_age_s, writer=self.statelog.writer
+        )
+        self.homes = HomeScan(settings)
         config = DispatchConfig(
             max_in_flight=settings.max_in_flight,
             max_queued_per_partner=settings.max_queued_per_partner,
@@ -140,15 +145,12 @@ class WorkerRuntime(Service):
             config=config,
             flow=FaustFlowControl(self.app, requests_topic),
             limiter=self.limiter,
-            guard=ReplayGuard(
-                self.statelog.table("served"),
-                settings.signature_max_age_s,
-                writer=self.statelog.writer,
-            ),
+            guard=guard,
             ledger=self.ledger,
             state_synced=self.statelog.wait_synced,
             prices=prices,
             examiner=self.examiner,
+            homes=Homes(self.homes.holds, guard, self.statelog.caught_up),
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(
@@ -298,6 +300,7 @@ class WorkerRuntime(Service):
             task.cancel()
         await self.claude.close()
         self.examiner.close()
+        await asyncio.to_thread(self.homes.close)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self.endpoint.close()

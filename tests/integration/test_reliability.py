@@ -197,13 +197,17 @@ def test_two_workers_share_one_budget_over_uneven_partitions(workers: Stack) -> 
     assert spent <= budget, (spent, budget)
 
 
-def test_a_captured_record_replayed_into_another_partition_is_not_served_twice(
+def test_a_replay_moved_to_another_partition_is_not_served_twice_and_a_misplaced_request_is_answered(  # noqa: E501
     workers: Stack,
 ) -> None:
     # Before: the signature covers the value, not where the record lands, and
     # dedupe was kept per partition; the same record produced into another
     # partition was served by the worker owning that one: two calls, two bills.
     # Now a record must sit where its key (the signed request_id) puts it.
+    # And before, a partner whose producer put a record in the wrong partition
+    # (no copy at home) got no response at all, only a dead letter it cannot
+    # read: now it is told where the key belongs, while a moved replay still
+    # leaves the dead letter only.
     stack = workers
     stack.add_partner("captured")
     stack.start_worker("replay-a")
@@ -229,16 +233,43 @@ def test_a_captured_record_replayed_into_another_partition_is_not_served_twice(
         home = partition_for(rid.encode(), count)
         client.send_raw(rid.encode(), value, headers)  # where the partner put it
         client.send_raw(rid.encode(), value, headers, partition=(home + 1) % count)  # the copy
+    # A producer with the wrong partitioner: only a misplaced copy, none at home.
+    lost = {str(uuid.uuid4()): 0 for _ in range(2 * count)}
+    for rid in lost:
+        value = stack.codec.encode(
+            "ClaudeRequest", build_request("captured", f"wrong place {rid}", request_id=rid)
+        )
+        headers = signed_headers("captured", stack.secrets["captured"], value)
+        lost[rid] = partition_for(rid.encode(), count)
+        client.send_raw(rid.encode(), value, headers, partition=(lost[rid] + 1) % count)
     client.flush()
     keys = [("captured", rid) for rid in rids]
-    got = stack.outcomes(["captured"], lambda o: all(len(o.dead.get(k, [])) == 1 for k in keys))
-    got = stack.outcomes(["captured"], lambda o: o.complete(keys))
+    misplaced = [("captured", rid) for rid in lost]
+    everything = keys + misplaced
+    got = stack.outcomes(
+        ["captured"], lambda o: all(len(o.dead.get(k, [])) == 1 for k in everything)
+    )
+    got = stack.outcomes(["captured"], lambda o: o.complete(everything))
     for key in keys:
         assert [r["status"] for r in got.responses[key]] == ["ok"]
         assert len(got.usage[key]) == 1  # one call to Claude, one bill
         (dead,) = got.dead[key]
         assert dead["reason"] == "auth_failed"
         assert "but its key belongs in partition" in dead["detail"]
+    for key in misplaced:
+        (response,) = got.responses[key]
+        assert response["status"] == "error"
+        assert (
+            f"its key belongs in partition {lost[key[1]]} of {count}" in (response["error_message"])
+        )
+        assert [d["reason"] for d in got.dead[key]] == ["auth_failed"]
+    told = 0.0
+    for name in ("replay-a", "replay-b"):
+        text = stack.metrics_text(name).decode()
+        for line in text.splitlines():
+            if line.startswith('claude_partner_misplaced_total{partner="captured"}'):
+                told += float(line.split()[-1])
+    assert told == len(keys) + len(misplaced)
     served = {
         name: {e["request_id"] for e in stack.worker_log(name) if e.get("msg") == "served"}
         for name in ("replay-a", "replay-b")

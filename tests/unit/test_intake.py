@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from pipeline.client import build_request
+from pipeline.errors import Misplaced
 from pipeline.intake import Intake, Rejected
 from pipeline.partners import Partner, Registry
 from pipeline.placement import partition_for
@@ -139,6 +140,8 @@ def test_a_record_outside_the_partition_its_key_gives_is_refused_without_a_respo
     assert info.value.error.reason == "auth_failed"
     assert f"belongs in partition {home} of 4" in info.value.error.detail
     assert not info.value.respond  # the copy in the right place answers the partner
+    assert isinstance(info.value.error, Misplaced)  # unless none is there (homes.py)
+    assert (info.value.error.topic, info.value.error.homes) == (at_home.topic, [home])
     # moved to another key: the same, whatever the partition
     with pytest.raises(Rejected) as info:
         intake.admit(dataclasses.replace(at_home, key=b"r2"))

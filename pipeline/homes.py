@@ -1,0 +1,135 @@
+"""Whether a misplaced record's partner should be told, or the record is a replay.
+
+A signed record must sit where its key (the signed request_id) puts it
+(`Intake._check_placement`). One that does not is either a producer's mistake
+(a librdkafka client without `partitioner=murmur2_random`, an explicit
+partition, a wrong key), and its partner waits for an answer that would never
+come, or a captured record moved elsewhere, whose original has its own outcome.
+A replay always comes after its original, so the two are told apart by looking
+where the original would be:
+
+1. The home partitions (one per partition count the topic had) from the group's
+   committed offset to their end are read for a record with that key: one there
+   is served, in flight or waiting, and will answer the partner.
+2. Below the committed offset, every record's outcome was published and its
+   "served" marker acknowledged before the offset was committed: after the
+   state log is read up to now, the replay guard knows it.
+
+Only with no copy in either place is the partner answered: an error response
+naming the partition its key belongs in. Reading further than `SCAN_LIMIT`
+records, or a broker that does not answer, leaves the dead letter only (the
+answer would be a guess). One decision at a time, off the event loop: a partner
+whose producer misplaces everything is paused by its bound, not others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.kafka import reader
+from pipeline.state import ReplayGuard
+
+#: The most records a decision reads (summed over the home partitions).
+SCAN_LIMIT = 20_000
+
+Scan = Callable[[str, list[int], bytes], "bool | None"]
+
+
+class HomeScan:
+    """Reads home partitions between the group's committed offset and their end,
+    with a client of its own that never joins the group (like `GroupLag`)."""
+
+    def __init__(self, settings: Settings, limit: int = SCAN_LIMIT, timeout_s: float = 5.0):
+        self._consumer = reader(settings, settings.group_id)  # reads the group's offsets
+        self._limit = limit
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+
+    def holds(self, topic: str, partitions: list[int], key: bytes) -> bool | None:
+        """Whether a record keyed `key` is in `partitions` past the group's committed
+        offset; None when that cannot be told (too far to read, no answer)."""
+        with self._lock:
+            try:
+                return self._holds(topic, partitions, key)
+            finally:
+                self._consumer.unassign()
+
+    def _holds(self, topic: str, partitions: list[int], key: bytes) -> bool | None:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
+        for tp in self._consumer.committed(tps, timeout=self._timeout):
+            if tp.error is not None:
+                return None
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=self._timeout
+            )
+            start = max(tp.offset, low) if tp.offset >= 0 else low
+            if high > start:
+                ends[tp.partition] = high
+                starts.append(TopicPartition(topic, tp.partition, start))
+        if sum(ends[tp.partition] - tp.offset for tp in starts) > self._limit:
+            return None
+        if not ends:
+            return False
+        self._consumer.assign(starts)
+        deadline = time.monotonic() + self._timeout
+        while ends:
+            msg = self._consumer.poll(0.2)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    return None
+                continue
+            partition = msg.partition() or 0
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    return None
+                ends.pop(partition, None)
+                continue
+            if msg.key() == key:
+                return True
+            if partition in ends and (msg.offset() or 0) + 1 >= ends[partition]:
+                del ends[partition]
+        return False
+
+    def close(self) -> None:
+        with self._lock:  # after a scan under way
+            self._consumer.close()
+
+
+class Homes:
+    """Decides whether a misplaced record's partner is answered (see the module)."""
+
+    def __init__(
+        self,
+        scan: Scan,
+        guard: ReplayGuard,
+        caught_up: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._scan = scan
+        self._guard = guard
+        self._caught_up = caught_up
+        self._one = asyncio.Lock()
+
+    async def unclaimed(
+        self, partner_id: str, request_id: str, topic: str, homes: list[int]
+    ) -> bool:
+        """True when no copy of the request_id was served, is in flight or waits."""
+        if not homes:
+            return False  # the topic's partition count is not known: cannot tell
+        async with self._one:
+            key = request_id.encode("utf-8", "surrogatepass")
+            # committed offsets first, then the state log: what is below them has
+            # its "served" marker in the log before the barrier's markers
+            held = await asyncio.to_thread(self._scan, topic, homes, key)
+            if held is None or held:
+                return False
+            await self._caught_up()
+            return not self._guard.known(partner_id, request_id)
