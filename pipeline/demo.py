@@ -10,6 +10,7 @@ per-partner table; stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from pipeline.apicurio import SchemaRegistryServer
 from pipeline.client import PartnerClient, build_request
 from pipeline.harness import Key, Outcomes, Stack
 from pipeline.ops import percentile, render_table
@@ -70,6 +72,8 @@ class Demo:
         self.keep = keep
         #: every request sent, and what it must end with: "ok" or a dead-letter reason
         self.expected: dict[Key, str] = {}
+        #: run Apicurio Registry and the Confluent wire format through it
+        self.schema_registry = False
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -85,10 +89,25 @@ class Demo:
 
     def _run(self, workdir: Path, api_key: str | None) -> int:
         started = time.monotonic()
+        with contextlib.ExitStack() as servers:
+            env = dict(WORKER_ENV)
+            if self.schema_registry:
+                registry = servers.enter_context(SchemaRegistryServer(workdir=workdir))
+                env["SCHEMA_REGISTRY_URL"] = registry.url
+                self.say(f"registry    Apicurio Registry at {registry.url}")
+            code = self._run_stack(workdir, api_key, env, started)
+            if self.schema_registry:
+                subjects = registry.subjects()
+                self.say(f"registry    {len(subjects)} subjects: {', '.join(sorted(subjects))}")
+            return code
+
+    def _run_stack(
+        self, workdir: Path, api_key: str | None, env: dict[str, str], started: float
+    ) -> int:
         stack = Stack(
             workdir,
             SIM_ARGS,
-            WORKER_ENV,
+            env,
             DEMO_KEY if self.use_sim else str(api_key),
             simulate=self.use_sim,
         )
@@ -264,5 +283,8 @@ def run_demo(
     per_partner: int,
     keep: bool = False,
     report: str | None = None,
+    schema_registry: bool = False,
 ) -> int:
-    return Demo(use_sim, per_partner, sys.stdout, keep, report).run(api_key)
+    demo = Demo(use_sim, per_partner, sys.stdout, keep, report)
+    demo.schema_registry = schema_registry
+    return demo.run(api_key)

@@ -458,6 +458,7 @@ class Stack(SimulatorControls):
         if self._collector is not None:
             self._collector.close()
             self._collector = None
+        self.codec.close()
         # A stack being thrown away needs no graceful stops (tests of those stop
         # their workers themselves): workers are killed, the rest asked to stop.
         workers = [proc for proc, _ in self.workers.values()]

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -31,12 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from pipeline.errors import BrokerError, ConfigError
+from pipeline.errors import BrokerError
+from pipeline.maven import DEPLOY, fetched, java
 from pipeline.procs import end_group, free_port
 
 log = logging.getLogger("pipeline.kafkabroker")
 
-POM = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
+POM = DEPLOY / "kafka" / "pom.xml"
 #: The heap the broker runs with: measured enough for tests, benchmarks and the demo.
 HEAP = "256m"
 SCRAM = "SCRAM-SHA-512"
@@ -69,62 +68,13 @@ class Credentials:
     password: str
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("PIPELINE_KAFKA_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "claude-pipeline"
-
-
-def _need(tool: str, what: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ConfigError(f"the kafka engine needs {what} ({tool} is not on PATH)")
-    return path
-
-
-def java() -> str:
-    """The java to run the broker with: $JAVA_HOME's, else the one on PATH."""
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    return _need("java", "Java 17 or newer (apt-get install openjdk-17-jre-headless)")
-
-
 def classpath(log_file: Path | None = None) -> Path:
     """The directory of the broker's jars, fetched with Maven on first use."""
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    lib = cache_dir() / f"kafka-{digest}" / "lib"
-    done = lib / ".complete"
-    if done.exists():
-        return lib
-    mvn = _need("mvn", "Maven 3 to fetch Apache Kafka's jars from Maven Central")
-    # Several processes may fetch at once (parallel test runs): each into its
-    # own directory, the first to finish wins, the others use its copy.
-    partial = lib.with_name(f"lib.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    started = time.monotonic()
-    out = subprocess.run(  # noqa: S603 (Maven, our pom, our arguments)
-        [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    if out.returncode != 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        if log_file is not None:
-            log_file.write_text(out.stdout + out.stderr)
-        tail = (out.stdout + out.stderr).strip().splitlines()[-1:] or ["(no output)"]
-        raise ConfigError(
-            f"Maven could not fetch Apache Kafka's jars (is Maven Central reachable?): {tail[0]}"
-        )
-    (partial / "log4j2.yaml").write_text(_LOG4J)
-    (partial / ".complete").write_text(f"{time.monotonic() - started:.1f} s\n")
-    try:
-        partial.rename(lib)
-    except OSError:  # another process won: its copy is the same
-        shutil.rmtree(partial, ignore_errors=True)
-    log.info("kafka jars fetched", extra={"dir": str(lib), "s": time.monotonic() - started})
-    return lib
+
+    def finish(lib: Path) -> None:
+        (lib / "log4j2.yaml").write_text(_LOG4J)
+
+    return fetched(POM, "kafka", "the kafka engine", finish, log_file)
 
 
 def cluster_id() -> str:

@@ -123,6 +123,10 @@ class ConfluentRegistry:
             self._schemas[schema_id] = str(schema.schema_str)
         return self._schemas[schema_id]
 
+    def close(self) -> None:
+        """Close the HTTP connections it keeps alive."""
+        self._client.close()
+
 
 #: How long a record waits for the registry to resolve a new schema id, and how
 #: long an id it could not resolve is refused without asking again.
@@ -155,6 +159,12 @@ class Codec:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise SchemaError(f"cannot encode {name}: {exc}") from exc
         return buf.getvalue()
+
+    def close(self) -> None:
+        """Close the registry client's connections, if there is one."""
+        close = getattr(self.registry, "close", None)
+        if close is not None:
+            close()
 
     def warm(self, outputs: list[tuple[str, str]]) -> None:
         """Register (name, topic) output schemas now, so `encode` never waits on HTTP."""

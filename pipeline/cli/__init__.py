@@ -15,7 +15,15 @@ from pipeline.cli.admin import add_deploy, add_partners, add_topics, add_users
 from pipeline.cli.common import Parser, UsageError
 from pipeline.cli.ops import add_dlq, add_inspect, add_usage
 from pipeline.cli.partner import add_responses, add_send
-from pipeline.cli.run import add_bench, add_broker, add_chaos, add_demo, add_sim, add_worker
+from pipeline.cli.run import (
+    add_bench,
+    add_broker,
+    add_chaos,
+    add_demo,
+    add_schema_registry,
+    add_sim,
+    add_worker,
+)
 from pipeline.errors import ConfigError, PipelineError, SecretError
 from pipeline.factory import RDKAFKA_LOG
 
@@ -30,6 +38,7 @@ def build_parser() -> Parser:
     sub.required = True
     add_demo(sub)
     add_broker(sub)
+    add_schema_registry(sub)
     add_sim(sub)
     add_worker(sub)
     add_topics(sub)

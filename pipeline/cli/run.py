@@ -228,18 +228,53 @@ def cmd_broker(args: argparse.Namespace) -> int:
         what = f"Tansu, storage {args.storage}"
     broker.start()
     print(f"broker listening on {broker.bootstrap} ({what})", flush=True)
+    return _foreground(broker, "broker")
+
+
+def _foreground(server: Any, command: str) -> int:
+    """Until Ctrl-C or SIGTERM (then stop it, exit 0) or until it dies (exit 1)."""
     # The handler only raises a flag: waiting on the child inside it would
     # deadlock with the wait it interrupted.
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.set())
-    while broker.running() and not stopping.wait(0.2):
+    while server.running() and not stopping.wait(0.2):
         pass
-    broker.stop()
+    server.stop()
     if not stopping.is_set():
-        print("claude-pipeline broker: error: the broker exited unexpectedly", file=sys.stderr)
+        print(f"claude-pipeline {command}: error: it exited unexpectedly", file=sys.stderr)
         return 1
     return 0
+
+
+def add_schema_registry(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser(
+        "schema-registry",
+        help="run a schema registry (Apicurio, in memory) in the foreground",
+        description=(
+            "Run Apicurio Registry 2.6 (from Maven Central; the first run fetches it with "
+            "Maven; Java 17+ needed) on 127.0.0.1 with in-memory storage until Ctrl-C or "
+            "SIGTERM. Point SCHEMA_REGISTRY_URL at the URL it prints (its Confluent-"
+            "compatible API)."
+        ),
+    )
+    p.add_argument("--port", type=port, default=8081, help="port (default 8081)")
+    p.add_argument("--dir", type=Path, help="where its log goes (a temp dir)")
+    p.set_defaults(func=cmd_schema_registry)
+
+
+def cmd_schema_registry(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.apicurio import SchemaRegistryServer
+
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="claude-pipeline-registry-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = SchemaRegistryServer(args.port, workdir=workdir)
+    server.start()
+    print(f"schema registry at {server.url} (SCHEMA_REGISTRY_URL; log {server.log_file})")
+    sys.stdout.flush()
+    return _foreground(server, "schema-registry")
 
 
 def add_worker(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -306,6 +341,11 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--requests", type=positive_int, default=100, help="valid requests per partner (sim)"
     )
+    p.add_argument(
+        "--schema-registry",
+        action="store_true",
+        help="run Apicurio Registry too and use the Confluent wire format through it",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
     p.add_argument(
         "--report", metavar="FILE", help="also write the HTML usage report of the run here"
@@ -321,7 +361,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     api_key = load_settings().anthropic_api_key
     use_sim = args.sim or not api_key
     return run_demo(
-        api_key, use_sim=use_sim, per_partner=args.requests, keep=args.keep, report=args.report
+        api_key,
+        use_sim=use_sim,
+        per_partner=args.requests,
+        keep=args.keep,
+        report=args.report,
+        schema_registry=args.schema_registry,
     )
 
 
@@ -399,6 +444,11 @@ def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--quick", action="store_true", help="the small version (CI runs it)")
     _broker_flag(p)
     p.add_argument("--results", type=Path, default=Path("bench-results"), help="chaos.json here")
+    p.add_argument(
+        "--schema-registry",
+        action="store_true",
+        help="run Apicurio Registry too and use the Confluent wire format through it",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory with logs")
     p.set_defaults(func=cmd_chaos)
 

@@ -29,7 +29,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if engine_of(None) != "kafka":
         return
     from pipeline.errors import ConfigError
-    from pipeline.kafkabroker import classpath, java
+    from pipeline.kafkabroker import classpath
+    from pipeline.maven import java
 
     try:
         java()

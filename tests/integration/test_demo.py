@@ -30,3 +30,29 @@ def test_demo_runs_end_to_end_and_reports_per_partner() -> None:
     assert "schema_error=1" in out.stdout
     assert "deadline_expired=1" in out.stdout
     assert "every request got exactly one outcome (95 requests" in out.stdout
+
+
+def test_the_demo_runs_through_a_real_schema_registry() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    out = subprocess.run(
+        [*CLI, "demo", "--requests", "10", "--schema-registry"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "every request got exactly one outcome (35 requests" in out.stdout
+    (line,) = [
+        x for x in out.stdout.splitlines() if x.startswith("registry    ") and "subjects" in x
+    ]
+    # partners wrote through it and the worker registered what it writes
+    subjects = [
+        "claude.requests.acme-value",
+        "claude.requests.initech-value",
+        "claude.responses.globex-value",
+        "claude.usage-value",
+        "claude.dlq-value",
+    ]
+    for subject in subjects:
+        assert subject in line, line

@@ -1,103 +1,74 @@
-"""SCHEMA_REGISTRY_URL: Confluent wire format in and out, through the real client library.
-
-The registry is a small in-process HTTP server speaking the part of the
-Confluent Schema Registry REST API that `confluent_kafka.schema_registry` uses.
+"""SCHEMA_REGISTRY_URL: Confluent wire format in and out, through the real client
+library and a real registry: Apicurio Registry (from Maven Central, in-memory
+storage), one per module, through its Confluent-compatible API.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+import fastavro
 import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from pipeline.apicurio import SchemaRegistryServer
 from pipeline.client import PartnerClient, build_request
+from pipeline.errors import ConfigError
 from pipeline.harness import CLI
 from pipeline.kafka import read_topics
 from pipeline.partners import responses_topic
 from pipeline.procs import free_port
-from pipeline.schemas import Codec, ConfluentRegistry
+from pipeline.schemas import CONFLUENT_MAGIC, Codec, ConfluentRegistry, SchemaStore
 from pipeline.security import signed_headers
 from tests.integration.stack import MODEL, Stack
 
 pytestmark = pytest.mark.integration
 
 
-class FakeRegistry(ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.schemas: dict[int, str] = {}
-        self.ids: dict[str, int] = {}
-        self.subjects: dict[str, list[int]] = {}
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeRegistry
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        parts = self.path.split("?")[0].strip("/").split("/")
-        length = int(self.headers.get("Content-Length", "0"))
-        body = json.loads(self.rfile.read(length) or b"{}")
-        if len(parts) == 3 and parts[0] == "subjects" and parts[2] == "versions":
-            schema = body["schema"]
-            with self.server.lock:
-                if schema not in self.server.ids:
-                    new_id = len(self.server.schemas) + 1
-                    self.server.ids[schema] = new_id
-                    self.server.schemas[new_id] = schema
-                schema_id = self.server.ids[schema]
-                self.server.subjects.setdefault(parts[1], []).append(schema_id)
-            self._send(200, {"id": schema_id})
-        else:
-            self._send(404, {"error_code": 404, "message": "not found"})
-
-    def do_GET(self) -> None:
-        parts = self.path.split("?")[0].strip("/").split("/")
-        if len(parts) == 3 and parts[:2] == ["schemas", "ids"]:
-            schema = self.server.schemas.get(int(parts[2]))
-            if schema is not None:
-                self._send(200, {"schema": schema, "schemaType": "AVRO"})
-                return
-        self._send(404, {"error_code": 40403, "message": "Schema not found"})
-
-
-@pytest.fixture
-def registry() -> Iterator[FakeRegistry]:
-    server = FakeRegistry()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaRegistryServer]:
+    server = SchemaRegistryServer(workdir=tmp_path_factory.mktemp("apicurio"))
+    try:
+        server.start()
+    except ConfigError as exc:  # no Java or Maven here: CI has both
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _closed() -> Iterator[None]:
+    """Registry clients a test opens are closed after it (they keep connections)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+_OPEN: list[ConfluentRegistry | SchemaRegistryClient] = []
+
+
+_Client = TypeVar("_Client", ConfluentRegistry, SchemaRegistryClient)
+
+
+def closing(client: _Client) -> _Client:
+    _OPEN.append(client)
+    return client
 
 
 def test_confluent_framed_requests_in_and_responses_out(
-    registry: FakeRegistry, tmp_path_factory: pytest.TempPathFactory
+    registry: SchemaRegistryServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     stack = Stack(
         tmp_path_factory.mktemp("registry"),
@@ -107,7 +78,7 @@ def test_confluent_framed_requests_in_and_responses_out(
     try:
         stack.add_partner("reg")
         stack.start_worker()
-        codec = Codec(registry=ConfluentRegistry(registry.url))
+        codec = Codec(registry=closing(ConfluentRegistry(registry.url)))
         client = PartnerClient(stack.settings, "reg", stack.secrets["reg"], codec)
         confluent = build_request("reg", "framed by the registry", model=MODEL, max_tokens=32)
         client.send(confluent)
@@ -125,15 +96,85 @@ def test_confluent_framed_requests_in_and_responses_out(
         decoded = {r["request_id"]: r for r in responses}
         assert decoded[confluent["request_id"]]["content"].startswith("Re: framed by the registry")
         assert decoded[plain["request_id"]]["status"] == "ok"
-        assert "claude.requests.reg-value" in registry.subjects
-        assert "claude.responses.reg-value" in registry.subjects
-        assert "claude.usage-value" in registry.subjects
+        subjects = registry.subjects()
+        assert "claude.requests.reg-value" in subjects
+        assert "claude.responses.reg-value" in subjects
+        assert "claude.usage-value" in subjects
+    finally:
+        stack.close()
+
+
+def test_partners_on_older_and_newer_request_schemas_are_served_by_one_worker(
+    registry: SchemaRegistryServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Schema evolution through a real registry: each partner's subject is kept
+    # BACKWARD_TRANSITIVE; one partner still writes the oldest ClaudeRequest,
+    # another the current one, and the same worker reads both with its own
+    # (current) schema, by the writer's id. A schema that breaks the rule is
+    # refused by the registry (409) before a record could carry it.
+    stack = Stack(
+        tmp_path_factory.mktemp("registry-evolution"),
+        sim_args=["--latency-ms", "5"],
+        worker_env={"SCHEMA_REGISTRY_URL": registry.url},
+    )
+    client = closing(SchemaRegistryClient({"url": registry.url}))
+    store = SchemaStore()
+    oldest, *_, current = store.versions["ClaudeRequest"]
+    assert oldest.source != current.source
+    try:
+        for partner in ("regold", "regnew"):
+            stack.add_partner(partner)
+            client.set_compatibility(f"claude.requests.{partner}-value", "BACKWARD_TRANSITIVE")
+        stack.start_worker()
+        old_id = client.register_schema("claude.requests.regold-value", Schema(oldest.text, "AVRO"))
+        names = {f["name"] for f in json.loads(oldest.text)["fields"]}
+        old_keys = []
+        for i in range(3):
+            request = build_request("regold", f"old writer {i}", max_tokens=16)
+            body = io.BytesIO()
+            fastavro.schemaless_writer(
+                body, oldest.parsed, {k: v for k, v in request.items() if k in names}
+            )
+            value = CONFLUENT_MAGIC + old_id.to_bytes(4, "big") + body.getvalue()
+            stack.client("regold").send_raw(
+                request["request_id"].encode(),
+                value,
+                signed_headers("regold", stack.secrets["regold"], value),
+            )
+            old_keys.append(("regold", request["request_id"]))
+        stack.client("regold").flush()
+        codec = Codec(registry=closing(ConfluentRegistry(registry.url)))
+        new_client = PartnerClient(stack.settings, "regnew", stack.secrets["regnew"], codec)
+        new_keys = []
+        for i in range(3):
+            request = build_request("regnew", f"new writer {i}", model=MODEL, max_tokens=16)
+            new_client.send(request)
+            new_keys.append(("regnew", request["request_id"]))
+        new_client.flush()
+        got = stack.outcomes(["regold", "regnew"], lambda o: o.complete(old_keys + new_keys))
+        for key in old_keys + new_keys:
+            (response,) = got.responses[key]
+            assert response["status"] == "ok", response["error_message"]
+            assert key not in got.dead
+        # the current schema was registered for regnew; the old partner's subject
+        # still accepts it (it evolves), and refuses a breaking change
+        later = client.register_schema("claude.requests.regold-value", Schema(current.text, "AVRO"))
+        assert later != old_id
+        breaking = json.loads(current.text)
+        breaking["fields"].append({"name": "must_have", "type": "string"})  # no default
+        with pytest.raises(SchemaRegistryError) as info:
+            client.register_schema(
+                "claude.requests.regold-value", Schema(json.dumps(breaking), "AVRO")
+            )
+        assert info.value.http_status_code == 409
+        fetched = client.get_schema(old_id)
+        assert json.loads(str(fetched.schema_str))["fields"] == json.loads(oldest.text)["fields"]
     finally:
         stack.close()
 
 
 def test_every_cli_reader_works_with_the_registry_on(
-    registry: FakeRegistry, tmp_path_factory: pytest.TempPathFactory
+    registry: SchemaRegistryServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # Before: with SCHEMA_REGISTRY_URL set, the CLI built a codec without the
     # registry: dlq list and usage report showed nothing, responses and send --wait
@@ -153,7 +194,7 @@ def test_every_cli_reader_works_with_the_registry_on(
     try:
         stack.add_partner("regcli")
         stack.start_worker()
-        codec = Codec(registry=ConfluentRegistry(registry.url))
+        codec = Codec(registry=closing(ConfluentRegistry(registry.url)))
         client = PartnerClient(stack.settings, "regcli", stack.secrets["regcli"], codec)
         served = build_request("regcli", "served through the registry", max_tokens=16)
         client.send(served)
