@@ -24,11 +24,20 @@ _NO_KAFKA: list[str] = []
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fetch Apache Kafka's jars once, before parallel workers start brokers. In
-    CI a Kafka that cannot be had fails the run; elsewhere its tests skip, saying why."""
+    """Fetch Apache Kafka's jars and the schema registry once, before parallel
+    workers start them. In CI what cannot be had fails the run; elsewhere its
+    tests skip, saying why."""
+    from pipeline.apicurio import distribution
+    from pipeline.errors import ConfigError
+
+    if not hasattr(session.config, "workerinput"):
+        try:
+            distribution()
+        except ConfigError as exc:
+            if os.environ.get("CI"):
+                pytest.exit(f"the schema registry tests need Apicurio, but {exc}", returncode=1)
     if engine_of(None) != "kafka":
         return
-    from pipeline.errors import ConfigError
     from pipeline.kafkabroker import classpath
     from pipeline.maven import java
 
