@@ -22,13 +22,14 @@ from pipeline.partners import (
     USAGE_TOPIC,
     requests_topic,
     responses_topic,
+    transactional_prefix,
 )
 
 
 @dataclass(frozen=True)
 class Binding:
     principal: str  # e.g. User:acme
-    resource: str  # TOPIC | GROUP
+    resource: str  # TOPIC | GROUP | TRANSACTIONAL_ID
     name: str
     pattern: str  # LITERAL | PREFIXED
     operation: str  # READ | WRITE | DESCRIBE | CREATE
@@ -108,6 +109,12 @@ def worker_bindings(principal: str, group_id: str) -> list[Binding]:
     out += [
         Binding(principal, "TOPIC", STATE_TOPIC, "LITERAL", op)
         for op in ("READ", "WRITE", "DESCRIBE")
+    ]
+    # Outcomes and done markers commit in transactions (pipeline/statelog.py):
+    # a transactional id per worker incarnation, under the group's prefix.
+    out += [
+        Binding(principal, "TRANSACTIONAL_ID", transactional_prefix(group_id), "PREFIXED", op)
+        for op in ("WRITE", "DESCRIBE")
     ]
     # Faust's own topics (its assignor's leader topic) are named after the group id.
     out += [

@@ -8,7 +8,9 @@ every record of its outcome is on the broker: a marker that is durable while an
 outcome record is not would make the redelivery after a crash skip the request,
 and lose that record. (A crash between the outcome and the marker repeats the
 outcome instead: a second response, the at-least-once duplicate partners dedupe
-by request_id.)
+by request_id.) With `atomic` (transactions, on Kafka) the outcome and the
+marker are one transaction instead: a crash leaves both or neither, so a
+read_committed partner never sees a second response.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -45,6 +48,15 @@ class FatalError(Exception):
 class Publisher(Protocol):
     async def publish(self, messages: list[OutMessage]) -> None:
         """Return once the broker has acknowledged every message; raise otherwise."""
+
+
+class Atomic(Protocol):
+    """Sends outcome records in the same transactions as state writes (StateLog)."""
+
+    def together(self) -> AbstractContextManager[None]:
+        """Writes and sends made inside, with no await between, commit as one."""
+
+    def send(self, messages: Iterable[OutMessage]) -> list[asyncio.Future[None]]: ...
 
 
 class Arrival(Enum):
@@ -190,7 +202,9 @@ class Completion:
         guard: ReplayGuard | None,
         config: CompletionConfig,
         failpoints: Failpoints | None = None,
+        atomic: Atomic | None = None,
     ) -> None:
+        self._atomic = atomic
         self._failpoints = failpoints or Failpoints()
         self._publisher = publisher
         self._codec = codec
@@ -218,13 +232,15 @@ class Completion:
             error = internal(Stage.COMPLETION, exc, log, fields)
             outcome, messages = last_resort(self._builder, outcome, job, self._codec, error)
         self._failpoints.hit("before_publish")
-        await self._publish(messages, record)
-        self._failpoints.hit("after_publish")
         durable = job.progress.durable if job is not None else []
-        if job is not None and self._guard is not None:
-            durable.append(
-                self._guard.end(job.partner_id, job.request_id, record.position, job.replay_count)
-            )
+        if self._atomic is not None:
+            await self._publish(lambda: self._together(messages, job, record), record)
+            self._failpoints.hit("after_publish")
+        else:
+            await self._publish(lambda: self._publisher.publish(messages), record)
+            self._failpoints.hit("after_publish")
+            if job is not None and self._guard is not None:
+                durable.append(self._marker(job, record))
         await wait_all(durable)
         self._failpoints.hit("after_marker")
         durable.clear()
@@ -237,11 +253,26 @@ class Completion:
         for ack in self._deliveries.finish(record.position):
             await ack()
 
-    async def _publish(self, messages: list[OutMessage], record: SourceRecord) -> None:
+    def _marker(self, job: Job, record: SourceRecord) -> Awaitable[object] | None:
+        assert self._guard is not None  # noqa: S101 (callers check)
+        return self._guard.end(job.partner_id, job.request_id, record.position, job.replay_count)
+
+    async def _together(
+        self, messages: list[OutMessage], job: Job | None, record: SourceRecord
+    ) -> None:
+        """The outcome and its done marker, in one transaction."""
+        assert self._atomic is not None  # noqa: S101 (callers check)
+        with self._atomic.together():
+            sent: list[Awaitable[object] | None] = list(self._atomic.send(messages))
+            if job is not None and self._guard is not None:
+                sent.append(self._marker(job, record))
+        await wait_all(sent)
+
+    async def _publish(self, send: Callable[[], Awaitable[None]], record: SourceRecord) -> None:
         attempts = self._config.publish_attempts
         for attempt in range(1, attempts + 1):
             try:
-                await self._publisher.publish(messages)
+                await send()
             except Exception as exc:  # the broker's answer, whatever its type
                 if attempt == attempts:
                     raise FatalError(

@@ -38,11 +38,17 @@ class BrokerProfile:
     #: (`bench latency`, short waits: `kafka_ms` in the run's last fifth 12.7 ->
     #: 7.6 ms at 100 ms). On Kafka they are answered when data arrives anyway.
     follow_fetch_wait_ms: int
+    #: A request's outcome and its done marker are written in one transaction
+    #: (pipeline/statelog.py); Tansu has no transactions.
+    transactions: bool = False
 
 
 BROKER_PROFILES = {
     "kafka": BrokerProfile(
-        idempotent_producers=True, fetch_max_wait_ms=500, follow_fetch_wait_ms=500
+        idempotent_producers=True,
+        fetch_max_wait_ms=500,
+        follow_fetch_wait_ms=500,
+        transactions=True,
     ),
     "embedded": BrokerProfile(
         idempotent_producers=False, fetch_max_wait_ms=10, follow_fetch_wait_ms=100
@@ -132,6 +138,8 @@ class Settings:
     failpoints: str | None = None
     #: How often each partner's Kafka backlog is measured (pipeline/lag.py).
     backlog_interval_s: float = 15.0
+    #: Outcomes and done markers in transactions; None: as the broker profile says.
+    transactions: bool | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -148,6 +156,11 @@ class Settings:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty")
         if self.fetch_max_wait_ms is not None and not 0 <= self.fetch_max_wait_ms <= 60_000:
             raise ConfigError("PIPELINE_FETCH_MAX_WAIT_MS must be within 0-60000")
+        if self.transactions and not self.broker_profile.idempotent_producers:
+            raise ConfigError(
+                "PIPELINE_TRANSACTIONS=on needs a broker with transactions (Apache Kafka, "
+                "Confluent Cloud, MSK, Redpanda); the embedded broker has none: unset it"
+            )
 
     @property
     def upstream_limits(self) -> dict[str, int | None]:
@@ -164,6 +177,12 @@ class Settings:
         if self.fetch_max_wait_ms is not None:
             return replace(profile, fetch_max_wait_ms=self.fetch_max_wait_ms)
         return profile
+
+    @property
+    def transactional(self) -> bool:
+        if self.transactions is not None:
+            return self.transactions
+        return self.broker_profile.transactions
 
     @property
     def max_message_bytes(self) -> int:
@@ -286,6 +305,7 @@ class Settings:
             max_record_bytes=number("PIPELINE_MAX_RECORD_BYTES", int, d.max_record_bytes),
             backlog_interval_s=number("PIPELINE_BACKLOG_INTERVAL_S", float, d.backlog_interval_s),
             failpoints=text("PIPELINE_FAILPOINTS"),
+            transactions=_switch("PIPELINE_TRANSACTIONS", text("PIPELINE_TRANSACTIONS")),
         )
 
     def secret_values(self) -> list[str]:
@@ -301,3 +321,14 @@ class Settings:
     def secret_env(self) -> Mapping[str, str]:
         """The process environment, for resolving `env:NAME` secret references."""
         return os.environ
+
+
+def _switch(name: str, raw: str | None) -> bool | None:
+    """An on/off setting (None when unset)."""
+    if raw is None:
+        return None
+    if raw.lower() in ("on", "true", "1", "yes"):
+        return True
+    if raw.lower() in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")

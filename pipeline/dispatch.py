@@ -27,6 +27,7 @@ from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLo
 from pipeline.attempt import Attempts, Failed, Retry, Served, Upstream, job_fields
 from pipeline.backlog import Backlog
 from pipeline.completion import (
+    Atomic,
     Completion,
     CompletionConfig,
     Deliveries,
@@ -364,6 +365,7 @@ def assemble(
     prices: PriceTable | None = None,
     examiner: Examiner | None = None,
     homes: Homes | None = None,
+    atomic: Atomic | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -402,6 +404,7 @@ def assemble(
             guard=guard,
             config=CompletionConfig(config.publish_attempts, config.max_record_bytes),
             failpoints=Failpoints(config.failpoints),
+            atomic=atomic,
         ),
         pausing=Pausing(flow or NoFlowControl(), config.max_queued_per_partner),
         metrics=metrics,

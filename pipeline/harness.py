@@ -124,6 +124,7 @@ class Collector:
                 **client_config(self._settings),
                 "group.id": f"collector-{os.getpid()}-{id(self)}",
                 "enable.auto.commit": "false",
+                "isolation.level": "read_committed",  # as partners read
             }
         )
         try:

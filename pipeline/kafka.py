@@ -220,6 +220,9 @@ def reader(settings: Settings, group_id: str | None = None) -> Consumer:
             "group.id": group_id or CLI_GROUP,
             "enable.auto.commit": "false",
             "enable.partition.eof": "true",
+            # what partners read: never an outcome whose transaction was aborted
+            # (librdkafka's default, stated because delivery depends on it)
+            "isolation.level": "read_committed",
         }
     )
 

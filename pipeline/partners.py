@@ -44,6 +44,11 @@ def check_partner_id(partner_id: str) -> str:
     return partner_id
 
 
+def transactional_prefix(group_id: str) -> str:
+    """The transactional ids a worker group's producers use (`<group>.txn.<writer>`)."""
+    return f"{group_id}.txn."
+
+
 def requests_topic(partner_id: str) -> str:
     return REQUESTS_PREFIX + partner_id
 

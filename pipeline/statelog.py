@@ -47,13 +47,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.partners import STATE_TOPIC
+from pipeline.outbox import Outbox
+from pipeline.partners import STATE_TOPIC, transactional_prefix
+from pipeline.records import OutMessage
 from pipeline.state import Listener
 
 log = logging.getLogger("pipeline.statelog")
 
 WRITER_HEADER = "writer"
 _SYNC = "~sync/"  # the key prefix of sync markers (not a table name: tables are words)
+#: How long a transaction a killed worker left open holds back read_committed
+#: readers of the partitions it wrote, before the broker aborts it.
+TRANSACTION_TIMEOUT_MS = 10_000
 
 
 class LogTable:
@@ -123,8 +128,12 @@ class StateLog:
         self._producer: Any = None
         self._consumer: Any = None
         self._partitions: list[int] = []
-        self._outbox: asyncio.Queue[tuple[str, bytes | None, int | None, asyncio.Future[None]]]
-        self._outbox = asyncio.Queue()
+        self._headers = [(WRITER_HEADER, self.writer.encode())]
+        #: Every batch of writes, outcomes included (`send`), is one transaction:
+        #: a request's response, usage record and done marker are visible together
+        #: or not at all (to read_committed readers, which the follower is then).
+        self.transactional = settings.transactional
+        self.outbox = Outbox(self.transactional)
         self._tasks: list[asyncio.Task[None]] = []
         self._syncs = 0
         self._waiting: dict[str, asyncio.Future[None]] = {}  # sync marker key -> seen
@@ -148,11 +157,19 @@ class StateLog:
 
         conf = self._settings.aiokafka_config()
         profile = self._settings.broker_profile
+        txn: dict[str, Any] = {}
+        if self.transactional:
+            txn = {
+                "transactional_id": transactional_id(self._settings.group_id, self.writer),
+                "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            }
         self._producer = AIOKafkaProducer(
             **conf,
+            **txn,
             acks="all",
-            enable_idempotence=profile.idempotent_producers,
+            enable_idempotence=profile.idempotent_producers or self.transactional,
             linger_ms=1,
+            max_request_size=self._settings.max_message_bytes,
         )
         self._consumer = AIOKafkaConsumer(
             **conf,
@@ -160,6 +177,8 @@ class StateLog:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=profile.follow_fetch_wait_ms,
+            # never a marker whose outcome was aborted
+            isolation_level="read_committed" if self.transactional else "read_uncommitted",
         )
         await self._producer.start()
         await self._consumer.start()
@@ -167,7 +186,7 @@ class StateLog:
         self._consumer.assign([TopicPartition(STATE_TOPIC, p) for p in self._partitions])
         await self._consumer.seek_to_beginning()
         self._tasks = [
-            asyncio.create_task(self._send_loop(), name="state-writer"),
+            asyncio.create_task(self.outbox.run(self._producer), name="state-writer"),
             asyncio.create_task(self._follow(), name="state-follower"),
         ]
         for task in self._tasks:
@@ -187,7 +206,7 @@ class StateLog:
         if self._producer is not None and self._tasks:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10.0):
-                    await self._outbox.join()
+                    await self.outbox.join()
         for task in [*self._tasks, *([self._resync] if self._resync else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -273,38 +292,26 @@ class StateLog:
         self, key: str, value: bytes | None, partition: int | None = None
     ) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.put_nowait((key, value, partition, done))
+        self.outbox.put((STATE_TOPIC, key.encode(), value, partition, self._headers, done))
         return done
 
-    async def _send_loop(self) -> None:
-        headers = [(WRITER_HEADER, self.writer.encode())]
-        while True:
-            key, value, partition, done = await self._outbox.get()
-            try:
-                ack = await self._producer.send(
-                    STATE_TOPIC, value=value, key=key.encode(), partition=partition, headers=headers
-                )
-            except Exception as exc:  # the writer's caller decides
-                if not done.done():
-                    done.set_exception(exc)
-                self._outbox.task_done()
-                continue
-            ack.add_done_callback(lambda fut, done=done: _settle(fut, done))
-            self._outbox.task_done()
+    def send(self, messages: Iterable[OutMessage]) -> list[asyncio.Future[None]]:
+        """Records for other topics (a request's outcome), sent by the same
+        producer, so that `together` can make them one transaction with state writes."""
+        return self.outbox.send(messages)
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """The writes and sends made inside (with no await between them) go out in
+        one transaction when `transactional`: all visible or none."""
+        return self.outbox.together()
+
+
+def transactional_id(group_id: str, writer: str) -> str:
+    """A worker incarnation's transactional id (the ACLs grant the prefix)."""
+    return f"{transactional_prefix(group_id)}{writer}"
 
 
 def _quiet(fut: asyncio.Future[None]) -> None:
     """A write nobody waits for: its failure is logged, not raised at exit."""
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("a state write failed", exc_info=fut.exception())
-
-
-def _settle(ack: asyncio.Future[Any], done: asyncio.Future[None]) -> None:
-    if done.done():
-        return
-    if ack.cancelled():
-        done.cancel()
-    elif ack.exception() is not None:
-        done.set_exception(ack.exception())  # type: ignore[arg-type]
-    else:
-        done.set_result(None)

@@ -151,6 +151,8 @@ class WorkerRuntime(Service):
             prices=prices,
             examiner=self.examiner,
             homes=Homes(self.homes.holds, guard, self.statelog.caught_up),
+            # on Kafka, a response and its done marker commit together
+            atomic=self.statelog if settings.transactional else None,
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(

@@ -58,6 +58,7 @@ def test_the_worker_reads_requests_and_writes_outcomes_only() -> None:
     assert ("TOPIC", "LITERAL", "claude.dlq", "WRITE") in got
     assert ("TOPIC", "LITERAL", "claude.partners", "READ") in got
     assert ("GROUP", "LITERAL", "claude-pipeline", "READ") in got
+    assert ("TRANSACTIONAL_ID", "PREFIXED", "claude-pipeline.txn.", "WRITE") in got
     assert ("TOPIC", "PREFIXED", "claude.requests.", "WRITE") not in got  # cannot forge requests
     assert ("TOPIC", "LITERAL", "claude.partners", "WRITE") not in got  # cannot change partners
 

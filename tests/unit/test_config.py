@@ -93,3 +93,13 @@ def test_the_fetch_wait_overrides_the_broker_profile_and_only_it() -> None:
     for bad in ("-1", "600000", "soon"):
         with pytest.raises(ConfigError, match="PIPELINE_FETCH_MAX_WAIT_MS"):
             Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": bad})
+
+
+def test_transactions_follow_the_broker_unless_set() -> None:
+    assert Settings.from_env({}).transactional  # Apache Kafka: outcome + marker commit together
+    assert not Settings.from_env({"PIPELINE_PROFILE": "dev"}).transactional  # Tansu has none
+    assert not Settings.from_env({"PIPELINE_TRANSACTIONS": "off"}).transactional
+    with pytest.raises(ConfigError, match=r"^PIPELINE_TRANSACTIONS=on needs a broker with tr"):
+        Settings.from_env({"PIPELINE_PROFILE": "dev", "PIPELINE_TRANSACTIONS": "on"})
+    with pytest.raises(ConfigError, match=r"^PIPELINE_TRANSACTIONS must be on or off"):
+        Settings.from_env({"PIPELINE_TRANSACTIONS": "maybe"})

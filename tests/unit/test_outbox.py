@@ -1,0 +1,120 @@
+"""The state log's writer: in order, and on Kafka one transaction per batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pipeline.outbox import Outbox
+from pipeline.records import OutMessage
+
+
+class Producer:
+    """Records what an aiokafka producer was asked to do; fails where told."""
+
+    def __init__(self, fail_send_of: bytes | None = None) -> None:
+        self.calls: list[Any] = []
+        self.fail_send_of = fail_send_of
+
+    async def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    async def commit_transaction(self) -> None:
+        self.calls.append("commit")
+
+    async def abort_transaction(self) -> None:
+        self.calls.append("abort")
+
+    async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
+        self.calls.append((topic, kw["key"]))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if kw["key"] == self.fail_send_of:
+            ack.set_exception(RuntimeError("not leader"))
+        else:
+            ack.set_result(None)
+        return ack
+
+
+def _write(key: bytes) -> tuple[str, bytes, bytes, None, list[tuple[str, bytes]], Any]:
+    return (
+        "claude.pipeline.state",
+        key,
+        b"{}",
+        None,
+        [],
+        asyncio.get_running_loop().create_future(),
+    )
+
+
+async def _drain(outbox: Outbox, producer: Producer) -> None:
+    task = asyncio.create_task(outbox.run(producer))
+    await outbox.join()
+    task.cancel()
+
+
+def test_a_response_and_its_marker_are_one_transaction() -> None:
+    async def go() -> list[Any]:
+        outbox, producer = Outbox(transactional=True), Producer()
+        with outbox.together():
+            sent = outbox.send([OutMessage("claude.responses.acme", b"r1", b"v")])
+            marker = _write(b"served/acme|r1")
+            outbox.put(marker)
+        await _drain(outbox, producer)
+        await asyncio.gather(*sent, marker[5])
+        return producer.calls
+
+    assert asyncio.run(go()) == [
+        "begin", ("claude.responses.acme", b"r1"), ("claude.pipeline.state", b"served/acme|r1"),
+        "commit",
+    ]  # fmt: skip
+
+
+def test_what_queued_meanwhile_shares_one_commit() -> None:
+    async def go() -> list[Any]:
+        outbox, producer = Outbox(transactional=True), Producer()
+        writes = [_write(f"k{i}".encode()) for i in range(3)]
+        for write in writes:
+            outbox.put(write)
+        await _drain(outbox, producer)
+        return producer.calls
+
+    calls = asyncio.run(go())
+    assert calls.count("begin") == calls.count("commit") == 1
+    assert [c[1] for c in calls if isinstance(c, tuple)] == [b"k0", b"k1", b"k2"]  # in order
+
+
+def test_a_failed_transaction_is_aborted_and_fails_every_write_in_it() -> None:
+    async def go() -> tuple[list[Any], list[BaseException | None]]:
+        outbox, producer = Outbox(transactional=True), Producer(fail_send_of=b"r1")
+        with outbox.together():
+            (response,) = outbox.send([OutMessage("claude.responses.acme", b"r1", b"v")])
+            marker = _write(b"served/acme|r1")
+            outbox.put(marker)
+        await _drain(outbox, producer)
+        return producer.calls, [response.exception(), marker[5].exception()]
+
+    calls, errors = asyncio.run(go())
+    assert calls[-1] == "abort"
+    assert "commit" not in calls
+    assert all(isinstance(e, RuntimeError) for e in errors)  # the marker too: retried together
+
+
+def test_without_transactions_each_write_is_sent_and_acknowledged_alone() -> None:
+    async def go() -> list[Any]:
+        outbox, producer = Outbox(transactional=False), Producer(fail_send_of=b"bad")
+        good, bad = _write(b"good"), _write(b"bad")
+        outbox.put(good)
+        outbox.put(bad)
+        await _drain(outbox, producer)
+        await asyncio.sleep(0)
+        assert good[5].result() is None
+        with pytest.raises(RuntimeError):
+            bad[5].result()
+        return producer.calls
+
+    assert asyncio.run(go()) == [
+        ("claude.pipeline.state", b"good"),
+        ("claude.pipeline.state", b"bad"),
+    ]
