@@ -173,8 +173,10 @@ def create_app(
         broker_heartbeat_interval=t.heartbeat_interval_s,
         broker_commit_interval=t.commit_interval_s,
         # At least once: offsets are committed only for acked records, and we
-        # ack only after the outcome is on the broker. No exactly_once: it needs
-        # transactions, which Tansu lacks; request_id dedupe covers the rest.
+        # ack only after the outcome is on the broker. Not Faust's exactly_once
+        # (a producer per partition, sends inside an agent's event only): on
+        # Kafka each outcome commits with its done marker (pipeline/outbox.py),
+        # and a redelivered record whose marker committed gets no second one.
         processing_guarantee="at_least_once",
         # Do not block a rebalance until every queued request is served (that
         # can take minutes under rate limits); revoked work is redelivered.

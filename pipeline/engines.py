@@ -1,6 +1,8 @@
 """Which broker a local stack runs on: the embedded Tansu (the dev profile's
-workarounds) or Apache Kafka (the production profile, SASL when asked), for the
-demo, the benchmarks, the chaos run and the integration tests."""
+workarounds), Apache Kafka (the production profile, SASL when asked), or a
+cluster of the user's own (`external`: `KAFKA_BOOTSTRAP_SERVERS` and the
+`KAFKA_*` security settings, never started or stopped here), for the demo,
+the benchmarks, the chaos run and the integration tests."""
 
 from __future__ import annotations
 
@@ -12,13 +14,50 @@ from pipeline.devbroker import DevBroker
 from pipeline.errors import PipelineError
 from pipeline.kafkabroker import SCRAM, Credentials, KafkaBroker
 
-ENGINES = ("tansu", "kafka")
+ENGINES = ("tansu", "kafka", "external")
 #: What each engine runs the pipeline with: Tansu needs the dev profile's
 #: workarounds; Apache Kafka runs the production profile, its real timings.
 ENGINE_ENV = {
     "tansu": {"PIPELINE_PROFILE": "dev"},
     "kafka": {"PIPELINE_PROFILE": "production", "PIPELINE_BROKER": "kafka"},
+    "external": {"PIPELINE_PROFILE": "production", "PIPELINE_BROKER": "kafka"},
 }
+#: What an external cluster's clients log in with, passed through from the environment.
+SECURITY_ENV = (
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CA_LOCATION",
+)
+
+
+class ExternalBroker:
+    """A cluster this process did not start and must not stop."""
+
+    pid = None
+
+    def __init__(self) -> None:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        if not bootstrap:
+            raise PipelineError(
+                "PIPELINE_TEST_BROKER=external needs KAFKA_BOOTSTRAP_SERVERS (your cluster)"
+            )
+        self.bootstrap = bootstrap
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def running(self) -> bool:
+        return True
+
+
+def external_env() -> dict[str, str]:
+    """The `KAFKA_*` security settings of an external cluster, from the environment."""
+    return {name: os.environ[name] for name in SECURITY_ENV if os.environ.get(name)}
 
 
 def use_engine(engine: str) -> None:
@@ -50,10 +89,14 @@ def start_broker(
     workdir: Path,
     settings: Mapping[str, str] | None = None,
     sasl: Credentials | None = None,
-) -> DevBroker | KafkaBroker:
+) -> DevBroker | KafkaBroker | ExternalBroker:
     """A started broker of `engine`, its log in `workdir`."""
-    broker: DevBroker | KafkaBroker
-    if engine == "kafka":
+    broker: DevBroker | KafkaBroker | ExternalBroker
+    if engine == "external":
+        if settings or sasl is not None:
+            raise PipelineError("this test configures its own broker: not on an external one")
+        broker = ExternalBroker()
+    elif engine == "kafka":
         broker = KafkaBroker(workdir=workdir, settings=dict(settings or {}), sasl=sasl)
     elif sasl is not None:
         raise PipelineError("SASL needs the kafka engine (Tansu has none)")

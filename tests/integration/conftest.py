@@ -14,8 +14,12 @@ SimFactory = Callable[..., Awaitable[SimServer]]
 
 def pytest_report_header(config: pytest.Config) -> str:
     engine = engine_of(None)
-    what = "Apache Kafka 4.4 (KRaft, from Maven Central)" if engine == "kafka" else "Tansu"
-    return f"broker: {engine}: {what} (PIPELINE_TEST_BROKER=tansu|kafka)"
+    what = {
+        "kafka": "Apache Kafka 4.4 (KRaft, from Maven Central)",
+        "tansu": "Tansu",
+        "external": f"your cluster at {os.environ.get('KAFKA_BOOTSTRAP_SERVERS')}",
+    }[engine]
+    return f"broker: {engine}: {what} (PIPELINE_TEST_BROKER=tansu|kafka|external)"
 
 
 #: Why Apache Kafka cannot run here (no Java, no Maven, Maven Central out of

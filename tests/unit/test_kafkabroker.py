@@ -100,3 +100,23 @@ def test_a_one_shot_partner_client_skips_the_idempotent_producer_s_half_second()
     assert lasting._producer.config["enable.idempotence"] == "true"
     assert once._producer.config["enable.idempotence"] == "false"
     assert once._producer.config["partitioner"] == "murmur2_random"  # placement still holds
+
+
+def test_an_external_cluster_is_named_by_the_environment_and_never_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.engines import ExternalBroker, external_env, start_broker
+    from pipeline.errors import PipelineError
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(PipelineError, match=r"^PIPELINE_TEST_BROKER=external needs KAFKA_BOOT"):
+        ExternalBroker()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "b-1.example:9096")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "ci")
+    broker = start_broker("external", tmp_path)
+    assert broker.bootstrap == "b-1.example:9096"
+    broker.stop()  # not ours: nothing happens
+    assert broker.running()
+    assert external_env()["KAFKA_SASL_USERNAME"] == "ci"
+    with pytest.raises(PipelineError, match="configures its own broker"):
+        start_broker("external", tmp_path, {"log.cleaner.backoff.ms": "200"})
