@@ -7,6 +7,7 @@ the benchmarks, the chaos run and the integration tests."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class ExternalBroker:
 def external_env() -> dict[str, str]:
     """The `KAFKA_*` security settings of an external cluster, from the environment."""
     return {name: os.environ[name] for name in SECURITY_ENV if os.environ.get(name)}
+
+
+def engine_env(engine: str) -> dict[str, str]:
+    """What a stack on `engine` runs with; on a cluster of the user's own, its
+    login too, and a consumer group of the stack's own (other stacks share it)."""
+    env = dict(ENGINE_ENV[engine])
+    if engine == "external":
+        env.update(external_env())
+        env["PIPELINE_GROUP_ID"] = f"claude-pipeline-{secrets.token_hex(4)}"
+    return env
 
 
 def use_engine(engine: str) -> None:

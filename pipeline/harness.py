@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pipeline.admin import add_partner, remove_partner, update_partner
 from pipeline.client import PartnerClient, build_request
 from pipeline.config import Settings
-from pipeline.engines import ENGINE_ENV, engine_of, external_env, sasl_env, start_broker
+from pipeline.engines import engine_env, engine_of, sasl_env, start_broker
 from pipeline.errors import PipelineError
 from pipeline.factory import Parts, client_config
 from pipeline.kafkabroker import Credentials
@@ -270,14 +270,7 @@ class Stack(SimulatorControls):
         self.env: dict[str, str] = {
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "PIPELINE_PARTNERS_FILE": str(workdir / "partners.toml"),
-            **ENGINE_ENV[self.engine],
-            # a cluster of the user's own: its login, and a group of this stack's
-            **(external_env() if self.engine == "external" else {}),
-            **(
-                {"PIPELINE_GROUP_ID": f"claude-pipeline-{workdir.name}-{secrets.token_hex(3)}"}
-                if self.engine == "external"
-                else {}
-            ),
+            **engine_env(self.engine),
             **(sasl_env(sasl.username, sasl.password) if sasl else {}),
             **upstream,
             "ANTHROPIC_API_KEY": api_key,

@@ -6,7 +6,8 @@ A signed record must sit where its key (the signed request_id) puts it
 partition, a wrong key), and its partner waits for an answer that would never
 come, or a captured record moved elsewhere, whose original has its own outcome.
 A replay always comes after its original, so the two are told apart by looking
-where the original would be:
+where the original would be, from `SETTLE_S` after the record was written (one
+producer writing two copies at once may land them in either order):
 
 1. The home partitions (one per partition count the topic had) from the group's
    committed offset to their end are read for a record with that key: one there
@@ -37,6 +38,9 @@ from pipeline.state import ReplayGuard
 
 #: The most records a decision reads (summed over the home partitions).
 SCAN_LIMIT = 20_000
+#: How long after a misplaced record was written its home is first read: one
+#: producer writing both copies at once may land them in either order.
+SETTLE_S = 1.0
 
 Scan = Callable[[str, list[int], bytes], "bool | None"]
 
@@ -62,41 +66,40 @@ class HomeScan:
 
     def _holds(self, topic: str, partitions: list[int], key: bytes) -> bool | None:
         tps = [TopicPartition(topic, p) for p in partitions]
-        ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for tp in self._consumer.committed(tps, timeout=self._timeout):
             if tp.error is not None:
                 return None
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=self._timeout
-            )
-            start = max(tp.offset, low) if tp.offset >= 0 else low
-            if high > start:
-                ends[tp.partition] = high
-                starts.append(TopicPartition(topic, tp.partition, start))
-        if sum(ends[tp.partition] - tp.offset for tp in starts) > self._limit:
-            return None
-        if not ends:
-            return False
+            if tp.offset >= 0:
+                starts.append(TopicPartition(topic, tp.partition, tp.offset))
+            else:  # nothing committed yet: from the start
+                low, _ = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=self._timeout
+                )
+                starts.append(TopicPartition(topic, tp.partition, low))
+        # To the end each partition has when read (end of partition, not the high
+        # watermark: the embedded broker reports that short of its last batch).
         self._consumer.assign(starts)
+        left = {tp.partition for tp in starts}
         deadline = time.monotonic() + self._timeout
-        while ends:
+        read = 0
+        while left:
             msg = self._consumer.poll(0.2)
             if msg is None:
                 if time.monotonic() > deadline:
                     return None
                 continue
-            partition = msg.partition() or 0
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     return None
-                ends.pop(partition, None)
+                left.discard(msg.partition() or 0)
                 continue
             if msg.key() == key:
                 return True
-            if partition in ends and (msg.offset() or 0) + 1 >= ends[partition]:
-                del ends[partition]
+            read += 1
+            if read > self._limit:
+                return None
         return False
 
     def close(self) -> None:
@@ -112,18 +115,26 @@ class Homes:
         scan: Scan,
         guard: ReplayGuard,
         caught_up: Callable[[], Awaitable[None]],
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._scan = scan
         self._guard = guard
         self._caught_up = caught_up
+        self._wall = wall
+        self._sleep = sleep
         self._one = asyncio.Lock()
 
     async def unclaimed(
-        self, partner_id: str, request_id: str, topic: str, homes: list[int]
+        self, partner_id: str, request_id: str, topic: str, homes: list[int], written_ms: int
     ) -> bool:
-        """True when no copy of the request_id was served, is in flight or waits."""
+        """True when no copy of the request_id was served, is in flight or waits.
+        `written_ms`: the misplaced record's timestamp."""
         if not homes:
             return False  # the topic's partition count is not known: cannot tell
+        wait = written_ms / 1000 + SETTLE_S - self._wall()
+        if wait > 0:
+            await self._sleep(min(wait, SETTLE_S))
         async with self._one:
             key = request_id.encode("utf-8", "surrogatepass")
             # committed offsets first, then the state log: what is below them has

@@ -143,7 +143,9 @@ class Reception:
         error = cast(Misplaced, exc.error)
         try:
             try:
-                answer = await homes.unclaimed(pid, request_id, error.topic, error.homes)
+                answer = await homes.unclaimed(
+                    pid, request_id, error.topic, error.homes, record.timestamp_ms or 0
+                )
             except Exception:  # the dead letter still goes out; the answer was a nicety
                 log.warning("cannot tell a misplaced record from a replay", exc_info=True)
                 answer = False

@@ -56,10 +56,15 @@ class _Homes:
         async def caught_up() -> None:
             self.steps.append("state log read to now")
 
-        self.homes = Homes(scan, self.guard, caught_up)
+        async def sleep(seconds: float) -> None:
+            self.steps.append(f"wait {seconds:.1f} s")
 
-    def unclaimed(self, homes: list[int]) -> bool:
-        return asyncio.run(self.homes.unclaimed("acme", "r1", "claude.requests.acme", homes))
+        self.homes = Homes(scan, self.guard, caught_up, wall=lambda: 1_000.25, sleep=sleep)
+
+    def unclaimed(self, homes: list[int], written_ms: int = 990_000) -> bool:
+        return asyncio.run(
+            self.homes.unclaimed("acme", "r1", "claude.requests.acme", homes, written_ms)
+        )
 
 
 def test_a_misplaced_request_with_no_copy_anywhere_is_answered() -> None:
@@ -68,6 +73,15 @@ def test_a_misplaced_request_with_no_copy_anywhere_is_answered() -> None:
     # the committed offsets are read before the state log: what lies below them
     # has its served marker in the log by then
     assert h.steps == ["scan claude.requests.acme [2, 5] b'r1'", "state log read to now"]
+
+
+def test_home_is_read_a_second_after_the_record_was_written_not_before() -> None:
+    # Before: one producer writing a copy and its original at once could land
+    # the copy first; home was read before the original arrived, and a replay
+    # was answered with an error beside the original's response.
+    h = _Homes(held=True)
+    assert not h.unclaimed([2], written_ms=1_000_000)  # written 0.25 s ago
+    assert h.steps == ["wait 0.8 s", "scan claude.requests.acme [2] b'r1'"]
 
 
 def test_a_copy_waiting_or_in_flight_at_home_means_a_replay_gets_no_answer() -> None:
