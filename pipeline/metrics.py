@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 #: most 1.5x the one before), coarse beyond.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.675, 1, 1.5, 2.25,
-    3.5, 5, 7.5, 11, 16, 24, 36, 54, 60, 120, 300,
+    3.375, 5, 7.5, 11, 16, 24, 36, 54, 60, 120, 300,
 )  # fmt: skip
 
 

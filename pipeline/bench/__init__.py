@@ -84,6 +84,11 @@ def run(
         out.write(render_table(rows[-len(result.metrics) :], list(rows[0])) + "\n")
         if result.met_every_run is not None:
             out.write(f"every target met in every run: {'yes' if result.met_every_run else 'no'}\n")
+        if quick and result.targets:
+            out.write(
+                "(--quick is a smoke run, what CI runs so the benchmarks never rot: its "
+                "targets are informational; full runs judge them, see README, Performance)\n"
+            )
         out.write("\n")
         out.flush()
     if len(names) > 1:
