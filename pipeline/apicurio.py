@@ -13,17 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
 import tarfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from pipeline.errors import BrokerError
 from pipeline.maven import DEPLOY, fetched, java
-from pipeline.procs import end_group, free_port
+from pipeline.procs import ServerProcess, free_port
 
 log = logging.getLogger("pipeline.apicurio")
 
@@ -46,55 +43,38 @@ def distribution(log_file: Path | None = None) -> Path:
     return fetched(POM, "apicurio", WHAT, _unpack, log_file)
 
 
-class SchemaRegistryServer:
+class SchemaRegistryServer(ServerProcess):
     """Apicurio Registry on 127.0.0.1, stopped with the object and nothing else."""
 
     def __init__(self, port: int | None = None, *, workdir: Path) -> None:
+        super().__init__()
         self.port = port or free_port()
         self.workdir = workdir
         self.log_file = workdir / "apicurio.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         """What `SCHEMA_REGISTRY_URL` is set to."""
         return f"http://127.0.0.1:{self.port}{API}"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def start(self, timeout: float = 60.0) -> None:
         java_bin = java(WHAT)
         home = distribution(self.workdir / "maven.log")
         (runner,) = home.glob("*-runner.jar")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(  # noqa: S603 (java, the fetched jar, our flags)
+        self._spawn(
             [java_bin, f"-Xmx{HEAP}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
              "-jar", str(runner)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self.log_file,
             cwd=self.workdir,
-            start_new_session=True,
         )  # fmt: skip
-        started = time.monotonic()
-        try:
-            self._wait_ready(started + timeout)
-        except BaseException:
-            self.stop()
-            raise
-        log.info(
-            "schema registry ready",
-            extra={"url": self.url, "s": round(time.monotonic() - started, 2)},
-        )
+        took = self._await_ready(self._wait_ready, timeout)
+        log.info("schema registry ready", extra={"url": self.url, "s": round(took, 2)})
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
-            if self._proc is None or self._proc.poll() is not None:
-                code = None if self._proc is None else self._proc.returncode
+            if (code := self.exited()) is not None:
                 raise BrokerError(
                     f"the schema registry exited with status {code} at start (see {self.log_file})"
                 )
@@ -113,24 +93,5 @@ class SchemaRegistryServer:
         with urllib.request.urlopen(f"{self.url}/subjects", timeout=5) as r:  # noqa: S310
             return [str(subject) for subject in json.load(r)]
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        end_group(proc, signal.SIGTERM, timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._end(signal.SIGTERM, timeout)

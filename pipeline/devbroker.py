@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from pipeline.errors import BrokerError, ConfigError
-from pipeline.procs import end_group
+from pipeline.procs import ServerProcess
 
 log = logging.getLogger("pipeline.devbroker")
 
@@ -46,7 +43,7 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-class DevBroker:
+class DevBroker(ServerProcess):
     """Tansu in a child process: `with DevBroker(port) as b: b.bootstrap`."""
 
     def __init__(
@@ -56,21 +53,15 @@ class DevBroker:
         storage: str = "memory://tansu/",
         log_file: Path | None = None,
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port or free_port(host)
         self.storage = storage
         self.log_file = log_file
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs (for measuring its CPU)."""
-        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
@@ -88,17 +79,11 @@ class DevBroker:
     def start(self, timeout: float = 15.0) -> None:
         if _accepts(self.host, self.port):
             raise BrokerError(f"port {self.port} is already in use: cannot start the broker there")
-        self._log = self.log_file.open("ab") if self.log_file else None
-        self._proc = subprocess.Popen(  # noqa: S603 (the pinned broker binary, our arguments)
-            self.command(),
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._spawn(self.command(), self.log_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"broker exited with status {self._proc.returncode} at start")
+            if (code := self.exited()) is not None:
+                raise BrokerError(f"broker exited with status {code} at start")
             if _accepts(self.host, self.port):
                 log.info("broker ready", extra={"bootstrap": self.bootstrap})
                 return
@@ -106,26 +91,7 @@ class DevBroker:
         self.stop()
         raise BrokerError(f"broker not ready on {self.bootstrap} after {timeout:.0f} s")
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, timeout: float = 2.0) -> None:
         """SIGINT, then SIGKILL after `timeout`: Tansu waits for connected clients
         to leave before it exits, and a dev broker must not hold a shutdown up."""
-        proc, self._proc = self._proc, None
-        end_group(proc, signal.SIGINT, timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._end(signal.SIGINT, timeout)

@@ -29,6 +29,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -50,7 +51,8 @@ class HomeScan:
     with a client of its own that never joins the group (like `GroupLag`)."""
 
     def __init__(self, settings: Settings, limit: int = SCAN_LIMIT, timeout_s: float = 5.0):
-        self._consumer = reader(settings, settings.group_id)  # reads the group's offsets
+        self._settings = settings
+        self._consumer: Any = None  # made on first use: most workers never need one
         self._limit = limit
         self._timeout = timeout_s
         self._lock = threading.Lock()
@@ -59,6 +61,8 @@ class HomeScan:
         """Whether a record keyed `key` is in `partitions` past the group's committed
         offset; None when that cannot be told (too far to read, no answer)."""
         with self._lock:
+            if self._consumer is None:  # reads the group's committed offsets
+                self._consumer = reader(self._settings, self._settings.group_id)
             try:
                 return self._holds(topic, partitions, key)
             finally:
@@ -104,7 +108,9 @@ class HomeScan:
 
     def close(self) -> None:
         with self._lock:  # after a scan under way
-            self._consumer.close()
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
 
 
 class Homes:

@@ -26,12 +26,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from pipeline.errors import BrokerError
 from pipeline.maven import DEPLOY, fetched, java
-from pipeline.procs import end_group, free_port
+from pipeline.procs import ServerProcess, free_port
 
 log = logging.getLogger("pipeline.kafkabroker")
 
@@ -91,7 +89,7 @@ def _jaas(module: str, creds: Credentials, *, plain_users: bool = False) -> str:
     return f'{module} required username="{creds.username}" password="{creds.password}"{users};'
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """Apache Kafka in a child process: `with KafkaBroker() as b: b.bootstrap`."""
 
     engine = "kafka"
@@ -105,6 +103,7 @@ class KafkaBroker:
         log_file: Path | None = None,
         settings: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.controller_port = free_port()
@@ -113,17 +112,11 @@ class KafkaBroker:
         self.log_file = log_file or workdir / "kafka.log"
         #: Extra broker settings (server.properties keys), e.g. compaction timings.
         self.extra = dict(settings or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self._data: Path | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def properties(self, data_dir: Path) -> dict[str, str]:
         client = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"
@@ -200,25 +193,14 @@ class KafkaBroker:
         config = self.workdir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(data).items()))
         self._format(java_bin, lib, config)
-        self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(  # noqa: S603 (java, our classpath and config)
+        self._spawn(
             [java_bin, f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={lib / 'log4j2.yaml'}",
              "-cp", f"{lib}/*", "kafka.Kafka", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.log_file,
         )  # fmt: skip
-        started = time.monotonic()
-        try:
-            self._wait_ready(started + timeout)
-        except BaseException:
-            self.stop()
-            raise
-        log.info(
-            "kafka broker ready",
-            extra={"bootstrap": self.bootstrap, "s": round(time.monotonic() - started, 2)},
-        )
+        took = self._await_ready(self._wait_ready, timeout)
+        log.info("kafka broker ready", extra={"bootstrap": self.bootstrap, "s": round(took, 2)})
 
     def admin_config(self) -> dict[str, str]:
         """confluent-kafka settings of the super user (or none without SASL)."""
@@ -240,8 +222,7 @@ class KafkaBroker:
 
         admin = AdminClient({**self.admin_config(), "log_level": "0"})
         while True:
-            if self._proc is None or self._proc.poll() is not None:
-                code = None if self._proc is None else self._proc.returncode
+            if (code := self.exited()) is not None:
                 raise BrokerError(
                     f"the Kafka broker exited with status {code} at start (see {self.log_file})"
                 )
@@ -252,28 +233,9 @@ class KafkaBroker:
                 raise BrokerError(f"the Kafka broker was not ready on {self.bootstrap} in time")
             time.sleep(0.1)
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (a controlled shutdown), SIGKILL after `timeout`."""
-        proc, self._proc = self._proc, None
-        end_group(proc, signal.SIGTERM, timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._end(signal.SIGTERM, timeout)
         if self._data is not None:
             shutil.rmtree(self._data, ignore_errors=True)
             self._data = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -14,7 +14,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 from pipeline.errors import PipelineError
 
@@ -145,6 +146,76 @@ def end_group(proc: subprocess.Popen[bytes] | None, first: signal.Signals, timeo
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+class ServerProcess:
+    """A server this process starts and owns (a broker, the schema registry):
+    spawned in its own process group with its output in a log (or nowhere),
+    stopped with its whole group, and nothing else. Subclasses define `start`
+    (spawn, then wait until it serves) and `stop` (through `_end`)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (for measuring its CPU)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def exited(self) -> int | None:
+        """The exit status if it has stopped (or was never started: -1), else None."""
+        if self._proc is None:
+            return -1
+        return self._proc.poll()
+
+    def _spawn(self, args: Sequence[str], log_file: Path | None, cwd: Path | None = None) -> None:
+        self._log = log_file.open("ab") if log_file is not None else None
+        self._proc = subprocess.Popen(  # noqa: S603 (our servers, our arguments)
+            list(args),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def _await_ready(self, wait: Callable[[float], None], timeout: float) -> float:
+        """`wait(deadline)` until it serves; stopped if that fails. The seconds it took."""
+        started = time.monotonic()
+        try:
+            wait(started + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def _end(self, first: signal.Signals, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        end_group(proc, first, timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def stop_all(procs: Sequence[Proc], timeout: float = 10.0) -> None:
