@@ -16,11 +16,11 @@ from typing import Any, cast
 
 from pipeline import messages
 from pipeline.config import Settings
-from pipeline.kafka import SyncProducer, read_topics
+from pipeline.kafka.clients import SyncProducer, read_topics
 from pipeline.partners import requests_topic, responses_topic
 from pipeline.records import ClaudeResponse
 from pipeline.schemas import Codec
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 
 DEFAULT_MODEL = "claude-haiku-4-5"
 
@@ -211,7 +211,7 @@ class ResponseWaiter:
     """
 
     def __init__(self, settings: Settings, partner_id: str, codec: Codec) -> None:
-        from pipeline.kafka import end_offsets
+        from pipeline.kafka.clients import end_offsets
 
         self._settings = settings
         self._partner_id = partner_id
@@ -220,7 +220,7 @@ class ResponseWaiter:
         self._start = end_offsets(settings, responses_topic(partner_id), group_id=self._group)
 
     def wait(self, request_id: str, timeout: float) -> ClaudeResponse | None:
-        from pipeline.kafka import read_from
+        from pipeline.kafka.clients import read_from
 
         for msg in read_from(self._settings, self._start, timeout=timeout, group_id=self._group):
             value = msg.value()

@@ -39,7 +39,7 @@ class BrokerProfile:
     #: 7.6 ms at 100 ms). On Kafka they are answered when data arrives anyway.
     follow_fetch_wait_ms: int
     #: A request's outcome and its done marker are written in one transaction
-    #: (pipeline/statelog.py); Tansu has no transactions.
+    #: (pipeline/kafka/statelog.py); Tansu has no transactions.
     transactions: bool = False
 
 
@@ -106,9 +106,10 @@ class Settings:
     upstream_timeout_s: float = 600.0
     signature_max_age_s: float = 300.0
     max_replays: int = 3
-    #: A secret reference (env:/file:) to the dead-letter keyring (pipeline/sealing.py).
+    #: A secret reference (env:/file:) to the dead-letter keyring (pipeline/security/sealing.py).
     dlq_keys_ref: str | None = None
-    #: A secret reference to the key that signs registry records (pipeline/registryauth.py).
+    #: A secret reference to the key that signs registry records
+    #: (pipeline/security/registryauth.py).
     registry_key_ref: str | None = None
     #: Where partners' secret references may point (comma-separated prefixes).
     partner_secrets: str | None = None
@@ -136,7 +137,7 @@ class Settings:
     max_record_bytes: int = 32 * 1024 * 1024
     #: Test-only: die like kill -9 at a chosen point (pipeline/failpoints.py).
     failpoints: str | None = None
-    #: How often each partner's Kafka backlog is measured (pipeline/lag.py).
+    #: How often each partner's Kafka backlog is measured (pipeline/kafka/lag.py).
     backlog_interval_s: float = 15.0
     #: Outcomes and done markers in transactions; None: as the broker profile says.
     transactions: bool | None = None

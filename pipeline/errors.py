@@ -148,7 +148,7 @@ class InvalidRequest(RequestError):
 
 
 class TooLarge(InvalidRequest):
-    """A request past a bound on its arrays (pipeline/bounded.py). Its dead letter
+    """A request past a bound on its arrays (pipeline/lifecycle/bounded.py). Its dead letter
     keeps no copy of a heavy payload: the same bytes would be refused again."""
 
     copy_payload = False

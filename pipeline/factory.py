@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.config import Settings
 from pipeline.errors import BrokerError
 from pipeline.schemas import Codec, ConfluentRegistry
-from pipeline.security import SecretResolver
+from pipeline.security.signing import SecretResolver
 
 #: librdkafka's log lines, routed through logging (JSON in the worker). Commands
 #: keep it quiet: an unreachable broker is one line from `reach`, not hundreds.

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError, SecretError
 from pipeline.messages.governance import BETA_NAME
-from pipeline.security import validate_ref
+from pipeline.security.signing import validate_ref
 
 #: Identifiers are checked with `fullmatch`: `re.match` with `$` also accepts a
 #: trailing newline (`acme\n`), which then breaks the TOML file and log lines.
@@ -34,7 +34,7 @@ RESPONSES_PREFIX = "claude.responses."
 USAGE_TOPIC = "claude.usage"
 DLQ_TOPIC = "claude.dlq"
 PARTNERS_TOPIC = "claude.partners"
-#: The workers' durable state (see pipeline/statelog.py): not for partners.
+#: The workers' durable state (see pipeline/kafka/statelog.py): not for partners.
 STATE_TOPIC = "claude.pipeline.state"
 
 

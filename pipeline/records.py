@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from pipeline.limits.ratelimit import Cost
+from pipeline.limits.tokens import MAX_OUTPUT_TOKENS
 from pipeline.partners import Partner
-from pipeline.ratelimit import Cost
 from pipeline.state import Reservation
-from pipeline.tokens import MAX_OUTPUT_TOKENS
 
 Headers = list[tuple[str, bytes]]
 AckFn = Callable[[], Awaitable[Any]]

@@ -1,6 +1,6 @@
 """State a worker must not lose: request_ids it has served, and what partners spent.
 
-Both live in the state log (`pipeline.statelog`), which every worker follows in
+Both live in the state log (`pipeline.kafka.statelog`), which every worker follows in
 full, so they survive restarts and are the same whoever owns which partition.
 The logic here is plain Python over a small `Store` interface: unit tests drive
 it with a dict and a fake clock.
@@ -17,7 +17,7 @@ from enum import Enum, StrEnum
 from typing import Any, Protocol
 
 from pipeline.partners import Partner
-from pipeline.security import MAX_CLOCK_SKEW_S
+from pipeline.security.signing import MAX_CLOCK_SKEW_S
 
 Position = tuple[str, int, int]  # topic, partition, offset
 Listener = Callable[[str, Any], None]  # (key, value or None when deleted)

@@ -16,24 +16,27 @@ from collections.abc import Iterable
 import faust
 from mode import Service
 
-from pipeline import claude, eventloop, failpoints
-from pipeline.app import FaustFlowControl, FaustPublisher, PipelineApp, create_app
-from pipeline.claude import ClaudeClient
+from pipeline import eventloop, failpoints
 from pipeline.config import Settings
-from pipeline.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.errors import AdapterError, ConfigError, SecretError
-from pipeline.examiner import Examiner
 from pipeline.factory import Parts, check_broker_fits
-from pipeline.follower import PartnerFollower, load_registry
-from pipeline.gauges import Gauges
-from pipeline.health import Health, HttpEndpoint
-from pipeline.homes import Homes, HomeScan
-from pipeline.intake import Intake
-from pipeline.kafka import core_topics, ensure_topics, partner_topics
-from pipeline.keys import ApiKeys
-from pipeline.logs import Redactor, setup_logging
-from pipeline.metrics import Metrics
-from pipeline.outcomes import OutcomeBuilder
+from pipeline.kafka.app import FaustFlowControl, FaustPublisher, PipelineApp, create_app
+from pipeline.kafka.clients import core_topics, ensure_topics, partner_topics
+from pipeline.kafka.follower import PartnerFollower, load_registry
+from pipeline.kafka.homes import Homes, HomeScan
+from pipeline.kafka.statelog import StateLog
+from pipeline.lifecycle.dispatch import DispatchConfig, Dispatcher, assemble
+from pipeline.lifecycle.examiner import Examiner
+from pipeline.lifecycle.intake import Intake
+from pipeline.lifecycle.outcomes import OutcomeBuilder
+from pipeline.lifecycle.placement import PartitionCounts
+from pipeline.limits.pricing import PriceTable
+from pipeline.limits.ratelimit import Limiter
+from pipeline.limits.retry import RetryPolicy
+from pipeline.ops.gauges import Gauges
+from pipeline.ops.health import Health, HttpEndpoint
+from pipeline.ops.logs import Redactor, setup_logging
+from pipeline.ops.metrics import Metrics
 from pipeline.partners import (
     DLQ_TOPIC,
     USAGE_TOPIC,
@@ -42,16 +45,14 @@ from pipeline.partners import (
     requests_topic,
     responses_topic,
 )
-from pipeline.placement import PartitionCounts
-from pipeline.pricing import PriceTable
-from pipeline.ratelimit import Limiter
 from pipeline.records import AckFn, SourceRecord
-from pipeline.registryauth import RegistryPolicy, policy_for
-from pipeline.retry import RetryPolicy
 from pipeline.schemas import Codec
-from pipeline.sealing import Sealer, load_keyring
+from pipeline.security.registryauth import RegistryPolicy, policy_for
+from pipeline.security.sealing import Sealer, load_keyring
 from pipeline.state import BudgetLedger, Ownership, ReplayGuard
-from pipeline.statelog import StateLog
+from pipeline.upstream import claude
+from pipeline.upstream.claude import ClaudeClient
+from pipeline.upstream.keys import ApiKeys
 
 log = logging.getLogger("pipeline.worker")
 

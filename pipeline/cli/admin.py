@@ -65,7 +65,7 @@ def add_topics(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from pipeline.admin import provision
+    from pipeline.kafka.admin import provision
     from pipeline.partners import load_partners
 
     settings = kafka_parts().settings
@@ -80,7 +80,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     else:
         print("all topics already exist")
     if args.acls:
-        from pipeline.acls import all_bindings, apply
+        from pipeline.kafka.acls import all_bindings, apply
 
         bindings = all_bindings(
             partners, args.partner_principal, args.worker_principal, settings.group_id
@@ -93,7 +93,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_grow(args: argparse.Namespace) -> int:
-    from pipeline.kafka import grow_topic
+    from pipeline.kafka.clients import grow_topic
     from pipeline.partners import check_partner_id, requests_topic
 
     check_partner_id(args.partner)
@@ -223,7 +223,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_partners_set(args: argparse.Namespace) -> int:
-    from pipeline.admin import update_partner
+    from pipeline.kafka.admin import update_partner
 
     changes = _given(args)
     if not changes:
@@ -235,8 +235,8 @@ def cmd_partners_set(args: argparse.Namespace) -> int:
 
 
 def cmd_partners_list(args: argparse.Namespace) -> int:
-    from pipeline.admin import partners_on_topic
-    from pipeline.ops import render_table
+    from pipeline.kafka.admin import partners_on_topic
+    from pipeline.ops.dlq import render_table
     from pipeline.partners import load_partners
 
     settings = load_settings()
@@ -277,7 +277,7 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
 
 
 def cmd_partners_add(args: argparse.Namespace) -> int:
-    from pipeline.admin import add_partner
+    from pipeline.kafka.admin import add_partner
     from pipeline.partners import Partner
 
     settings = load_settings()
@@ -291,7 +291,7 @@ def cmd_partners_add(args: argparse.Namespace) -> int:
 
 
 def cmd_partners_toggle(args: argparse.Namespace) -> int:
-    from pipeline.admin import remove_partner, update_partner
+    from pipeline.kafka.admin import remove_partner, update_partner
 
     parts = kafka_parts()
     settings = parts.settings
@@ -306,10 +306,10 @@ def cmd_partners_toggle(args: argparse.Namespace) -> int:
 def cmd_partners_rotate(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.admin import update_partner
-    from pipeline.ops import parse_duration
+    from pipeline.kafka.admin import update_partner
+    from pipeline.ops.dlq import parse_duration
     from pipeline.partners import load_partners
-    from pipeline.security import validate_ref
+    from pipeline.security.signing import validate_ref
 
     settings = load_settings()
     grace_s = parse_duration(args.grace)
@@ -337,10 +337,10 @@ def cmd_partners_rotate(args: argparse.Namespace) -> int:
 def cmd_partners_rotate_key(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.admin import update_partner
-    from pipeline.ops import parse_duration
+    from pipeline.kafka.admin import update_partner
+    from pipeline.ops.dlq import parse_duration
     from pipeline.partners import load_partners
-    from pipeline.security import validate_ref
+    from pipeline.security.signing import validate_ref
 
     settings = load_settings()
     grace_s = parse_duration(args.grace)
@@ -366,7 +366,7 @@ def cmd_partners_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_partners_sync(args: argparse.Namespace) -> int:
-    from pipeline.admin import sync_partners
+    from pipeline.kafka.admin import sync_partners
 
     parts = kafka_parts()
     partners = sync_partners(parts.settings, parts.codec)
@@ -402,7 +402,7 @@ def add_deploy(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_deploy_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.deploy import compose_env, init
+    from pipeline.ops.deploy import compose_env, init
 
     written = init(Path(args.dir), args.partners, force=args.force)
     compose_env(Path(args.env_file))
@@ -445,8 +445,8 @@ def add_users(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_users_set(args: argparse.Namespace) -> int:
     import os
 
-    from pipeline.acls import set_scram_user
-    from pipeline.security import SecretResolver
+    from pipeline.kafka.acls import set_scram_user
+    from pipeline.security.signing import SecretResolver
 
     password = SecretResolver(os.environ).resolve(args.password_ref).strip()
     set_scram_user(kafka_parts().settings, args.name, password)
@@ -455,7 +455,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
-    from pipeline.acls import remove_scram_user
+    from pipeline.kafka.acls import remove_scram_user
 
     remove_scram_user(kafka_parts().settings, args.name)
     print(f"SCRAM-SHA-512 login {args.name}: removed")
@@ -463,7 +463,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    from pipeline.acls import scram_users
+    from pipeline.kafka.acls import scram_users
 
     for name, mechanisms in scram_users(kafka_parts().settings).items():
         print(f"{name}\t{','.join(mechanisms)}")

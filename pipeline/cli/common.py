@@ -65,7 +65,7 @@ def port(text: str) -> int:
 
 
 def fail_rate(text: str) -> tuple[str, float, str | None]:
-    from pipeline.sim.config import parse_fail_rate
+    from pipeline.dev.sim.config import parse_fail_rate
 
     try:
         return parse_fail_rate(text)

@@ -58,14 +58,14 @@ def add_dlq(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _since(args: argparse.Namespace) -> int | None:
-    from pipeline.ops import parse_since
+    from pipeline.ops.dlq import parse_since
 
     return parse_since(args.since) if args.since else None
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     parts = kafka_parts()
-    from pipeline.ops import dead_letter_row, read_dead_letters, render_table
+    from pipeline.ops.dlq import dead_letter_row, read_dead_letters, render_table
 
     rows = [
         dead_letter_row(e)
@@ -88,7 +88,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from pipeline.ops import plan_replay, read_dead_letters, replay, served_requests
+    from pipeline.ops.dlq import plan_replay, read_dead_letters, replay, served_requests
 
     parts = kafka_parts()
     settings = parts.settings
@@ -134,7 +134,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def _reading(parts: Parts, topic: str, items: Iterable[T]) -> Iterable[T]:
     """`items` read from `topic`, with a progress bar toward its current end."""
-    from pipeline.kafka import end_offsets
+    from pipeline.kafka.clients import end_offsets
 
     return progress(items, sum(tp.offset for tp in end_offsets(parts.settings, topic)), topic)
 
@@ -153,8 +153,8 @@ def add_inspect(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.kafka import read_topics
-    from pipeline.ops import inspect_record, record_partner, schema_of_topic
+    from pipeline.kafka.clients import read_topics
+    from pipeline.ops.dlq import inspect_record, record_partner, schema_of_topic
 
     schema_of_topic(args.topic)  # not a pipeline topic: one line, exit 2
     parts = kafka_parts()
@@ -195,7 +195,7 @@ def add_usage(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_usage_report(args: argparse.Namespace) -> int:
-    from pipeline.ops import parse_since
+    from pipeline.ops.dlq import parse_since
 
     if args.format == "parquet" and not args.output:
         raise UsageError("--format parquet writes a file: give --output FILE")
@@ -204,8 +204,8 @@ def cmd_usage_report(args: argparse.Namespace) -> int:
     if since is not None and until is not None and until <= since:
         raise UsageError("--until must be later than --since")
     parts = kafka_parts()
-    from pipeline import report as rep
-    from pipeline.ops import PartnerUsage, read_dead_letters, render_table, usage_records
+    from pipeline.ops import report as rep
+    from pipeline.ops.dlq import PartnerUsage, read_dead_letters, render_table, usage_records
 
     def wanted(ts_ms: int, partner_id: str | None) -> bool:
         return (

@@ -120,9 +120,9 @@ def add_sim(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from pipeline.logs import setup_logging
-    from pipeline.sim import SimConfig, SimServer
-    from pipeline.sim.config import fail_rate_tables
+    from pipeline.dev.sim import SimConfig, SimServer
+    from pipeline.dev.sim.config import fail_rate_tables
+    from pipeline.ops.logs import setup_logging
 
     global_rates, key_rates = fail_rate_tables(args.fail_rate)
     try:
@@ -196,7 +196,7 @@ def add_broker(sub: argparse._SubParsersAction[Parser]) -> None:
 def _kafka_broker(args: argparse.Namespace) -> Any:
     import tempfile
 
-    from pipeline.kafkabroker import Credentials, KafkaBroker
+    from pipeline.dev.kafkabroker import Credentials, KafkaBroker
 
     sasl = None
     if args.sasl:
@@ -213,7 +213,7 @@ def _kafka_broker(args: argparse.Namespace) -> Any:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from pipeline.devbroker import DevBroker
+    from pipeline.dev.devbroker import DevBroker
 
     if args.engine == "kafka":
         broker = _kafka_broker(args)
@@ -266,7 +266,7 @@ def add_schema_registry(sub: argparse._SubParsersAction[Parser]) -> None:
 def cmd_schema_registry(args: argparse.Namespace) -> int:
     import tempfile
 
-    from pipeline.apicurio import SchemaRegistryServer
+    from pipeline.dev.apicurio import SchemaRegistryServer
 
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="claude-pipeline-registry-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +311,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.log_level:
         changes["log_level"] = args.log_level
     if args.processes > 1:
-        from pipeline.multiproc import run_processes
+        from pipeline.ops.multiproc import run_processes
 
         forwarded = [
             f"--{k.replace('_', '-')}={v}" for k, v in changes.items() if k != "metrics_port"
@@ -354,8 +354,8 @@ def add_demo(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
-    from pipeline.engines import use_engine
+    from pipeline.dev.demo import run_demo
+    from pipeline.dev.engines import use_engine
 
     use_engine(args.engine)
     api_key = load_settings().anthropic_api_key
@@ -418,8 +418,8 @@ def add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import run
-    from pipeline.engines import use_engine
+    from pipeline.dev.bench import run
+    from pipeline.dev.engines import use_engine
 
     use_engine(args.broker)
     names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
@@ -454,8 +454,8 @@ def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from pipeline.chaos import run_chaos
-    from pipeline.engines import use_engine
+    from pipeline.dev.chaos import run_chaos
+    from pipeline.dev.engines import use_engine
 
     use_engine(args.broker)
     with sigterm_unwinds():

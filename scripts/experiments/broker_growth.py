@@ -16,7 +16,7 @@ import time
 import embedded  # scripts/experiments/embedded.py
 from embedded import cpu_s, embedded_broker
 
-from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
 
 SECONDS = 40.0
 

@@ -14,10 +14,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.bench.result import pct
-from pipeline.bench.rig import NO_LIMITS, Rig
 from pipeline.config import Settings
-from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+from pipeline.dev.bench.result import pct
+from pipeline.dev.bench.rig import NO_LIMITS, Rig
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
 
 RATE, SECONDS, TOPIC = 138.0, 20.0, "probe.lag"
 

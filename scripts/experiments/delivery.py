@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.harness import Stack
+from pipeline.dev.harness import Stack
 
 REQUESTS = 400
 

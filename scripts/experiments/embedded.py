@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
+from pipeline.dev.devbroker import DevBroker
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.bench.result import pct
+from pipeline.dev.bench.result import pct
 
 
 def report(path: str) -> None:

@@ -21,7 +21,7 @@ import embedded  # scripts/experiments/embedded.py
 from aiokafka.consumer import fetcher as afetch
 from embedded import cpu_s, embedded_broker
 
-from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
 
 MB = 1024 * 1024
 fetches = 0

@@ -17,10 +17,10 @@ import time
 import embedded  # scripts/experiments/embedded.py
 from embedded import embedded_broker
 
-from pipeline.bench.result import pct
-from pipeline.faustadapter import fetch_heavy_apart
-from pipeline.fetchlanes import HeavyTopics
-from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+from pipeline.dev.bench.result import pct
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
+from pipeline.kafka.faustadapter import fetch_heavy_apart
+from pipeline.kafka.fetchlanes import HeavyTopics
 
 MB = 1024 * 1024
 SECONDS = 20.0

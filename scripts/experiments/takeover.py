@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.harness import Stack
+from pipeline.dev.harness import Stack
 
 
 def main(engine: str) -> None:

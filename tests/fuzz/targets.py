@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.errors import AuthFailed, ConfigError, InvalidRequest, SchemaError
-from pipeline.follower import admit_partner
-from pipeline.intake import Intake, Rejected
-from pipeline.outcomes import OutcomeBuilder, fit
+from pipeline.kafka.follower import admit_partner
+from pipeline.lifecycle.intake import Intake, Rejected
+from pipeline.lifecycle.outcomes import OutcomeBuilder, fit
+from pipeline.limits.pricing import PriceTable
 from pipeline.partners import Partner, Registry
-from pipeline.pricing import PriceTable
 from pipeline.records import SourceRecord
-from pipeline.registryauth import RefPolicy, RegistryPolicy, registry_headers
 from pipeline.schemas import SINGLE_OBJECT_MAGIC, Codec
-from pipeline.security import (
+from pipeline.security.registryauth import RefPolicy, RegistryPolicy, registry_headers
+from pipeline.security.signing import (
     H_REPLAY_COUNT,
     H_REPLAY_SIGNATURE,
     SecretResolver,

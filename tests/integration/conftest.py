@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.engines import engine_of
-from pipeline.sim import SimConfig, SimServer
+from pipeline.dev.engines import engine_of
+from pipeline.dev.sim import SimConfig, SimServer
 
 SimFactory = Callable[..., Awaitable[SimServer]]
 
@@ -31,7 +31,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Fetch Apache Kafka's jars and the schema registry once, before parallel
     workers start them. In CI what cannot be had fails the run; elsewhere its
     tests skip, saying why."""
-    from pipeline.apicurio import distribution
+    from pipeline.dev.apicurio import distribution
     from pipeline.errors import ConfigError
 
     if not hasattr(session.config, "workerinput"):
@@ -42,8 +42,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 pytest.exit(f"the schema registry tests need Apicurio, but {exc}", returncode=1)
     if engine_of(None) != "kafka":
         return
-    from pipeline.kafkabroker import classpath
-    from pipeline.maven import java
+    from pipeline.dev.kafkabroker import classpath
+    from pipeline.dev.maven import java
 
     try:
         java()

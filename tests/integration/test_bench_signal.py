@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness import CLI
+from pipeline.dev.harness import CLI
 
 pytestmark = pytest.mark.integration
 

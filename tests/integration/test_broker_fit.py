@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engines import engine_of
-from pipeline.harness import CLI, Stack
+from pipeline.dev.engines import engine_of
+from pipeline.dev.harness import CLI, Stack
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ import socket
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.harness import CLI
-from pipeline.kafka import SyncProducer, core_topics, ensure_topics, read_topics
-from pipeline.procs import free_port, running, wait_until
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import free_port, running, wait_until
+from pipeline.kafka.clients import SyncProducer, core_topics, ensure_topics, read_topics
 
 
 def _accepts(port: int) -> bool:

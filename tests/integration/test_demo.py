@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pipeline.harness import CLI
+from pipeline.dev.harness import CLI
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

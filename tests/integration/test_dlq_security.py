@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.client import build_request
-from pipeline.harness import CLI
-from pipeline.kafka import SyncProducer, read_topics
+from pipeline.dev.harness import CLI
+from pipeline.kafka.clients import SyncProducer, read_topics
 from pipeline.partners import DLQ_TOPIC, requests_topic
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests.integration.stack import Key, Stack
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
-from pipeline.faustadapter import LANE_GROUP, fetch_heavy_apart
-from pipeline.fetchlanes import HEAVY, SHARED, HeavyTopics
-from pipeline.kafka import SyncProducer, TopicSpec, ensure_topics
+from pipeline.dev.devbroker import DevBroker
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
+from pipeline.kafka.faustadapter import LANE_GROUP, fetch_heavy_apart
+from pipeline.kafka.fetchlanes import HEAVY, SHARED, HeavyTopics
 
 pytestmark = pytest.mark.integration
 

@@ -18,13 +18,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.acls import PARTNER_PRINCIPAL, all_bindings, apply, scram_users, set_scram_user
 from pipeline.client import PartnerClient, ResponseWaiter, build_request
 from pipeline.config import Settings
-from pipeline.engines import engine_of, sasl_env
+from pipeline.dev.engines import engine_of, sasl_env
+from pipeline.dev.harness import CLI, Stack
+from pipeline.dev.kafkabroker import Credentials
 from pipeline.errors import BrokerError
-from pipeline.harness import CLI, Stack
-from pipeline.kafkabroker import Credentials
+from pipeline.kafka.acls import PARTNER_PRINCIPAL, all_bindings, apply, scram_users, set_scram_user
 from pipeline.partners import (
     DLQ_TOPIC,
     PARTNERS_TOPIC,

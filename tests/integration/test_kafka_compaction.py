@@ -19,10 +19,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from pipeline.admin import publish_partners
-from pipeline.engines import engine_of
-from pipeline.harness import Stack
-from pipeline.kafka import read_topics
+from pipeline.dev.engines import engine_of
+from pipeline.dev.harness import Stack
+from pipeline.kafka.admin import publish_partners
+from pipeline.kafka.clients import read_topics
 from pipeline.partners import PARTNERS_TOPIC
 
 pytestmark = [

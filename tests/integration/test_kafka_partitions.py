@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.client import PartnerClient, build_request
-from pipeline.engines import engine_of
-from pipeline.harness import CLI, MODEL, Key, Stack
-from pipeline.kafka import list_topics
+from pipeline.dev.engines import engine_of
+from pipeline.dev.harness import CLI, MODEL, Key, Stack
+from pipeline.kafka.clients import list_topics
+from pipeline.lifecycle.placement import partition_for
 from pipeline.partners import requests_topic
-from pipeline.placement import partition_for
 
 pytestmark = [
     pytest.mark.integration,

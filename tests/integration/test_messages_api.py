@@ -22,7 +22,7 @@ import pytest
 from pipeline.client import build_request, message_from_response, request_record
 from pipeline.messages import NS
 from pipeline.schemas import SINGLE_OBJECT_MAGIC, SchemaStore
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests import corpus
 from tests.integration.stack import Key, Outcomes, Stack
 

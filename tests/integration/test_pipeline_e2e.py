@@ -16,10 +16,10 @@ import anthropic
 import pytest
 
 from pipeline.client import build_request
-from pipeline.harness import CLI
-from pipeline.kafka import read_topics
+from pipeline.dev.harness import CLI
+from pipeline.kafka.clients import read_topics
 from pipeline.partners import load_partners
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests import corpus
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.harness import CLI
-from pipeline.procs import free_port, http_body, wait_until
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import free_port, http_body, wait_until
 from tests.integration.stack import Stack
 
 

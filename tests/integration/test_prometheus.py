@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from pipeline.client import build_request
-from pipeline.harness import CLI
-from pipeline.opsfiles import ALERTS, alert_quantities, dashboard_queries
-from pipeline.procs import free_port, wait_until
-from pipeline.report import COLUMNS
-from pipeline.security import signed_headers
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import free_port, wait_until
+from pipeline.ops.opsfiles import ALERTS, alert_quantities, dashboard_queries
+from pipeline.ops.report import COLUMNS
+from pipeline.security.signing import signed_headers
 from tests.integration.stack import Stack
 
 PROMETHEUS = shutil.which("prometheus")
@@ -185,7 +185,7 @@ def test_inspect_decodes_pipeline_topics_to_json_lines(stack: Stack) -> None:
         d for d in inspect("claude.dlq", "--partner", "inspect-a")
         if d["value"]["reason"] == "auth_failed"
     ]  # fmt: skip
-    # sealed (pipeline/sealing.py): shown as its size, never dumped
+    # sealed (pipeline/security/sealing.py): shown as its size, never dumped
     assert re.fullmatch(r"<\d+ bytes>", dead["value"]["payload"])
     usage = inspect("claude.usage", "--partner", "inspect-a")
     used = {u["value"]["request_id"]: u["value"]["status"] for u in usage}

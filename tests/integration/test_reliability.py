@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.admin import add_partner
-from pipeline.bench.poison import corpus
 from pipeline.client import build_request
+from pipeline.dev.bench.poison import corpus
+from pipeline.kafka.admin import add_partner
+from pipeline.lifecycle.placement import partition_for
 from pipeline.partners import Partner
-from pipeline.placement import partition_for
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests.integration.stack import Key, Stack
 
 pytestmark = pytest.mark.integration

@@ -19,15 +19,15 @@ import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from pipeline.apicurio import SchemaRegistryServer
 from pipeline.client import PartnerClient, build_request
+from pipeline.dev.apicurio import SchemaRegistryServer
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import free_port
 from pipeline.errors import ConfigError
-from pipeline.harness import CLI
-from pipeline.kafka import read_topics
+from pipeline.kafka.clients import read_topics
 from pipeline.partners import responses_topic
-from pipeline.procs import free_port
 from pipeline.schemas import CONFLUENT_MAGIC, Codec, ConfluentRegistry, SchemaStore
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests.integration.stack import MODEL, Stack
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tokens
 from pipeline.client import build_request
-from pipeline.harness import CLI
-from pipeline.kafka import SyncProducer, read_topics
+from pipeline.dev.harness import CLI
+from pipeline.kafka.clients import SyncProducer, read_topics
+from pipeline.limits import tokens
+from pipeline.limits.pricing import PriceTable
 from pipeline.partners import (
     DLQ_TOPIC,
     PARTNERS_TOPIC,
@@ -26,9 +27,8 @@ from pipeline.partners import (
     requests_topic,
     responses_topic,
 )
-from pipeline.pricing import PriceTable
-from pipeline.registryauth import registry_headers
-from pipeline.security import signed_headers
+from pipeline.security.registryauth import registry_headers
+from pipeline.security.signing import signed_headers
 from tests.integration.stack import DEFAULT_KEY, MODEL, Key, Outcomes, Stack
 
 pytestmark = pytest.mark.integration

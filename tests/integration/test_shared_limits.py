@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness import Stack
+from pipeline.dev.harness import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import urllib.request
 from dataclasses import fields
 from pathlib import Path
 
-from pipeline.harness import CLI
-from pipeline.procs import free_port, http_ok, running, wait_until
-from pipeline.sim import SimConfig
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import free_port, http_ok, running, wait_until
+from pipeline.dev.sim import SimConfig
 
 # SimConfig fields and the flag that sets each one
 FLAG_FOR = {

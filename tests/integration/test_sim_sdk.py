@@ -326,7 +326,7 @@ async def test_stats_count_what_reached_claude_and_reset_clears(
 async def test_our_client_reads_the_same_answer_the_sdk_types_do(
     sim_factory: SimFactory, client_factory: ClientFactory
 ) -> None:
-    from pipeline.claude import ClaudeClient
+    from pipeline.upstream.claude import ClaudeClient
 
     sim = await sim_factory(output_tokens=12)
     messages = _user("request 5: compare")
@@ -356,8 +356,8 @@ async def test_our_client_reads_the_same_answer_the_sdk_types_do(
 async def test_our_client_classifies_status_errors_with_retry_after(
     sim_factory: SimFactory,
 ) -> None:
-    from pipeline.claude import ClaudeClient
     from pipeline.errors import UpstreamError
+    from pipeline.upstream.claude import ClaudeClient
 
     sim = await sim_factory(rpm=1)
     ours = ClaudeClient(sim.url, 10.0)
@@ -463,8 +463,8 @@ async def test_a_large_body_is_judged_in_the_helper_as_a_small_one_is_on_the_loo
     # everyone): the answers must be the ones the loop gives a small body.
     import multiprocessing
 
-    from pipeline import tokens
-    from pipeline.sim.heavy import HEAVY_BODY_BYTES
+    from pipeline.dev.sim.heavy import HEAVY_BODY_BYTES
+    from pipeline.limits import tokens
 
     sim = await sim_factory()
     client = client_factory(sim.url, key="key-heavy")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.devbroker import DevBroker
-from pipeline.kafka import core_topics, ensure_topics
+from pipeline.dev.devbroker import DevBroker
+from pipeline.kafka.clients import core_topics, ensure_topics
+from pipeline.kafka.statelog import StateLog
 from pipeline.partners import STATE_TOPIC
-from pipeline.statelog import StateLog
 
 pytestmark = pytest.mark.integration
 

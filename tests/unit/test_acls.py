@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.acls import all_bindings, partner_bindings, principal_for, worker_bindings
 from pipeline.errors import ConfigError
+from pipeline.kafka.acls import all_bindings, partner_bindings, principal_for, worker_bindings
 
 
 def _ops(bindings: list, principal: str) -> set[tuple[str, str, str, str]]:  # type: ignore[type-arg]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pipeline.bench.result import Result, combine
+from pipeline.dev.bench.result import Result, combine
 
 
 def _run(ratio: float, p99: float) -> Result:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.bench.scenarios import _stages
+from pipeline.dev.bench.scenarios import _stages
 
 
 def test_stages_come_from_the_workers_served_lines(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from pipeline import bounded
-from pipeline.bounded import Bounds
 from pipeline.client import build_request
 from pipeline.errors import ConfigError, SchemaError
+from pipeline.lifecycle import bounded
+from pipeline.lifecycle.bounded import Bounds
 from pipeline.schemas import Codec
 
 CODEC = Codec()

@@ -1,6 +1,6 @@
 """The circuit breaker per upstream key, on a fake clock."""
 
-from pipeline.circuit import Circuit, State
+from pipeline.limits.circuit import Circuit, State
 from tests.fakes import FakeClock
 
 

@@ -4,10 +4,10 @@ import anthropic
 import httpx2
 import pytest
 
-from pipeline.claude import classify, parse_retry_after, to_result
 from pipeline.client import build_request
 from pipeline.errors import UpstreamError
 from pipeline.messages import fields_to_params
+from pipeline.upstream.claude import classify, parse_retry_after, to_result
 
 REQ = httpx2.Request("POST", "http://sim/v1/messages")
 
@@ -100,7 +100,7 @@ async def test_a_prepared_key_s_client_is_made_off_the_event_loop_and_used_by_it
     held the event loop 105 ms."""
     import threading
 
-    from pipeline.claude import ClaudeClient
+    from pipeline.upstream.claude import ClaudeClient
 
     client = ClaudeClient("http://127.0.0.1:9", 1.0)
     made_on: list[str] = []
@@ -125,7 +125,7 @@ async def test_a_prepared_key_s_client_is_made_off_the_event_loop_and_used_by_it
 
 
 def test_a_request_s_betas_and_its_partner_s_workspace_become_headers() -> None:
-    from pipeline.claude import request_headers
+    from pipeline.upstream.claude import request_headers
 
     assert request_headers([], None) == {}
     assert request_headers(["mcp-client-2025-11-20", "compact-2026-01-12"], "wrkspc_01") == {

@@ -13,7 +13,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import crcs
+from pipeline.kafka import crcs
 
 
 def v2_batch(base: int, values: list[bytes]) -> bytes:

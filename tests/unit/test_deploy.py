@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.deploy import init
+from pipeline.ops.deploy import init
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What shipped before: each one, anywhere in the deployment, fails the check.
@@ -253,7 +253,7 @@ def test_each_service_mounts_only_the_secrets_it_needs(secrets_dir: Path) -> Non
 
 
 def test_containers_run_as_the_owner_of_the_secrets(tmp_path: Path) -> None:
-    from pipeline.deploy import compose_env
+    from pipeline.ops.deploy import compose_env
 
     env = tmp_path / ".env"
     env.write_text("OTHER=1\nPIPELINE_UID=5\n")
@@ -270,8 +270,8 @@ def test_containers_run_as_the_owner_of_the_secrets(tmp_path: Path) -> None:
 def test_a_partner_named_like_a_service_cannot_take_over_its_kafka_user() -> None:
     # Before: `deploy init --partners admin` was accepted and setup.sh set the
     # super user's SCRAM password to that partner's; claude-pipeline likewise.
-    from pipeline.acls import all_bindings, principal_for
     from pipeline.errors import ConfigError
+    from pipeline.kafka.acls import all_bindings, principal_for
 
     for service in ("admin", "claude-pipeline"):
         principal = principal_for("User:partner-{partner}", service)

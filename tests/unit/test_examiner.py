@@ -18,13 +18,13 @@ import pytest
 
 from pipeline.client import build_request
 from pipeline.errors import SchemaError
-from pipeline.examiner import Examiner
-from pipeline.intake import Examined, examine_value
+from pipeline.lifecycle.examiner import Examiner
+from pipeline.lifecycle.intake import Examined, examine_value
+from pipeline.lifecycle.pausing import MAX_EXAMINING
 from pipeline.messages import json_body
 from pipeline.partners import Partner
-from pipeline.pausing import MAX_EXAMINING
 from pipeline.records import HEAVY_BYTES, SourceRecord
-from pipeline.security import signed_headers
+from pipeline.security.signing import signed_headers
 from tests.unit.test_dispatch import CODEC, FakeClaude, Harness
 
 BIG = "lorem ipsum " * (HEAVY_BYTES // 12 + 1000)
@@ -130,7 +130,7 @@ async def test_a_heavy_refusal_hashes_its_value_off_the_event_loop(
     """Hashing 10 MB for a dead letter takes 10 ms: on the loop, every partner waits."""
     import hashlib
 
-    import pipeline.outcomes
+    import pipeline.lifecycle.outcomes
 
     hashed_on: list[str] = []
 
@@ -140,7 +140,7 @@ async def test_a_heavy_refusal_hashes_its_value_off_the_event_loop(
             hashed_on.append(threading.current_thread().name)
             return hashlib.sha256(data)
 
-    monkeypatch.setattr(pipeline.outcomes, "hashlib", Spy)
+    monkeypatch.setattr(pipeline.lifecycle.outcomes, "hashlib", Spy)
     value = _heavy(examined, "unreadable").value or b""
     bad = value[:2] + b"\x00" * 8 + value[10:]  # an unknown fingerprint
     examined.offset += 1
@@ -182,10 +182,10 @@ async def test_a_helper_that_dies_costs_one_record_and_is_replaced() -> None:
 HOLDER = """
 import asyncio, sys
 from pipeline.errors import SchemaError
-from pipeline.examiner import Examiner
-from pipeline.intake import Examined, examine_value
+from pipeline.lifecycle.examiner import Examiner
+from pipeline.lifecycle.intake import Examined, examine_value
 from pipeline.partners import Partner
-from pipeline.pausing import MAX_EXAMINING
+from pipeline.lifecycle.pausing import MAX_EXAMINING
 async def main():
     examiner = Examiner()
     await examiner.start()

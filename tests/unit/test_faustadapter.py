@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from pipeline.faustadapter import ReadOffsets, never_committed
+from pipeline.kafka.faustadapter import ReadOffsets, never_committed
 
 
 def test_partitions_without_a_committed_offset_are_rewound_but_not_changelogs() -> None:
@@ -49,7 +49,7 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
     import faust
     from faust.transport.drivers import aiokafka as driver
 
-    from pipeline.faustadapter import install
+    from pipeline.kafka.faustadapter import install
 
     app = faust.App("seek-order-test", broker="kafka://127.0.0.1:1")
     install(app)
@@ -75,7 +75,7 @@ async def test_the_seek_stops_the_flow_before_faust_empties_the_stream_queues(
 def _app(name: str) -> Any:
     import faust
 
-    from pipeline.faustadapter import install
+    from pipeline.kafka.faustadapter import install
 
     app = faust.App(name, broker="kafka://127.0.0.1:1")
     install(app)
@@ -156,9 +156,9 @@ async def test_a_partition_with_nothing_committed_is_rewound_to_its_start(
 
 
 def test_the_start_up_check_names_what_is_missing_and_the_faust_version(monkeypatch: Any) -> None:
-    from pipeline import faustadapter
     from pipeline.errors import AdapterError
-    from pipeline.faustadapter import check, faust_version
+    from pipeline.kafka import faustadapter
+    from pipeline.kafka.faustadapter import check, faust_version
 
     check()  # this Faust has everything
     renamed = (("faust.transport.drivers.aiokafka", "Consumer", ("_wait_next_batch",)),)
@@ -206,7 +206,7 @@ def test_private_faust_names_live_in_the_adapter_only() -> None:
 async def test_the_table_manager_starts_recovery_without_waiting_a_second(monkeypatch: Any) -> None:
     from faust.tables.manager import TableManager as FaustTableManager
 
-    from pipeline.faustadapter import table_manager
+    from pipeline.kafka.faustadapter import table_manager
 
     slept: list[float] = []
     started: list[str] = []
@@ -272,7 +272,7 @@ def test_the_fetch_wait_and_the_prefetch_back_off_are_set_on_the_consumers_fetch
     from types import SimpleNamespace
 
     from pipeline.errors import AdapterError
-    from pipeline.faustadapter import PREFETCH_BACKOFF_S, set_fetch_wait
+    from pipeline.kafka.faustadapter import PREFETCH_BACKOFF_S, set_fetch_wait
 
     def app_with(fetcher: Any) -> Any:
         consumer = SimpleNamespace(_fetcher=fetcher)
@@ -295,8 +295,8 @@ async def test_heavy_topics_are_fetched_apart_and_never_in_two_fetches_at_once()
 
     from aiokafka.protocol.fetch import FetchRequest
 
-    from pipeline.faustadapter import LANE_GROUP, fetch_heavy_apart
-    from pipeline.fetchlanes import HEAVY, SHARED, HeavyTopics
+    from pipeline.kafka.faustadapter import LANE_GROUP, fetch_heavy_apart
+    from pipeline.kafka.fetchlanes import HEAVY, SHARED, HeavyTopics
 
     now = [0.0]
     heavy = HeavyTopics(100, hold_s=10.0, clock=lambda: now[0])
@@ -359,8 +359,8 @@ async def test_with_a_crc_check_every_fetch_response_is_checked_instead_of_by_ai
     from aiokafka.errors import CorruptRecordException
     from aiokafka.protocol.fetch import FetchRequest
 
-    from pipeline.faustadapter import fetch_heavy_apart
-    from pipeline.fetchlanes import HeavyTopics
+    from pipeline.kafka.faustadapter import fetch_heavy_apart
+    from pipeline.kafka.fetchlanes import HeavyTopics
 
     checked: list[Any] = []
     responses = [SimpleNamespace(topics=[("t", [(0, 0, 1, b"ok")])]), SimpleNamespace(topics=[])]

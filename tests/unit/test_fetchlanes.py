@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.fetchlanes import HEAVY, SHARED, HeavyTopics
+from pipeline.kafka.fetchlanes import HEAVY, SHARED, HeavyTopics
 
 LIMIT = 256 * 1024
 

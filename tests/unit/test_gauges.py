@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from pipeline.gauges import retire
+from pipeline.ops.gauges import retire
 
 
 def test_one_process_drops_a_retired_series(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.completion import Completion, CompletionConfig, Deliveries, Reporter
 from pipeline.errors import ConfigError, InvalidRequest, SecretError
-from pipeline.intake import MAX_HEADER_BYTES, check_envelope
-from pipeline.metrics import Metrics
-from pipeline.outcomes import OutcomeBuilder
+from pipeline.lifecycle.checks import MAX_HEADER_BYTES, check_envelope
+from pipeline.lifecycle.completion import Completion, CompletionConfig, Deliveries, Reporter
+from pipeline.lifecycle.outcomes import OutcomeBuilder
+from pipeline.limits.pricing import PriceTable
+from pipeline.ops.metrics import Metrics
 from pipeline.partners import Partner, check_partner_id
-from pipeline.pricing import PriceTable
 from pipeline.records import SourceRecord
-from pipeline.security import replay_headers, validate_ref
+from pipeline.security.signing import replay_headers, validate_ref
 from tests.unit.test_dispatch import CODEC, FakeClaude, FakePublisher, Harness
 
 
@@ -148,7 +148,7 @@ def test_no_identifier_admits_a_control_character(base: str, bad: str, at: int) 
 
 def _tool_record(h: Harness, schema_text: str) -> SourceRecord:
     from pipeline.client import request_record
-    from pipeline.security import signed_headers
+    from pipeline.security.signing import signed_headers
 
     h.offset += 1
     rid = f"r{h.offset}"
@@ -183,8 +183,8 @@ async def test_a_lone_surrogate_in_a_json_field_is_refused_at_intake() -> None:
 async def test_a_call_that_could_not_be_made_is_never_charged() -> None:
     # Before: a body that could not be encoded counted as "it may have reached
     # Claude": the partner's budget was charged the request's worst case.
-    from pipeline.claude import ClaudeClient
     from pipeline.errors import NotSent
+    from pipeline.upstream.claude import ClaudeClient
 
     client = ClaudeClient("http://127.0.0.1:9", 1.0)
     try:
@@ -232,9 +232,9 @@ def test_an_unreadable_signing_secret_gives_the_partner_a_reason_not_a_path(
 ) -> None:
     # Before: the partner's auth_failed response quoted "cannot read secret file
     # /secrets/partners/acme.signing: No such file or directory".
-    from pipeline.intake import Intake, Rejected
+    from pipeline.lifecycle.intake import Intake, Rejected
     from pipeline.partners import Registry
-    from pipeline.security import SecretResolver
+    from pipeline.security.signing import SecretResolver
 
     missing = tmp_path / "partners" / "acme.signing"
     registry = Registry()
@@ -261,7 +261,7 @@ def test_an_unknown_http_path_is_404_not_the_metrics_page() -> None:
     import urllib.error
     import urllib.request
 
-    from pipeline.health import Health, HttpEndpoint
+    from pipeline.ops.health import Health, HttpEndpoint
 
     metrics = Metrics()
     endpoint = HttpEndpoint(metrics.registry, Health(metrics.ready))

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.client import build_request
 from pipeline.errors import ConfigError
-from pipeline.ops import inspect_record, record_partner, schema_of_topic
+from pipeline.ops.dlq import inspect_record, record_partner, schema_of_topic
 from pipeline.schemas import Codec
 
 CODEC = Codec()

@@ -6,12 +6,12 @@ import pytest
 
 from pipeline.client import build_request
 from pipeline.errors import Misplaced
-from pipeline.intake import Intake, Rejected
+from pipeline.lifecycle.intake import Intake, Rejected
+from pipeline.lifecycle.placement import partition_for
 from pipeline.partners import Partner, Registry
-from pipeline.placement import partition_for
 from pipeline.records import SourceRecord
 from pipeline.schemas import Codec
-from pipeline.security import SecretResolver, signed_headers
+from pipeline.security.signing import SecretResolver, signed_headers
 
 NOW = 1_800_000_000.0
 CODEC = Codec()

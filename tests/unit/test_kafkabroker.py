@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev.kafkabroker import Credentials, KafkaBroker, classpath, cluster_id
 from pipeline.errors import ConfigError
-from pipeline.kafkabroker import Credentials, KafkaBroker, classpath, cluster_id
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
@@ -105,7 +105,7 @@ def test_a_one_shot_partner_client_skips_the_idempotent_producer_s_half_second()
 def test_an_external_cluster_is_named_by_the_environment_and_never_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.engines import ExternalBroker, external_env, start_broker
+    from pipeline.dev.engines import ExternalBroker, external_env, start_broker
     from pipeline.errors import PipelineError
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)

@@ -1,9 +1,9 @@
 """Which upstream key a request spends, across a rotation."""
 
-from pipeline.keys import UNRESOLVED, ApiKeys
 from pipeline.partners import Partner
 from pipeline.records import Progress
-from pipeline.security import SecretResolver
+from pipeline.security.signing import SecretResolver
+from pipeline.upstream.keys import UNRESOLVED, ApiKeys
 
 KEYS = ApiKeys(SecretResolver({"OLD": "sk-old", "NEW": "sk-new"}), "sk-default")
 ROTATED = Partner(

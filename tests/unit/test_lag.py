@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.lag import PartitionLag, backlog_by_partner
+from pipeline.kafka.lag import PartitionLag, backlog_by_partner
 
 
 def test_backlog_is_end_minus_committed_summed_per_partner() -> None:

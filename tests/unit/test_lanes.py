@@ -1,5 +1,5 @@
 """The request agent's buffer: a lane per partner, taken in turn, with
-back-pressure per lane (pipeline/lanes.py)."""
+back-pressure per lane (pipeline/kafka/lanes.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mode.utils.queues import FlowControlEvent
 
-from pipeline.lanes import FairBuffer, Lanes
+from pipeline.kafka.lanes import FairBuffer, Lanes
 
 
 @dataclass

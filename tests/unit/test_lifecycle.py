@@ -10,19 +10,25 @@ from typing import Any
 
 import pytest
 
-from pipeline.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
-from pipeline.claude import ClaudeClient
-from pipeline.completion import Arrival, Completion, CompletionConfig, Deliveries, Reporter
 from pipeline.errors import InvalidRequest, NotSent, QuotaExceeded
-from pipeline.metrics import Metrics
-from pipeline.outcomes import OutcomeBuilder
+from pipeline.lifecycle.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
+from pipeline.lifecycle.completion import (
+    Arrival,
+    Completion,
+    CompletionConfig,
+    Deliveries,
+    Reporter,
+)
+from pipeline.lifecycle.outcomes import OutcomeBuilder
+from pipeline.lifecycle.pausing import Pausing
+from pipeline.limits.pricing import PriceTable
+from pipeline.limits.ratelimit import Limiter, Throttle
+from pipeline.ops.metrics import Metrics
 from pipeline.partners import Partner, Registry
-from pipeline.pausing import Pausing
-from pipeline.pricing import PriceTable
-from pipeline.ratelimit import Limiter, Throttle
 from pipeline.records import Admitted, Job, OutMessage, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.state import BudgetLedger, MemoryStore
+from pipeline.upstream.claude import ClaudeClient
 from tests.unit.test_dispatch import FakeClaude, Harness
 
 
@@ -80,7 +86,7 @@ async def test_a_request_waiting_for_the_budget_is_logged_as_held_by_its_budget(
     worst = probe.intake.admit(probe.record("b 00", max_tokens=100)).worst_usd
     h = Harness(claude, partner=Partner("acme", "env:S", monthly_budget_usd=worst * 1.5))
     await h.dispatcher.start()
-    with capture("pipeline.admission") as lines:
+    with capture("pipeline.lifecycle.admission") as lines:
         await h.send(h.record("b 01", max_tokens=100))  # reserves the worst case
         await h.send(h.record("b 02", max_tokens=100))  # may still fit: waits
         async with asyncio.timeout(5):
@@ -104,7 +110,7 @@ def test_the_throttle_log_says_it_once_until_the_reason_changes() -> None:
     now = [0.0]
     log = ThrottleLog(lambda: now[0])
     wait = AdmissionVerdict(Decision.WAIT, 1.0, Throttle.PARTNER_RPM)
-    with capture("pipeline.admission") as lines:
+    with capture("pipeline.lifecycle.admission") as lines:
         for _ in range(3):
             log.note("acme", wait, 3)
         now[0] = 6.0

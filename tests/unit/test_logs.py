@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.config import Settings
-from pipeline.logs import MASK, Redactor, json_handler
+from pipeline.ops.logs import MASK, Redactor, json_handler
 
 SECRET = "sk-ant-very-secret-value"
 SHORT = "pw9"  # secrets shorter than six characters are masked too
@@ -99,7 +99,7 @@ def test_the_settings_register_every_secret_they_hold() -> None:
 def test_latency_buckets_are_at_most_one_and_a_half_apart_from_50_ms_to_60_s() -> None:
     from itertools import pairwise
 
-    from pipeline.metrics import LATENCY_BUCKETS
+    from pipeline.ops.metrics import LATENCY_BUCKETS
 
     inside = [b for b in LATENCY_BUCKETS if 0.05 <= b <= 60]
     ratios = [high / low for low, high in pairwise(inside)]

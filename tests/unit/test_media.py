@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from pipeline import media
+from pipeline.limits import media
 from tests import corpus
 
 
@@ -124,7 +124,7 @@ def test_a_page_count_that_is_not_certain_is_none() -> None:
 def test_the_budget_bound_reserves_every_page_or_the_worst_case() -> None:
     import base64
 
-    from pipeline import tokens
+    from pipeline.limits import tokens
 
     def bound(pdf: bytes) -> int:
         data = base64.b64encode(pdf).decode()

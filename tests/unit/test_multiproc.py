@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import Gauge, values
 
-from pipeline.multiproc import _Registry, ready_processes
+from pipeline.ops.multiproc import _Registry, ready_processes
 
 
 def test_a_metric_file_still_being_created_is_skipped_not_fatal(

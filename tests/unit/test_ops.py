@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.ops import DeadLetterEntry, parse_since, percentile, plan_replay, render_table
+from pipeline.ops.dlq import DeadLetterEntry, parse_since, percentile, plan_replay, render_table
 
 NOW = 1_800_000_000.0
 

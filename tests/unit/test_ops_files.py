@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.metrics import Metrics
-from pipeline.opsfiles import (
+from pipeline.ops.metrics import Metrics
+from pipeline.ops.opsfiles import (
     ALERTS,
     DEPLOY,
     alert_quantities,
@@ -187,7 +187,7 @@ KAFKA_BROKER_CONFIGS = {
 def test_the_generated_kafka_properties_use_real_keys_and_agree(tmp_path: Path) -> None:
     import re
 
-    from pipeline.deploy import init
+    from pipeline.ops.deploy import init
 
     init(tmp_path, ["acme"])
     props = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.outbox import Outbox
+from pipeline.kafka.outbox import Outbox
 from pipeline.records import OutMessage
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.claude import to_result
 from pipeline.client import build_request
 from pipeline.errors import AuthFailed
+from pipeline.lifecycle.outcomes import OutcomeBuilder, fit, record_size
+from pipeline.limits.pricing import PriceTable
 from pipeline.messages import fields_to_params
-from pipeline.outcomes import OutcomeBuilder, fit, record_size
 from pipeline.partners import DLQ_TOPIC, Partner
-from pipeline.pricing import PriceTable
 from pipeline.records import Admitted, Job, SourceRecord
 from pipeline.schemas import Codec
+from pipeline.upstream.claude import to_result
 
 CODEC = Codec()
 BUILDER = OutcomeBuilder(PriceTable(), lambda: 1_000)

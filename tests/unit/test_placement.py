@@ -9,8 +9,8 @@ import random
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from pipeline.homes import Homes
-from pipeline.placement import murmur2, partition_for
+from pipeline.kafka.homes import Homes
+from pipeline.lifecycle.placement import murmur2, partition_for
 from pipeline.state import MemoryStore, ReplayGuard
 
 
@@ -37,7 +37,7 @@ def test_partitions_match_aiokafkas_default_partitioner() -> None:
             assert partition_for(key, count) == (aiokafka_murmur2(key) & 0x7FFFFFFF) % count
 
 
-# -- a misplaced record: its partner's mistake, or a moved replay (pipeline/homes.py) --
+# -- a misplaced record: its partner's mistake, or a moved replay (pipeline/kafka/homes.py) --
 
 
 class _Homes:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.pricing import PriceTable
+from pipeline.limits.pricing import PriceTable
 
 
 def test_current_prices_per_million_tokens() -> None:

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.buckets import Bucket
+from pipeline.limits.buckets import Bucket
+from pipeline.limits.ratelimit import Cost, Limiter, key_id
 from pipeline.partners import Partner
-from pipeline.ratelimit import Cost, Limiter, key_id
 from tests.fakes import FakeClock
 
 P = Partner("acme", "env:X")

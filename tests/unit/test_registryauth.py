@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import AuthFailed, ConfigError, SecretError
-from pipeline.follower import admit_partner
+from pipeline.kafka.follower import admit_partner
 from pipeline.partners import Partner, Registry
-from pipeline.registryauth import (
+from pipeline.schemas import Codec
+from pipeline.security.registryauth import (
     MAX_GRACE_S,
     RefPolicy,
     RegistryPolicy,
     registry_headers,
     verify_record,
 )
-from pipeline.schemas import Codec
-from pipeline.security import SecretResolver
+from pipeline.security.signing import SecretResolver
 
 KEY = b"the-registry-key"
 CODEC = Codec()
@@ -157,7 +157,7 @@ def _signed(partner: Partner, stamp: int) -> tuple[bytes, bytes, list[tuple[str,
 def test_a_secret_ref_with_a_nul_byte_is_skipped_and_the_next_record_applies() -> None:
     # Before: RefPolicy.allows -> os.path.realpath raised ValueError (embedded
     # null byte), which nothing caught: the follower died, and no worker started.
-    from pipeline.follower import apply_record
+    from pipeline.kafka.follower import apply_record
 
     assert RefPolicy(("file:/run/secrets",)).allows("file:/run/secrets/a\x00b") is False
     registry, skipped = Registry(), []
@@ -175,7 +175,7 @@ def test_a_secret_ref_with_a_nul_byte_is_skipped_and_the_next_record_applies() -
 
 
 def test_no_record_whatever_it_raises_stops_the_follower() -> None:
-    from pipeline.follower import apply_record
+    from pipeline.kafka.follower import apply_record
 
     class Broken(RegistryPolicy):
         def admit(self, *args: object, **kw: object) -> int:
@@ -193,7 +193,7 @@ def test_no_record_whatever_it_raises_stops_the_follower() -> None:
 
 def _replay(log: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]) -> Registry:
     """What a worker that reads `log` from the beginning applies."""
-    from pipeline.follower import apply_record
+    from pipeline.kafka.follower import apply_record
 
     registry = Registry()
     for offset, (key, value, headers) in enumerate(log):
@@ -227,8 +227,8 @@ def test_an_old_record_produced_again_after_a_removal_changes_nothing_across_res
 def test_partners_remove_writes_a_removal_record_not_a_tombstone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline import admin
     from pipeline.config import Settings
+    from pipeline.kafka import admin
     from pipeline.partners import load_partners, save_partners
 
     sent: list[list[object]] = []
@@ -246,9 +246,9 @@ def test_partners_remove_writes_a_removal_record_not_a_tombstone(
 def test_partners_add_without_the_registry_key_is_refused_in_production(tmp_path: Path) -> None:
     # Before: it published an unsigned record that production workers ignore, and
     # logged that again at every start.
-    from pipeline.admin import add_partner, remove_partner, sync_partners
     from pipeline.config import Settings
     from pipeline.errors import ConfigError
+    from pipeline.kafka.admin import add_partner, remove_partner, sync_partners
     from pipeline.partners import Partner
     from pipeline.schemas import Codec
 

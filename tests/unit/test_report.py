@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.ops.report import COLUMNS, render_report, summarise, write_csv, write_parquet
 from pipeline.records import UsageRecord
-from pipeline.report import COLUMNS, render_report, summarise, write_csv, write_parquet
 
 DAY = 86_400_000
 T0 = 1_780_000_000_000  # 2026-05-28 UTC

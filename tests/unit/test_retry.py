@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.retry import RetryPolicy
+from pipeline.limits.retry import RetryPolicy
 
 
 def test_full_jitter_bounds_grow_then_cap() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scheduler import DeficitRoundRobin, OutputEstimate
+from pipeline.lifecycle.scheduler import DeficitRoundRobin, OutputEstimate
 
 
 def _serve(drr: DeficitRoundRobin[str, int], n: int) -> Counter[str]:

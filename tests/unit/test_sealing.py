@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError, SecretError
-from pipeline.sealing import PARTNER_KEY_ID, Keyring, open_sealed, seal
+from pipeline.security.sealing import PARTNER_KEY_ID, Keyring, open_sealed, seal
 
 SECRET = b"partner-signing-secret"
 AAD = b"claude.requests.acme|0|7"

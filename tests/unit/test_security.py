@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import AuthFailed, SecretError
-from pipeline.security import (
+from pipeline.security.signing import (
     SecretResolver,
     replay_headers,
     sign,

@@ -1,7 +1,7 @@
 from typing import Any
 
-from pipeline import tokens
-from pipeline.pricing import PriceTable
+from pipeline.limits import tokens
+from pipeline.limits.pricing import PriceTable
 from tests import corpus
 
 

@@ -6,11 +6,11 @@ from typing import Any, cast
 
 import pytest
 
-from pipeline.app import RequestTopics, create_app
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, SchemaError
-from pipeline.follower import decode_partner
-from pipeline.kafka import core_topics, partner_topics
+from pipeline.kafka.app import RequestTopics, create_app
+from pipeline.kafka.clients import core_topics, partner_topics
+from pipeline.kafka.follower import decode_partner
 from pipeline.partners import Partner
 from pipeline.schemas import Codec
 from pipeline.worker import output_schemas
@@ -71,7 +71,7 @@ async def test_a_subscription_change_lost_in_a_rebalance_is_asked_again(monkeypa
     # Faust's conductor drops a change flagged while the app rebalances.
     import asyncio
 
-    from pipeline import faustadapter
+    from pipeline.kafka import faustadapter
 
     async def handler(record: Any, ack: Any) -> None:
         pass
@@ -113,7 +113,7 @@ async def test_a_change_missing_when_a_rebalance_ends_is_asked_again_at_once(
     import asyncio
     import contextlib
 
-    from pipeline import faustadapter
+    from pipeline.kafka import faustadapter
 
     async def handler(record: Any, ack: Any) -> None:
         pass
@@ -143,7 +143,7 @@ async def test_a_change_missing_when_a_rebalance_ends_is_asked_again_at_once(
 async def test_an_unchanged_subscription_does_not_rejoin_the_group(monkeypatch: Any) -> None:
     from faust.transport.drivers import aiokafka as driver
 
-    from pipeline import faustadapter
+    from pipeline.kafka import faustadapter
 
     async def handler(record: Any, ack: Any) -> None:
         pass

@@ -1,7 +1,7 @@
 from typing import Any
 
-from pipeline import tokens
-from pipeline.sim.cache import PromptCache
+from pipeline.dev.sim.cache import PromptCache
+from pipeline.limits import tokens
 from tests.fakes import FakeClock
 
 LONG = "word " * 100  # 125 tokens

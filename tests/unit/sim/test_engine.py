@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.sim.config import SimConfig, parse_fail_rate
-from pipeline.sim.engine import Simulator
-from pipeline.sim.errors import ApiError
+from pipeline.dev.sim.config import SimConfig, parse_fail_rate
+from pipeline.dev.sim.engine import Simulator
+from pipeline.dev.sim.errors import ApiError
 from tests.fakes import FakeClock
 
 HEADERS = {"x-api-key": "k1", "anthropic-version": "2023-06-01"}

@@ -1,6 +1,6 @@
 from collections import Counter
 
-from pipeline.sim.faults import FaultInjector
+from pipeline.dev.sim.faults import FaultInjector
 
 
 def test_same_seed_same_sequence() -> None:

@@ -3,8 +3,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pipeline.sim.blocks import thinking_signature
-from pipeline.sim.generate import (
+from pipeline.dev.sim.blocks import thinking_signature
+from pipeline.dev.sim.generate import (
     REDACTED_THINKING_TRIGGER,
     chosen_tools,
     generate,

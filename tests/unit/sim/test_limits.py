@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.sim.limits import KeyLimits, TokenBucket, rfc3339
+from pipeline.dev.sim.limits import KeyLimits, TokenBucket, rfc3339
 from tests.fakes import FakeClock
 
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.sim.errors import ApiError
-from pipeline.sim.validate import validate_messages
+from pipeline.dev.sim.errors import ApiError
+from pipeline.dev.sim.validate import validate_messages
 from tests import corpus
 
 
