@@ -60,10 +60,14 @@ def _imports(tree: ast.Module, *, top_level_only: bool) -> Iterator[str]:
         node = nodes.pop()
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.startswith("pipeline"))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.startswith("pipeline"):
-                for alias in node.names:
-                    yield f"{node.module}.{alias.name}"
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.startswith("pipeline")
+        ):
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}"
         if top_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         nodes.extend(ast.iter_child_nodes(node))
@@ -129,7 +133,7 @@ def test_the_runtime_imports_nothing_of_the_developer_tooling() -> None:
     offending = [
         f"{module} imports {target}"
         for module, targets in _graph(top_level_only=False).items()
-        if (module.split(".") + [""])[1] not in EDGES
+        if [*module.split("."), ""][1] not in EDGES
         for target in sorted(targets)
         if target.startswith("pipeline.dev")
     ]

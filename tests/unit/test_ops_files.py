@@ -158,7 +158,11 @@ def test_every_docker_compose_run_the_docs_show_names_a_service_and_a_valid_comm
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     parser = build_parser()
     shown = 0
-    for doc in ("README.md", "docker-compose.yml"):
+    for doc in (
+        "README.md",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+        "docker-compose.yml",
+    ):
         text = re.sub(r"\\\n\s*#?\s*", " ", (ROOT / doc).read_text())
         for line in re.findall(r"docker compose run --rm (.+)", text):
             words = shlex.split(line.lstrip("# "))

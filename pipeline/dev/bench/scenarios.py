@@ -341,7 +341,7 @@ def _backlog_rps(processes: int, n: int, progress: Progress) -> float:
 def _victim_rig(progress: Progress) -> Iterator[Rig]:
     """A fresh broker, simulator and worker for one phase of the victim's test: the
     embedded broker's fetches cost more the more batches it holds (see
-    scripts/experiments/broker_growth.py), and a second phase on the first one's
+    experiment broker_growth.py, docs/performance.md), and a second phase on the first one's
     broker would be measured on a slower one.
 
     The upstream key is warm before either phase starts: one request of a partner

@@ -132,7 +132,7 @@ def poison(quick: bool, say: Say, progress: Progress) -> Result:
     # Each phase on a fresh broker: the embedded broker's fetches cost more the
     # more batches it holds (its CPU went 0.29 -> 0.52 of a core over the clean
     # phase alone and on to 0.87 through the poisoned one after it; see
-    # scripts/experiments/broker_growth.py), so a second phase on the first
+    # experiment broker_growth.py, docs/performance.md), so a second phase on the first
     # one's broker would be measured on a slower one.
     for phase in ("clean", "poisoned"):
         with Rig() as rig:
