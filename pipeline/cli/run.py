@@ -388,6 +388,7 @@ BENCH_SCENARIOS = (
     "scaleout",
     "poison",
     "clients",
+    "partners",
     "seed-baseline",
 )
 
@@ -414,6 +415,11 @@ def add_bench(sub: argparse._SubParsersAction[Parser]) -> None:
         default=1,
         help="run each scenario N times: medians, with min and max (default 1)",
     )
+    p.add_argument(
+        "--count",
+        type=at_least_one,
+        help="partners: how many are registered, one of them active (default 1000; 100 quick)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -424,7 +430,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     use_engine(args.broker)
     names = list(BENCH_SCENARIOS) if args.scenario == "all" else [args.scenario]
     with sigterm_unwinds():
-        return run(names, quick=args.quick, results_dir=args.results, runs=args.runs)
+        return run(
+            names, quick=args.quick, results_dir=args.results, runs=args.runs, count=args.count
+        )
 
 
 def add_chaos(sub: argparse._SubParsersAction[Parser]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -34,8 +35,16 @@ from pipeline.errors import BrokerError
 log = logging.getLogger("pipeline.dev.kafkabroker")
 
 POM = DEPLOY / "kafka" / "pom.xml"
-#: The heap the broker runs with: measured enough for tests, benchmarks and the demo.
+#: The heap the broker runs with: measured enough for tests, benchmarks and the
+#: demo. Thousands of partitions need more (a thousand partners' ~10,000 ran a
+#: 256 MB broker out of memory): PIPELINE_KAFKA_HEAP, e.g. 1g.
 HEAP = "256m"
+
+
+def heap() -> str:
+    return os.environ.get("PIPELINE_KAFKA_HEAP") or HEAP
+
+
 SCRAM = "SCRAM-SHA-512"
 
 _LOG4J = """\
@@ -194,7 +203,7 @@ class KafkaBroker(ServerProcess):
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(data).items()))
         self._format(java_bin, lib, config)
         self._spawn(
-            [java_bin, f"-Xmx{HEAP}", f"-Xms{HEAP}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            [java_bin, f"-Xmx{heap()}", f"-Xms{heap()}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={lib / 'log4j2.yaml'}",
              "-cp", f"{lib}/*", "kafka.Kafka", str(config)],
             self.log_file,

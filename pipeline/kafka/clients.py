@@ -81,6 +81,31 @@ def partner_topics(settings: Settings, partner_id: str) -> list[TopicSpec]:
     ]
 
 
+#: Metadata records one CreateTopics request may make. A KRaft controller refuses
+#: a request of more than `max.records.per.user.op` (10,000 by default: a record
+#: per topic, per partition and per config) with POLICY_VIOLATION "Unable to
+#: perform excessively large batch operation": a thousand partners' topics are
+#: about 14,000. Half of it leaves room for a broker configured lower.
+MAX_RECORDS_PER_CREATE = 5_000
+
+
+def create_batches(
+    specs: Sequence[TopicSpec], budget: int = MAX_RECORDS_PER_CREATE
+) -> list[list[TopicSpec]]:
+    """`specs` in order, cut into requests of at most `budget` metadata records
+    each (a topic bigger than the budget goes alone)."""
+    batches: list[list[TopicSpec]] = []
+    used = budget
+    for spec in specs:
+        records = 1 + spec.partitions + len(spec.config)
+        if used + records > budget:
+            batches.append([])
+            used = 0
+        batches[-1].append(spec)
+        used += records
+    return batches
+
+
 def ensure_topics(
     settings: Settings, specs: Sequence[TopicSpec], timeout: float = 15.0
 ) -> list[str]:
@@ -95,6 +120,15 @@ def ensure_topics(
     wanted = {s.name: s for s in specs if s.name not in existing}
     if not wanted:
         return []
+    created = []
+    for batch in create_batches(list(wanted.values())):
+        created.extend(_create(admin, settings, batch, timeout))
+    return sorted(created)
+
+
+def _create(
+    admin: AdminClient, settings: Settings, specs: Sequence[TopicSpec], timeout: float
+) -> list[str]:
     futures = admin.create_topics(
         [
             NewTopic(
@@ -103,7 +137,7 @@ def ensure_topics(
                 replication_factor=settings.replication_factor,
                 config=s.config,
             )
-            for s in wanted.values()
+            for s in specs
         ],
         request_timeout=timeout,
     )
@@ -117,7 +151,7 @@ def ensure_topics(
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # created concurrently by another worker or admin
             raise BrokerError(f"cannot create topic {name}: {exc}") from exc
-    return sorted(created)
+    return created
 
 
 def grow_topic(settings: Settings, topic: str, total: int, timeout: float = 15.0) -> int:

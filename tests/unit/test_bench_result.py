@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from pipeline.dev.bench.result import Result, combine
 
@@ -36,13 +41,41 @@ def test_one_run_is_reported_as_it_is() -> None:
     assert "min_max" not in one.to_json()
 
 
-def test_runs_must_be_positive_one_line_exit_2() -> None:
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["latency", "--runs", "0"], "--runs"), (["partners", "--count", "0"], "--count")],
+)
+def test_counts_must_be_positive_one_line_exit_2(args: list[str], flag: str) -> None:
     got = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "latency", "--runs", "0"],
+        [sys.executable, "-m", "pipeline", "bench", *args],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert got.returncode == 2
     assert got.stderr.strip().count("\n") == 0
-    assert "--runs" in got.stderr
+    assert flag in got.stderr
+
+
+def test_the_partner_count_reaches_the_partners_scenario_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pipeline.dev import bench
+    from pipeline.dev.bench import scenarios
+
+    seen: dict[str, dict[str, object]] = {}
+
+    def fake(name: str) -> Callable[..., Result]:
+        def scenario(quick: bool, say: object, progress: object, **kw: object) -> Result:
+            seen[name] = kw
+            return Result(name, {}, {"x": 1.0})
+
+        return scenario
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "partners", fake("partners"))
+    monkeypatch.setitem(scenarios.SCENARIOS, "clients", fake("clients"))
+    out = io.StringIO()
+    assert (
+        bench.run(["partners", "clients"], quick=True, results_dir=tmp_path, count=7, out=out) == 0
+    )
+    assert seen == {"partners": {"count": 7}, "clients": {}}

@@ -47,6 +47,7 @@ def run(
     quick: bool,
     results_dir: Path,
     runs: int = 1,
+    count: int | None = None,
     out: IO[str] = sys.stdout,
 ) -> int:
     """Run scenarios in order (each `runs` times: medians, with min and max); write
@@ -65,7 +66,11 @@ def run(
             out.write(f"{name}{' (quick)' if quick else ''}{label}\n")
             out.flush()
             fn = SCENARIOS[name]
-            kwargs = {"results_dir": results_dir} if name == "latency" else {}
+            kwargs: dict[str, Any] = {}
+            if name == "latency":
+                kwargs["results_dir"] = results_dir
+            elif name == "partners":
+                kwargs["count"] = count
             each.append(fn(quick, bar.say, bar.progress, **kwargs))
             bar.clear()
         result = combine(each)
@@ -87,7 +92,7 @@ def run(
         if quick and result.targets:
             out.write(
                 "(--quick is a smoke run, what CI runs so the benchmarks never rot: its "
-                "targets are informational; full runs judge them, see README, Performance)\n"
+                "targets are informational; full runs judge them, see docs/performance.md)\n"
             )
         out.write("\n")
         out.flush()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline import eventloop
-from pipeline.dev.bench import clients
+from pipeline.dev.bench import clients, partners
 from pipeline.dev.bench.floor import kafka_floor
 from pipeline.dev.bench.result import Progress, Result, Say, between, now_ms, ok_only, pct
 from pipeline.dev.bench.rig import (
@@ -465,5 +465,6 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "scaleout": scaleout,
     "poison": poison,
     "clients": clients.scenario,
+    "partners": partners.scenario,
     "seed-baseline": seed_baseline,
 }
