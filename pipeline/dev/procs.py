@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -148,7 +149,7 @@ def end_group(proc: subprocess.Popen[bytes] | None, first: signal.Signals, timeo
         proc.wait(timeout)
 
 
-class ServerProcess:
+class ServerProcess(ABC):
     """A server this process starts and owns (a broker, the schema registry):
     spawned in its own process group with its output in a log (or nowhere),
     stopped with its whole group, and nothing else. Subclasses define `start`
@@ -199,11 +200,13 @@ class ServerProcess:
             self._log.close()
             self._log = None
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Spawn the server and return once it is ready (or raise, stopped)."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """End the server and everything it started."""
 
     def __enter__(self) -> Self:
         self.start()

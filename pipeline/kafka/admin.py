@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipeline.config import Settings
@@ -75,16 +75,24 @@ def now_ms() -> int:
 
 
 def add_partner(settings: Settings, codec: Codec, partner: Partner) -> list[str]:
+    return add_partners(settings, codec, [partner])
+
+
+def add_partners(settings: Settings, codec: Codec, new: Sequence[Partner]) -> list[str]:
+    """Register partners in one pass: their topics in one CreateTopics (batched),
+    the file written once, their records in one flush. Returns the topics created."""
     partners = load_partners(settings.partners_file)
-    if partner.partner_id in partners:
-        raise ConfigError(
-            f"partner {partner.partner_id!r} already exists in {settings.partners_file}"
-        )
-    partner = checked(settings, partner.with_(updated_at_ms=now_ms()))
-    created = provision(settings, [partner.partner_id])
-    partners[partner.partner_id] = partner
+    for partner in new:
+        if partner.partner_id in partners:
+            raise ConfigError(
+                f"partner {partner.partner_id!r} already exists in {settings.partners_file}"
+            )
+    at = now_ms()
+    checked_new = [checked(settings, p.with_(updated_at_ms=at)) for p in new]
+    created = provision(settings, [p.partner_id for p in checked_new])
+    partners.update({p.partner_id: p for p in checked_new})
     save_partners(settings.partners_file, partners)
-    publish_partners(settings, codec, [partner])
+    publish_partners(settings, codec, checked_new)
     return created
 
 

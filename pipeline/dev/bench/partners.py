@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from pipeline.dev.bench.bare import bare_consumers
 from pipeline.dev.bench.result import Progress, Result, Say, pct
 from pipeline.dev.bench.rig import NO_LIMITS, Rig, cpu_seconds
-from pipeline.kafka.admin import checked, now_ms, provision, publish_partners
-from pipeline.partners import Partner, load_partners, save_partners
+from pipeline.kafka.admin import add_partners
+from pipeline.partners import Partner
 
 BASELINE = 10
 ACTIVE = "active"
@@ -123,17 +123,8 @@ def _round_trip(rig: Rig) -> float:
 
 
 def _add_idle(rig: Rig, ids: list[str]) -> None:
-    """Register and provision partners that never send, in one batch each way (one
-    at a time, a thousand take minutes); the collector does not follow them."""
-    if not ids:
-        return
+    """Register and provision partners that never send, in one batch (one at a
+    time, a thousand take minutes); the collector does not follow them."""
     stack = rig.stack
-    settings = stack.settings
     ref = stack.secret_file("idle.signing", "an idle partner never signs anything")
-    at = now_ms()
-    partners = [checked(settings, Partner(pid, ref, updated_at_ms=at)) for pid in ids]
-    provision(settings, ids)
-    registry = load_partners(settings.partners_file)
-    registry.update({p.partner_id: p for p in partners})
-    save_partners(settings.partners_file, registry)
-    publish_partners(settings, stack.codec, partners)
+    add_partners(stack.settings, stack.codec, [Partner(pid, ref) for pid in ids])
