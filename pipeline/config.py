@@ -61,8 +61,6 @@ class Timings:
     session_timeout_s: float
     heartbeat_interval_s: float
     commit_interval_s: float
-    #: How long Faust coalesces subscription changes before resubscribing.
-    resubscribe_delay_s: float
     #: How long a fetch may wait for data. Kafka answers a waiting fetch as soon
     #: as data arrives; Tansu waits the whole time (measured: 722 ms of Faust's
     #: hard-coded 1,500), so the dev profile keeps it short.
@@ -71,8 +69,8 @@ class Timings:
 
 _TIMINGS = {
     # Real Kafka refuses sessions under 6 s (group.min.session.timeout.ms).
-    "production": Timings(10.0, 3.0, 2.0, 5.0, 500),
-    "dev": Timings(2.0, 0.5, 0.5, 1.0, 10),
+    "production": Timings(10.0, 3.0, 2.0, 500),
+    "dev": Timings(2.0, 0.5, 0.5, 10),
 }
 
 

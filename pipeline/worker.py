@@ -18,12 +18,14 @@ from mode import Service
 
 from pipeline import eventloop, failpoints
 from pipeline.config import Settings
-from pipeline.errors import AdapterError, ConfigError, SecretError
+from pipeline.errors import ConfigError, SecretError
 from pipeline.factory import Parts, check_broker_fits
-from pipeline.kafka.app import FaustFlowControl, FaustPublisher, PipelineApp, create_app
+from pipeline.kafka.app import create_app
 from pipeline.kafka.clients import core_topics, ensure_topics, partner_topics
+from pipeline.kafka.consumer import PartnerFlow, RequestConsumer
 from pipeline.kafka.follower import PartnerFollower, load_registry
 from pipeline.kafka.homes import Homes, HomeScan
+from pipeline.kafka.producer import AsyncProducer
 from pipeline.kafka.statelog import StateLog
 from pipeline.lifecycle.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.lifecycle.examiner import Examiner
@@ -81,7 +83,7 @@ class WorkerRuntime(Service):
             PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable()
         )
         self._owned: set[tuple[str, int]] = set()
-        self._partitions = PartitionCounts(lambda topic: self.wiring.partition_count(topic))
+        self._partitions = PartitionCounts(lambda topic: self.intake.partition_count(topic))
         self.health = Health(self.metrics.ready)
         self.endpoint = HttpEndpoint(self.metrics.registry, self.health)
         self.claude = ClaudeClient(settings.anthropic_base_url, settings.upstream_timeout_s)
@@ -93,15 +95,16 @@ class WorkerRuntime(Service):
             partner_share=lambda partner_id: self._ownership(partner_id).fraction,
         )
         self.examiner = Examiner()
-        self.wiring = create_app(
+        self.app = create_app(settings)
+        self.intake = RequestConsumer(
             settings,
             handler=self._handle,
-            request_topics=[requests_topic(p.partner_id) for p in registry],
+            topics=[requests_topic(p.partner_id) for p in registry],
             on_revoked=self._on_revoked,
             on_assigned=self._on_assigned,
-            on_recovered=self._on_recovered,
+            on_error=self._fatal,
         )
-        self.app = self.wiring.app
+        self.producer = AsyncProducer(settings)
         self.statelog = StateLog(settings, on_error=self._fatal)
         self.ledger = BudgetLedger(
             self.statelog.table("spend"),
@@ -138,13 +141,13 @@ class WorkerRuntime(Service):
                 lambda: int(time.time() * 1000),
                 Sealer(settings.dlq_keys_ref, secrets.resolve, registry).seal,
             ),
-            publisher=FaustPublisher(self.app),
+            publisher=self.producer,
             metrics=self.metrics,
             policy=RetryPolicy(
                 settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s
             ),
             config=config,
-            flow=FaustFlowControl(self.app, requests_topic),
+            flow=PartnerFlow(self.intake, requests_topic),
             limiter=self.limiter,
             guard=guard,
             ledger=self.ledger,
@@ -165,7 +168,7 @@ class WorkerRuntime(Service):
             ignored=self.metrics.registry_ignored.inc,
         )
         registry.listeners.append(self._on_partner_change)
-        self.subscriptions = NewPartnerTopics(settings, codec, self.wiring)
+        self.subscriptions = NewPartnerTopics(settings, codec, self.intake)
         self.gauges = Gauges(settings, self.metrics, registry, self.ledger, lambda: self._owned)
         self._crash_task: asyncio.Future[None] | None = None
         self._heartbeat: asyncio.Future[None] | None = None
@@ -201,23 +204,18 @@ class WorkerRuntime(Service):
         # 0 when not known yet: the ledger holds the partner's requests until it is
         return Ownership(owned, self._partitions.current(topic) or 0)
 
-    def _on_assigned(self) -> None:
+    def _on_assigned(self, assigned: set[tuple[str, int]]) -> None:
+        """A rebalance ended (handing this worker `assigned`, maybe nothing new):
+        ready, once the state log is read to now."""
         # Records wait until what the partitions' previous owners wrote is read.
         self.statelog.resync()
-        self._owned = self.wiring.owned_partitions()
+        self._owned = self.intake.owned()
         self._partitions.refresh()
-        try:
-            self.wiring.tune_fetch_wait(self.settings.broker_profile.fetch_max_wait_ms)
-        except AdapterError as exc:
-            self._fatal(exc)
-            return
-        self.dispatcher.on_partitions_assigned(self._owned)
-        workers = self.wiring.workers_consuming()
+        self.dispatcher.on_partitions_assigned(assigned)
+        workers = self.intake.members
         self.limiter.set_share(1.0 / max(1, workers))
-        log.info("partitions assigned", extra={"workers": workers, "key_share": self.limiter.share})
-
-    def _on_recovered(self) -> None:
-        """Streams resumed: consuming, once the state log is read to now."""
+        share = {"workers": workers, "key_share": self.limiter.share, "owned": len(self._owned)}
+        log.info("partitions assigned", extra=share)
         if self._ready_task is not None:
             self._ready_task.cancel()
         self._ready_task = asyncio.ensure_future(self._ready_when_synced())
@@ -278,14 +276,16 @@ class WorkerRuntime(Service):
         self._background.add(asyncio.ensure_future(self.examiner.start()))
         await self.statelog.start()
         await self.dispatcher.start()
+        await self.producer.start()
         # What exists now (modules, Faust, the SDK's types) lives as long as the
         # process: full collections need not walk it again. Measured in the poison
         # benchmark: the worker's full collections paused it 100-110 ms, 6-12 ms
         # with the start-up heap frozen.
         gc.freeze()
-        if not self.wiring.request_topics():
+        if not self.intake.topics:
             # Nothing to consume until a partner is added (which rebalances).
             self.health.set_ready()
+        await self.intake.start()
 
     async def drain(self) -> None:
         """Stop taking records and let in-flight requests publish, while Kafka is up."""
@@ -294,7 +294,9 @@ class WorkerRuntime(Service):
 
     async def on_stop(self) -> None:
         self.health.set_not_ready("stopping")
+        await self.intake.stop()  # what is done is committed as the group is left
         await self.dispatcher.stop(0)
+        await self.producer.stop()
         if self._ready_task is not None:
             self._ready_task.cancel()
         await self.statelog.stop()
@@ -313,10 +315,10 @@ class NewPartnerTopics:
     """A partner added while running: create its topics, then add its request
     topic to the subscription (one rebalance for partners added together)."""
 
-    def __init__(self, settings: Settings, codec: Codec, wiring: PipelineApp) -> None:
+    def __init__(self, settings: Settings, codec: Codec, intake: RequestConsumer) -> None:
         self.settings = settings
         self.codec = codec
-        self.wiring = wiring
+        self.intake = intake
         self._pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -339,13 +341,12 @@ class NewPartnerTopics:
             await asyncio.to_thread(self.codec.warm, output_schemas(new))
             # Topics are never dropped while running: records for a removed
             # partner still get their dead letter (unknown_partner).
-            topics = set(self.wiring.request_topics()) | {requests_topic(pid) for pid in new}
-            if self.wiring.set_request_topics(topics):
+            topics = set(self.intake.topics) | {requests_topic(pid) for pid in new}
+            if self.intake.subscribe(topics):
                 log.info(
                     "subscribing to new partner topics",
                     extra={"partners": new, "created_topics": created},
                 )
-            await self.wiring.until_subscribed(self.settings.timings.resubscribe_delay_s + 0.5)
 
 
 def build_runtime(settings: Settings, redactor: Redactor | None = None) -> WorkerRuntime:

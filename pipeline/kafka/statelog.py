@@ -23,7 +23,7 @@ The ordering rules that make it exact:
   of a partition (or before it was killed: its writes are acknowledged before
   its offsets are committed) is in the log before the markers, so it is applied
   before the worker handles a single record. This needs no end-offset query,
-  which the embedded broker answers wrongly (see `faustadapter`, fix 1).
+  which the embedded broker answers wrongly (see docs/kafka.md).
 - *One writer per entry*: a worker applies its own writes at once and skips
   them when it reads them back (its incarnation id is in a header); an entry
   another worker may also write is keyed by its writer (spend tallies), so no
@@ -48,6 +48,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.kafka.outbox import Outbox
+from pipeline.kafka.producer import AsyncProducer
 from pipeline.partners import STATE_TOPIC, transactional_prefix
 from pipeline.records import OutMessage
 from pipeline.state import Listener
@@ -153,23 +154,14 @@ class StateLog:
 
     async def start(self) -> None:
         """Connect, read the whole log, and keep following it."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, TopicPartition
 
         conf = self._settings.aiokafka_config()
         profile = self._settings.broker_profile
-        txn: dict[str, Any] = {}
-        if self.transactional:
-            txn = {
-                "transactional_id": transactional_id(self._settings.group_id, self.writer),
-                "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
-            }
-        self._producer = AIOKafkaProducer(
-            **conf,
-            **txn,
-            acks="all",
-            enable_idempotence=profile.idempotent_producers or self.transactional,
-            linger_ms=1,
-            max_request_size=self._settings.max_message_bytes,
+        self._producer = AsyncProducer(
+            self._settings,
+            transactional_id(self._settings.group_id, self.writer) if self.transactional else None,
+            TRANSACTION_TIMEOUT_MS if self.transactional else None,
         )
         self._consumer = AIOKafkaConsumer(
             **conf,
@@ -212,9 +204,10 @@ class StateLog:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
         self._consumer = self._producer = None
 
     # -- reading -------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_the_backlog_is_what_the_group_has_not_committed_on_every_partition(
         for n in range(i):  # partner i has i records on partition 0
             producer.produce(requests_topic(partner), b"x", key=f"{n}".encode(), partition=0)
             # a batch each: Tansu 0.6 answers ListOffsets(latest) with its last
-            # batch's base offset plus one (docs/kafka.md, Faust fix 1)
+            # batch's base offset plus one (docs/kafka.md)
             producer.flush()
     # the group committed 2 of lag5's records, and one of lag1's
     group = Consumer({**client_config(settings), "group.id": settings.group_id})

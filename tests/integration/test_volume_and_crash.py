@@ -148,8 +148,8 @@ def test_a_kill_at_each_point_of_the_completion_loses_nothing(workers: Stack, po
 
 def test_requests_sent_while_workers_restart_are_each_served_once(workers: Stack) -> None:
     # Each new worker joins, recovers its tables and seeks its partitions while
-    # requests keep arriving: the moments a record could fall between Faust's
-    # seek and its resumed stream (see pipeline/kafka/faustadapter.py).
+    # requests keep arriving: the moments a record could fall between a
+    # partition's committed offset and the first fetch of its new owner.
     stack = workers
     pids = _partners(stack, "restart")
     stack.start_worker("restart-0")
@@ -168,8 +168,8 @@ def test_requests_sent_while_workers_restart_are_each_served_once(workers: Stack
 
 def test_a_partner_paused_and_resumed_over_and_over_loses_nothing(workers: Stack) -> None:
     # Tiny per-partner queues: intake pauses and resumes each partner's topic
-    # while Faust is still handing over a fetched batch of it. Before the fix
-    # in pipeline/kafka/faustadapter.py, 1,764 of 2,000 such requests never got an outcome.
+    # while a fetched batch of it is still being handed over. On the Faust
+    # intake this once lost 1,764 of 2,000 requests.
     stack = workers
     pids = _partners(stack, "paused")
     keys = _send_many(stack, pids, 800, "backlog")
