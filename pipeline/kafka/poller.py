@@ -71,7 +71,7 @@ class Poller:
         self._pattern = pattern
         self.counts: dict[str, int] = {}  # partitions per request topic, from the metadata
         self.members = 1  # group members, after the last rebalance
-        self._admin: Any = None  # for the group's size, made on the first rebalance
+        self._admin: Any = None  # for the metadata and the group's size, at a rebalance
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
@@ -164,7 +164,10 @@ class Poller:
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         try:
-            meta = consumer.list_topics(timeout=10)
+            # Not the consumer's own list_topics: inside a callback of poll() it
+            # ends the poll's call state, and the next callback of that poll
+            # aborts the process (confluent-kafka's `CallState_get` assertion).
+            meta = self._admin_client().list_topics(timeout=10)
             self.counts = {
                 name: len(t.partitions)
                 for name, t in meta.topics.items()
@@ -179,19 +182,24 @@ class Poller:
         """Members of the group now (each worker plans with 1/N of an upstream key):
         as the broker describes the group, else (Tansu describes no members) as
         the round-robin assignment implies."""
-        from confluent_kafka.admin import AdminClient
-
         group = self._settings.group_id
         try:
-            if self._admin is None:
-                self._admin = AdminClient(client_config(self._settings))
-            described = self._admin.describe_consumer_groups([group])[group].result(timeout=10)
+            admin = self._admin_client()
+            described = admin.describe_consumer_groups([group])[group].result(timeout=10)
             if described.members:
                 return len(described.members)
         except KafkaException as exc:
             log.info("the broker does not describe the group", extra={"error": str(exc)})
         mine = {(p.topic, p.partition) for p in partitions}
         return roundrobin_members(self.counts, mine) or self.members
+
+    def _admin_client(self) -> Any:
+        """A client of its own for the metadata and the group (made on first use)."""
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient(client_config(self._settings))
+        return self._admin
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
