@@ -4,7 +4,6 @@
     ├── ConfigError                 bad settings or arguments           (not retriable)
     ├── SecretError                 a secret reference cannot be read   (not retriable)
     ├── BrokerError                 Kafka refused or is unreachable     (retriable)
-    ├── AdapterError                Faust is not what our adapter expects (not retriable)
     ├── RequestError                one request failed: it becomes a dead letter
     │   ├── SchemaError             undecodable value        reason schema_error
     │   ├── AuthFailed              signature/identity check reason auth_failed
@@ -82,10 +81,6 @@ class BrokerError(PipelineError):
     """Kafka is unreachable or refused an operation."""
 
     retriable = True
-
-
-class AdapterError(PipelineError):
-    """The installed Faust lacks something our adapter relies on: stop, do not guess."""
 
 
 class RequestError(PipelineError):

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pipeline.errors import BrokerError
 from pipeline.records import OutMessage
 
 log = logging.getLogger("pipeline.kafka.statelog")
@@ -108,18 +109,32 @@ async def _commit(producer: Any, writes: list[Write]) -> None:
             await producer.send(topic, value=value, key=key, partition=partition, headers=h)
             for topic, key, value, partition, h, _ in writes
         ]
-        await asyncio.gather(*acks)
+        # every report in before deciding: aborting with records still in flight
+        # left the next transaction's records to time out, and its abort hung
+        _raise_first(await asyncio.gather(*acks, return_exceptions=True))
         await producer.commit_transaction()
     except Exception as exc:
         for *_, done in writes:
             if not done.done():
                 done.set_exception(exc)
         log.warning("a state log transaction failed: aborting it", exc_info=exc)
-        await producer.abort_transaction()
+        try:
+            await producer.abort_transaction()
+        except Exception as abort_exc:
+            raise BrokerError(
+                f"cannot abort a failed state log transaction ({exc}): {abort_exc}; "
+                "stopping: what it held is served again by the next owner"
+            ) from abort_exc
         return
     for *_, done in writes:
         if not done.done():
             done.set_result(None)
+
+
+def _raise_first(reports: list[Any]) -> None:
+    for report in reports:
+        if isinstance(report, BaseException):
+            raise report
 
 
 def _settle(ack: asyncio.Future[Any], done: asyncio.Future[None]) -> None:

@@ -34,6 +34,8 @@ Headers = list[tuple[str, bytes]]
 DELIVERY_TIMEOUT_MS = 30_000
 #: How long the delivery thread blocks in librdkafka while nothing is delivered.
 IDLE_WAIT_S = 1.0
+#: The longest a commit or an abort of a transaction may wait on the broker.
+TRANSACTION_CALL_S = 30.0
 
 
 def producer_config(settings: Settings, transactional_id: str | None = None) -> dict[str, Any]:
@@ -159,10 +161,12 @@ class AsyncProducer:
         self._started()[0].begin_transaction()
 
     async def commit_transaction(self) -> None:
-        await asyncio.to_thread(self._started()[0].commit_transaction)
+        await asyncio.to_thread(self._started()[0].commit_transaction, TRANSACTION_CALL_S)
 
     async def abort_transaction(self) -> None:
-        await asyncio.to_thread(self._started()[0].abort_transaction)
+        """Raises if the abort cannot be made in `TRANSACTION_CALL_S` (the caller
+        stops: never a writer waiting on the broker forever)."""
+        await asyncio.to_thread(self._started()[0].abort_transaction, TRANSACTION_CALL_S)
 
     # -- delivery reports -------------------------------------------------------
 

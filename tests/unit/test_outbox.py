@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.errors import BrokerError
 from pipeline.kafka.outbox import Outbox
 from pipeline.records import OutMessage
 
@@ -14,9 +15,12 @@ from pipeline.records import OutMessage
 class Producer:
     """Records what an aiokafka producer was asked to do; fails where told."""
 
-    def __init__(self, fail_send_of: bytes | None = None) -> None:
+    def __init__(self, fail_send_of: bytes | None = None, abort_fails: bool = False) -> None:
         self.calls: list[Any] = []
         self.fail_send_of = fail_send_of
+        self.abort_fails = abort_fails
+        self.held: list[asyncio.Future[None]] = []  # acks the broker has not answered
+        self.holding = asyncio.Event()
 
     async def begin_transaction(self) -> None:
         self.calls.append("begin")
@@ -26,12 +30,17 @@ class Producer:
 
     async def abort_transaction(self) -> None:
         self.calls.append("abort")
+        if self.abort_fails:
+            raise RuntimeError("fenced")
 
     async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
         self.calls.append((topic, kw["key"]))
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if kw["key"] == self.fail_send_of:
             ack.set_exception(RuntimeError("not leader"))
+        elif kw["key"].startswith(b"slow"):
+            self.held.append(ack)
+            self.holding.set()
         else:
             ack.set_result(None)
         return ack
@@ -118,3 +127,39 @@ def test_without_transactions_each_write_is_sent_and_acknowledged_alone() -> Non
         ("claude.pipeline.state", b"good"),
         ("claude.pipeline.state", b"bad"),
     ]
+
+
+def test_a_transaction_is_aborted_only_once_every_record_in_it_is_answered() -> None:
+    # librdkafka: an abort with records still in flight left the next
+    # transaction's records to time out, and that abort hung
+    async def go() -> list[Any]:
+        outbox, producer = Outbox(transactional=True), Producer(fail_send_of=b"r1")
+        writes = [_write(b"r1"), _write(b"slow")]
+        with outbox.together():
+            for write in writes:
+                outbox.put(write)
+        task = asyncio.create_task(outbox.run(producer))
+        await producer.holding.wait()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        before = list(producer.calls)
+        producer.held[0].set_result(None)
+        await outbox.join()
+        task.cancel()
+        assert all(isinstance(w[5].exception(), RuntimeError) for w in writes)
+        return before
+
+    assert "abort" not in asyncio.run(go())
+
+
+def test_a_transaction_that_cannot_be_aborted_stops_the_writer_saying_why() -> None:
+    async def go() -> None:
+        outbox, write = Outbox(transactional=True), _write(b"r1")
+        outbox.put(write)
+        try:
+            await outbox.run(Producer(fail_send_of=b"r1", abort_fails=True))
+        finally:
+            assert isinstance(write[5].exception(), RuntimeError)  # its caller is told
+
+    with pytest.raises(BrokerError, match="cannot abort a failed state log transaction"):
+        asyncio.run(go())
