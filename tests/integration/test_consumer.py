@@ -66,6 +66,7 @@ class Taken:
 
     def __init__(self, ack_now: bool = True) -> None:
         self.records: list[SourceRecord] = []
+        self.when: dict[str, float] = {}  # value -> when the handler got it (loop time)
         self.acks: dict[tuple[str, int, int], AckFn] = {}
         self.ack_now = ack_now
         self.changed = asyncio.Event()
@@ -74,6 +75,7 @@ class Taken:
 
     async def handle(self, record: SourceRecord, ack: AckFn) -> None:
         self.records.append(record)
+        self.when[(record.value or b"").decode()] = asyncio.get_running_loop().time()
         self.acks[record.position] = ack
         if self.ack_now:
             await ack()
@@ -137,6 +139,35 @@ async def test_a_paused_partner_waits_in_kafka_while_another_flows(broker: str) 
         consumer.resume(flood)
         await taken.until(lambda: len(taken.values(flood)) == 50)
         assert taken.values(flood) == [f"f{i}" for i in range(50)]  # none lost, in order
+    finally:
+        await consumer.stop()
+
+
+async def test_a_light_record_is_not_held_behind_a_floods_full_fetch_queue(broker: str) -> None:
+    # A fetch brings thousands of the flood's small records (256 KB of them): past
+    # librdkafka's queued.min.messages, and librdkafka postponed fetching by its
+    # fetch.queue.backoff.ms (1 s by default), the light partner's record with it:
+    # under a flood its first requests waited 485-988 ms before the worker saw them.
+    settings = _settings(broker, "backoff-test")
+    flood, light = "claude.requests.bflood", "claude.requests.blight"
+    _topics(settings, flood, light)
+    taken = Taken()
+    consumer = _consumer(settings, taken, [flood, light])
+    await consumer.start()
+    try:
+        # one producer for the light partner, warm: an idempotent producer's
+        # first record waits ~0.5 s for its producer id on Kafka
+        producer = SyncProducer(settings)
+        producer.produce(light, b"warm", key=b"warm")
+        producer.flush()
+        await taken.until(lambda: taken.values(light) == ["warm"])
+        _produce(settings, flood, [f"f{i}" for i in range(20_000)])
+        await taken.until(lambda: len(taken.values(flood)) > 0)
+        sent = asyncio.get_running_loop().time()
+        producer.produce(light, b"l0", key=b"l0")
+        producer.flush()
+        await taken.until(lambda: "l0" in taken.values(light))
+        assert taken.when["l0"] - sent < 0.3, f"{taken.when['l0'] - sent:.3f} s"
     finally:
         await consumer.stop()
 

@@ -166,7 +166,9 @@ def _offer_steadily(
     and where it went."""
     sent: list[list[str]] = [[] for _ in partners]
     threads = [
-        rig.paced(pid, rate / len(partners), seconds, out, tag=worker.name, linger_ms=linger)
+        rig.paced(
+            pid, rate / len(partners), seconds, out, tag=worker.name, linger_ms=linger, warm_up=True
+        )
         for pid, out in zip(partners, sent, strict=True)
     ]
     for t in threads:
