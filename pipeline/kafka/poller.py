@@ -155,6 +155,12 @@ class Poller:
         )
 
     def _commit(self, consumer: Consumer, positions: dict[TP, int]) -> None:
+        # asked for before a rebalance that has since let some partitions go (and
+        # committed them itself): never commit those again, older, for their new owner
+        owned = {(p.topic, p.partition) for p in consumer.assignment()}
+        positions = {tp: offset for tp, offset in positions.items() if tp in owned}
+        if not positions:
+            return
         try:
             consumer.commit(offsets=_tps(positions), asynchronous=True)
         except KafkaException as exc:
@@ -173,7 +179,7 @@ class Poller:
                 for name, t in meta.topics.items()
                 if name.startswith(REQUESTS_PREFIX) and t.error is None
             }
-        except KafkaException as exc:
+        except Exception as exc:  # slow or gone: the last counts stand, the worker goes on
             log.warning("cannot read the request topics' partition counts", exc_info=exc)
         self.members = self._group_size(partitions)
         self._on_loop(self._intake.assigned({(p.topic, p.partition) for p in partitions}))
@@ -188,8 +194,8 @@ class Poller:
             described = admin.describe_consumer_groups([group])[group].result(timeout=10)
             if described.members:
                 return len(described.members)
-        except KafkaException as exc:
-            log.info("the broker does not describe the group", extra={"error": str(exc)})
+        except Exception as exc:  # a coordinator slow to answer (a TimeoutError) too
+            log.info("the broker does not describe the group", extra={"error": repr(exc)})
         mine = {(p.topic, p.partition) for p in partitions}
         return roundrobin_members(self.counts, mine) or self.members
 

@@ -36,6 +36,8 @@ DELIVERY_TIMEOUT_MS = 30_000
 IDLE_WAIT_S = 1.0
 #: The longest a commit or an abort of a transaction may wait on the broker.
 TRANSACTION_CALL_S = 30.0
+#: How many times a commit that timed out is resumed before the worker gives up.
+COMMIT_ATTEMPTS = 3
 
 
 def producer_config(settings: Settings, transactional_id: str | None = None) -> dict[str, Any]:
@@ -161,7 +163,20 @@ class AsyncProducer:
         self._started()[0].begin_transaction()
 
     async def commit_transaction(self) -> None:
-        await asyncio.to_thread(self._started()[0].commit_transaction, TRANSACTION_CALL_S)
+        """A commit that times out is still under way in librdkafka: it is called
+        again (an abort now would be refused as conflicting), up to
+        `COMMIT_ATTEMPTS` times; any other failure raises."""
+        producer = self._started()[0]
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(producer.commit_transaction, TRANSACTION_CALL_S)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if attempt == COMMIT_ATTEMPTS or not error.retriable():
+                    raise
+                log.warning("transaction commit: retrying", extra={"error": error.str()})
+            else:
+                return
 
     async def abort_transaction(self) -> None:
         """Raises if the abort cannot be made in `TRANSACTION_CALL_S` (the caller
@@ -177,7 +192,10 @@ class AsyncProducer:
 
     def _serve(self, producer: Producer) -> None:
         while not self._closing.is_set():
-            producer.poll(IDLE_WAIT_S)
+            try:
+                producer.poll(IDLE_WAIT_S)
+            except Exception as exc:  # the reports must keep coming: say it, go on
+                log.warning("serving delivery reports failed", exc_info=exc)
 
     def _delivered(self, done: asyncio.Future[None], err: KafkaError | None, msg: Message) -> None:
         """A delivery report (in whichever thread served it): collected, and handed
