@@ -30,6 +30,13 @@ class _Partition:
         self.next: int | None = None  # one past the newest offset delivered
         self.committed: int | None = None  # what was last handed out to commit
 
+    def compact(self) -> None:
+        """Acked offsets leave the heap only at its top: while the oldest record
+        is long in flight (a retry's back-off), the heap is rebuilt from what is
+        pending before it holds many times more."""
+        if len(self.heap) > 2 * len(self.pending) + 64:
+            self.heap = sorted(self.pending)  # a sorted list is a heap
+
     def position(self) -> int | None:
         while self.heap and self.heap[0] not in self.pending:
             heapq.heappop(self.heap)
@@ -70,6 +77,7 @@ class Offsets:
         part = self._parts.get(tp)
         if part is not None:
             part.pending.discard(offset)
+            part.compact()
 
     def in_flight(self, tp: TP) -> int:
         part = self._parts.get(tp)

@@ -79,3 +79,18 @@ def test_nothing_delivered_commits_nothing() -> None:
     offsets.assigned([A])
     assert offsets.position(A) is None
     assert offsets.commits() == {}
+
+
+def test_acked_offsets_behind_a_stuck_record_do_not_pile_up() -> None:
+    # r0 waits out a long back-off while thousands after it are done
+    offsets, tp = Offsets(), ("claude.requests.acme", 0)
+    offsets.assigned([tp])
+    for offset in range(10_000):
+        offsets.delivered(tp, offset)
+        if offset:
+            offsets.acked(tp, offset)
+    part = offsets._parts[tp]
+    assert len(part.heap) <= 2 * len(part.pending) + 64
+    assert offsets.position(tp) == 0  # still held at the stuck record
+    offsets.acked(tp, 0)
+    assert offsets.position(tp) == 10_000
