@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -60,7 +61,21 @@ REQUEST_TOPICS = "^" + re.escape(REQUESTS_PREFIX) + ".+"
 QUEUE, LANE = "queue", "lane"
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
+def fetch_wait_ms(settings: Settings, partitions: int) -> int:
+    """The request consumer's fetch max-wait with `partitions` to fetch: the broker
+    profile's, or longer where the broker reads only the partitions it reaches
+    within it (Tansu: `BrokerProfile.fetch_read_us_per_partition`). A wait set
+    explicitly (`PIPELINE_FETCH_MAX_WAIT_MS`) is taken as it is."""
+    profile = settings.broker_profile
+    if settings.fetch_max_wait_ms is not None:
+        return settings.fetch_max_wait_ms
+    read_ms = math.ceil(partitions * profile.fetch_read_us_per_partition / 1000)
+    return max(profile.fetch_max_wait_ms, read_ms)
+
+
+def consumer_config(settings: Settings, partitions: int = 0) -> dict[str, Any]:
+    """The request consumer's librdkafka configuration, for `partitions` request
+    partitions (every partner's, the most one worker may own)."""
     t = settings.timings
     return {
         **client_config(settings),
@@ -75,7 +90,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": settings.broker_profile.fetch_max_wait_ms,
+        "fetch.wait.max.ms": fetch_wait_ms(settings, partitions),
         "max.partition.fetch.bytes": FETCH_PARTITION_BYTES,
         # librdkafka prefetches up to this per partition: a lane's worth; and its
         # queue holds the largest record whole (one over this stopped every
@@ -123,7 +138,8 @@ class RequestConsumer:
         self._offsets = Offsets()
         self._owned: set[TP] = set()
         self._holds: dict[str, set[str]] = {}  # topic -> reasons its partitions are paused
-        self._poller = Poller(settings, consumer_config(settings), self, pattern)
+        partitions = len(self._topics) * settings.topic_partitions
+        self._poller = Poller(settings, consumer_config(settings, partitions), self, pattern)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

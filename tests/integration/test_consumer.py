@@ -292,3 +292,26 @@ async def test_an_unreachable_broker_is_a_log_line_and_stop_does_not_hang(
     line = next(r.getMessage() for r in caplog.records if "request consumer:" in r.getMessage())
     assert "127.0.0.1" in line
     assert taken.records == []
+
+
+@pytest.mark.skipif(engine_of(None) != "tansu", reason="a limit of Tansu's fetch (Kafka reads all)")
+async def test_every_partner_among_a_thousand_is_served_on_tansu(tmp_path: Path) -> None:
+    # Tansu reads a fetch's partitions in order and returns the ones it has not
+    # reached within the fetch's max-wait empty, every time: at the profile's
+    # 10 ms a record in the first of 4,000 partitions was never read (40 s).
+    server = start_broker("tansu", tmp_path)
+    try:
+        settings = _settings(server.bootstrap, "thousand-test")
+        topics = [f"claude.requests.m{i:04d}" for i in range(1_000)]
+        _topics(settings, *topics, partitions=4)
+        taken = Taken()
+        consumer = _consumer(settings, taken, topics)
+        await consumer.start()
+        try:
+            _produce(settings, topics[0], ["first"])
+            _produce(settings, topics[500], ["middle"])
+            await taken.until(lambda: sorted(taken.values()) == ["first", "middle"], within=60)
+        finally:
+            await consumer.stop()
+    finally:
+        server.stop()

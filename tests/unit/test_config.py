@@ -103,3 +103,18 @@ def test_transactions_follow_the_broker_unless_set() -> None:
         Settings.from_env({"PIPELINE_PROFILE": "dev", "PIPELINE_TRANSACTIONS": "on"})
     with pytest.raises(ConfigError, match=r"^PIPELINE_TRANSACTIONS must be on or off"):
         Settings.from_env({"PIPELINE_TRANSACTIONS": "maybe"})
+
+
+def test_the_request_consumers_fetch_wait_grows_with_its_partitions_only_on_tansu() -> None:
+    from pipeline.kafka.consumer import consumer_config, fetch_wait_ms
+
+    dev = Settings.from_env({"PIPELINE_PROFILE": "dev"})
+    # Tansu returns the partitions it has not read within the wait empty, always
+    # in the same order: 4,000 at 10 ms left some partners never served
+    assert fetch_wait_ms(dev, 40) == 10  # ten partners: the profile's
+    assert fetch_wait_ms(dev, 4_000) == 100  # a thousand: 25 us a partition
+    assert consumer_config(dev, 4_000)["fetch.wait.max.ms"] == 100
+    kafka = Settings.from_env({})
+    assert fetch_wait_ms(kafka, 4_000) == 500  # Kafka reads every partition: no change
+    chosen = Settings.from_env({"PIPELINE_PROFILE": "dev", "PIPELINE_FETCH_MAX_WAIT_MS": "5"})
+    assert fetch_wait_ms(chosen, 4_000) == 5  # an explicit wait is taken as it is

@@ -17,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.dev.bench.result import pct
 from pipeline.dev.bench.rig import Rig
 from pipeline.factory import client_config
+from pipeline.kafka.consumer import fetch_wait_ms
 from pipeline.partners import requests_topic
 
 WARM_UP = 3
@@ -31,10 +32,10 @@ def bare_consumers(rig: Rig, partner_ids: list[str], records: int) -> dict[str, 
     """p50 and p95 ms, produce to consume, for each client; records go one at a
     time to the first partition of `partner_ids[-1]` (the active partner's)."""
     settings = rig.stack.settings
-    wait_ms = settings.broker_profile.fetch_max_wait_ms
     partitions = [
         (requests_topic(p), n) for p in partner_ids for n in range(settings.topic_partitions)
     ]
+    wait_ms = fetch_wait_ms(settings, len(partitions))  # the worker's, for as many partitions
     target = requests_topic(partner_ids[-1])
     producer = Producer({**client_config(settings), "linger.ms": 0})
     sent = itertools.count()
@@ -70,8 +71,7 @@ class Trials:
 
     def more(self) -> bool:
         """Another record to send? Not once MAX_RESENDS were not seen: the
-        scenario reports how many were missed instead of failing (Tansu with
-        thousands of partitions loses sight of some)."""
+        scenario reports how many were missed instead of failing."""
         if self.sends - self.received > MAX_RESENDS:
             return False
         return len(self.latencies) < self.n

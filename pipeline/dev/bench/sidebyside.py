@@ -145,7 +145,7 @@ def poison(quick: bool, say: Say, progress: Progress) -> Result:
             threads = []
             if phase == "poisoned":
                 threads.append(_poison_thread(rig, "bad", bad_rate, seconds))
-            threads.append(rig.paced("good", rate, seconds, sent, tag=f" {phase}"))
+            threads.append(rig.paced("good", rate, seconds, sent, tag=f" {phase}", warm_up=True))
             for t in threads:
                 t.join()
             rig.collector.wait(sent, 120, progress)
