@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,88 @@ async def test_revoked_partitions_finish_their_work_before_their_next_owner_read
         if b is not None:
             await b.stop()
         await a.stop()
+
+
+async def test_a_rebalance_in_the_middle_of_a_produce_batch_loses_and_repeats_nothing(
+    broker: str,
+) -> None:
+    # As in the worker: each record's outcome is produced in a task of its own
+    # and the record acked once the broker has it; a revoke waits for the
+    # revoked partitions' produces in flight, then commits. Hundreds are in
+    # flight when a second consumer joins.
+    settings = _settings(broker, "midbatch-test")
+    topic, out = "claude.requests.pmidbatch", "claude.responses.pmidbatch"
+    _topics(settings, topic, partitions=4)
+    _topics(settings, out)
+    inputs = [f"p{p}-{i}" for p in range(4) for i in range(150)]
+    for p in range(4):
+        _produce(settings, topic, [v for v in inputs if v.startswith(f"p{p}-")], partition=p)
+    # produces linger 8 s: the whole batch is still in flight when the group rebalances
+    producer = AsyncProducer(settings, overrides={"linger.ms": 8000})
+    await producer.start()
+    in_flight: dict[TP, set[asyncio.Future[None]]] = {}
+
+    async def publish(record: SourceRecord, ack: AckFn) -> None:
+        await producer.publish([OutMessage(out, record.key, record.value or b"")])
+        await ack()
+
+    async def handle(record: SourceRecord, ack: AckFn) -> None:
+        task = asyncio.ensure_future(publish(record, ack))
+        tasks = in_flight.setdefault((record.topic, record.partition), set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def finish(tps: Iterable[TP]) -> None:
+        pending = [t for tp in tps for t in in_flight.get(tp, ())]
+        caught_mid_batch.append(len(pending))
+        await asyncio.gather(*pending)
+
+    caught_mid_batch: list[int] = []
+    consumers = [
+        RequestConsumer(
+            settings,
+            handler=handle,
+            topics=[topic],
+            on_revoked=finish,
+            on_assigned=lambda tps: None,
+            on_error=lambda exc: None,
+            pattern="^" + re.escape(topic) + "$",
+        )
+        for _ in range(2)
+    ]
+    try:
+        await consumers[0].start()
+        await _eventually(lambda: sum(map(len, in_flight.values())) >= 50, 30)
+        await consumers[1].start()  # the group rebalances with produces in flight
+        got = await asyncio.to_thread(_read_all, settings, out, len(inputs), 60.0)
+    finally:
+        for consumer in consumers:
+            await consumer.stop()
+        await producer.stop()
+    assert caught_mid_batch and caught_mid_batch[0] > 0  # the revoke met a batch in flight
+    assert set(got) == set(inputs)  # nothing lost
+    if engine_of(None) != "tansu":  # Tansu forgets a commit made during a rebalance
+        assert len(got) == len(inputs), len(got) - len(inputs)  # nothing produced twice
+
+
+def _read_all(settings: Settings, topic: str, at_least: int, within: float) -> list[str]:
+    """Every value of `topic` (one partition) once `at_least` are there, and
+    whatever arrives in the next second (a duplicate would)."""
+    reader = Consumer({**client_config(settings), "group.id": "read-all", "enable.auto.commit": False})
+    reader.assign([TopicPartition(topic, 0, 0)])
+    values: list[str] = []
+    deadline = time.monotonic() + within
+    settle: float | None = None
+    try:
+        while time.monotonic() < deadline and (settle is None or time.monotonic() < settle):
+            message = reader.poll(0.2)
+            if message is not None and message.error() is None:
+                values.append((message.value() or b"").decode())
+            if settle is None and len(values) >= at_least:
+                settle = time.monotonic() + 1.0
+    finally:
+        reader.close()
+    return values
 
 
 async def test_a_delivery_that_fails_raises_instead_of_hanging(broker: str) -> None:
