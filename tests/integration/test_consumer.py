@@ -306,7 +306,7 @@ async def test_a_rebalance_in_the_middle_of_a_produce_batch_loses_and_repeats_no
         for consumer in consumers:
             await consumer.stop()
         await producer.stop()
-    assert caught_mid_batch and caught_mid_batch[0] > 0  # the revoke met a batch in flight
+    assert caught_mid_batch[:1] > [0]  # the revoke met a batch in flight
     assert set(got) == set(inputs)  # nothing lost
     if engine_of(None) != "tansu":  # Tansu forgets a commit made during a rebalance
         assert len(got) == len(inputs), len(got) - len(inputs)  # nothing produced twice
@@ -315,7 +315,9 @@ async def test_a_rebalance_in_the_middle_of_a_produce_batch_loses_and_repeats_no
 def _read_all(settings: Settings, topic: str, at_least: int, within: float) -> list[str]:
     """Every value of `topic` (one partition) once `at_least` are there, and
     whatever arrives in the next second (a duplicate would)."""
-    reader = Consumer({**client_config(settings), "group.id": "read-all", "enable.auto.commit": False})
+    reader = Consumer(
+        {**client_config(settings), "group.id": "read-all", "enable.auto.commit": False}
+    )
     reader.assign([TopicPartition(topic, 0, 0)])
     values: list[str] = []
     deadline = time.monotonic() + within
