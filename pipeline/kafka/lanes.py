@@ -17,7 +17,7 @@ queue downstream is full: its records wait here, in order, until `release`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 
@@ -103,7 +103,3 @@ class Lanes:
 
     def __bool__(self) -> bool:
         return self._len > 0
-
-    def __iter__(self) -> Iterator[Any]:
-        for lane in self._lanes.values():
-            yield from lane

@@ -89,7 +89,7 @@ class Outbox:
 async def _send(producer: Any, writes: list[Write]) -> None:
     for topic, key, value, partition, headers, done in writes:
         try:
-            ack = await producer.send(
+            ack = producer.send_nowait(
                 topic, value=value, key=key, partition=partition, headers=headers
             )
         except Exception as exc:  # the writer's caller decides
@@ -106,7 +106,7 @@ async def _commit(producer: Any, writes: list[Write]) -> None:
     try:
         await producer.begin_transaction()
         acks = [
-            await producer.send(topic, value=value, key=key, partition=partition, headers=h)
+            producer.send_nowait(topic, value=value, key=key, partition=partition, headers=h)
             for topic, key, value, partition, h, _ in writes
         ]
         # every report in before deciding: aborting with records still in flight

@@ -208,22 +208,26 @@ class Poller:
         return self._admin
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tps = {(p.topic, p.partition) for p in partitions}
-        positions = self._on_loop(self._intake.revoking(tps))
-        if positions:
-            try:
-                consumer.commit(offsets=_tps(positions), asynchronous=False)
-            except KafkaException as exc:
-                log.warning("commit of revoked partitions failed", exc_info=exc)
-        self._on_loop(self._intake.forget(tps))
-        consumer.unassign()
+        self._let_go(consumer, partitions, commit=True)
 
     def _lose(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a revoke (the session expired): nothing may be
         committed for them any more; their next owner serves what was not done."""
+        log.warning(
+            "partitions lost: the group moved on without us", extra={"lost": len(partitions)}
+        )
+        self._let_go(consumer, partitions, commit=False)
+
+    def _let_go(self, consumer: Consumer, partitions: list[TopicPartition], commit: bool) -> None:
+        """The worker finishes the partitions' calls under way; what is done is
+        committed (`commit`), and the partitions are let go."""
         tps = {(p.topic, p.partition) for p in partitions}
-        log.warning("partitions lost: the group moved on without us", extra={"lost": len(tps)})
-        self._on_loop(self._intake.revoking(tps))
+        positions = self._on_loop(self._intake.revoking(tps))
+        if commit and positions:
+            try:
+                consumer.commit(offsets=_tps(positions), asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit of revoked partitions failed", exc_info=exc)
         self._on_loop(self._intake.forget(tps))
         consumer.unassign()
 

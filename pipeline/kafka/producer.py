@@ -139,17 +139,6 @@ class AsyncProducer:
             done.set_exception(BrokerError(f"cannot produce to {topic}: {exc.args[0].str()}"))
         return done
 
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        headers: Headers | None = None,
-    ) -> asyncio.Future[None]:
-        """aiokafka's shape: queue the record, return the future of its delivery."""
-        return self.send_nowait(topic, value, key, partition, headers)
-
     async def publish(self, messages: list[OutMessage]) -> None:
         """Send and wait for every delivery; raises the first failure."""
         futures = [

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from pipeline.client import PartnerClient, ResponseWaiter, build_request
 from pipeline.config import Settings
-from pipeline.dev.engines import engine_of, sasl_env
+from pipeline.dev.engines import sasl_env
 from pipeline.dev.harness import CLI, Stack
 from pipeline.dev.kafkabroker import Credentials
 from pipeline.errors import BrokerError
@@ -32,14 +32,9 @@ from pipeline.partners import (
     requests_topic,
     responses_topic,
 )
+from tests.integration.stack import kafka_only
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        engine_of(None) != "kafka",
-        reason="ACLs need Apache Kafka: PIPELINE_TEST_BROKER=kafka (CI runs it)",
-    ),
-]
+pytestmark = kafka_only("ACLs")
 
 WORKER_USER = "claude-pipeline"
 

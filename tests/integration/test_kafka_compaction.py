@@ -19,19 +19,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from pipeline.dev.engines import engine_of
 from pipeline.dev.harness import Stack
 from pipeline.kafka.admin import publish_partners
 from pipeline.kafka.clients import read_topics
 from pipeline.partners import PARTNERS_TOPIC
+from tests.integration.stack import kafka_only, kafka_stack
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        engine_of(None) != "kafka",
-        reason="compaction needs Apache Kafka: PIPELINE_TEST_BROKER=kafka (CI runs it)",
-    ),
-]
+pytestmark = kafka_only("compaction")
 
 #: Roll segments fast and clean whatever is dirty (the test's settings, not production's).
 FAST_COMPACTION = {
@@ -44,11 +38,7 @@ FAST_COMPACTION = {
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, engine="kafka", broker_settings={"log.cleaner.backoff.ms": "200"})
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from kafka_stack(tmp_path, broker_settings={"log.cleaner.backoff.ms": "200"})
 
 
 def _records(stack: Stack) -> Counter[str]:

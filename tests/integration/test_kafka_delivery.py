@@ -21,29 +21,19 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from pipeline.dev.engines import engine_of
 from pipeline.dev.harness import Stack
 from pipeline.dev.procs import wait_until
 from pipeline.factory import client_config
 from pipeline.kafka.clients import list_topics
 from pipeline.partners import requests_topic, responses_topic
+from tests.integration.stack import kafka_only, kafka_stack
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        engine_of(None) != "kafka",
-        reason="a topic's max.message.bytes needs Apache Kafka: PIPELINE_TEST_BROKER=kafka",
-    ),
-]
+pytestmark = kafka_only("a topic's max.message.bytes")
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, engine="kafka")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from kafka_stack(tmp_path)
 
 
 def _limit_records(stack: Stack, topic: str, max_bytes: int | None) -> None:

@@ -13,28 +13,18 @@ from pathlib import Path
 import pytest
 
 from pipeline.client import PartnerClient, build_request
-from pipeline.dev.engines import engine_of
 from pipeline.dev.harness import CLI, MODEL, Key, Stack
 from pipeline.kafka.clients import list_topics
 from pipeline.lifecycle.placement import partition_for
 from pipeline.partners import requests_topic
+from tests.integration.stack import kafka_only, kafka_stack
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        engine_of(None) != "kafka",
-        reason="CreatePartitions needs Apache Kafka: PIPELINE_TEST_BROKER=kafka (CI runs it)",
-    ),
-]
+pytestmark = kafka_only("CreatePartitions")
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path, engine="kafka")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from kafka_stack(tmp_path)
 
 
 def _send(client: PartnerClient, n: int, label: str) -> list[Key]:

@@ -13,7 +13,7 @@ from pipeline.records import OutMessage
 
 
 class Producer:
-    """Records what an aiokafka producer was asked to do; fails where told."""
+    """Records what the producer (`AsyncProducer`) was asked to do; fails where told."""
 
     def __init__(self, fail_send_of: bytes | None = None, abort_fails: bool = False) -> None:
         self.calls: list[Any] = []
@@ -33,7 +33,7 @@ class Producer:
         if self.abort_fails:
             raise RuntimeError("fenced")
 
-    async def send(self, topic: str, **kw: Any) -> asyncio.Future[None]:
+    def send_nowait(self, topic: str, **kw: Any) -> asyncio.Future[None]:
         self.calls.append((topic, kw["key"]))
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if kw["key"] == self.fail_send_of:
