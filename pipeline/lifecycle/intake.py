@@ -7,6 +7,7 @@ the raw bytes, and only then parse what an authenticated partner sent.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from pipeline import messages
 from pipeline.errors import (
     AuthFailed,
     DeadlineExpired,
+    InvalidRequest,
     Misplaced,
     PartnerDisabled,
     RequestError,
@@ -40,6 +42,11 @@ from pipeline.security.signing import SecretResolver, verify
 
 if TYPE_CHECKING:
     from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
+
+log = logging.getLogger("pipeline.lifecycle.intake")
+
+#: Models without a price warned about, at most (names come from partners).
+UNPRICED_WARNINGS = 256
 
 
 class Rejected(Exception):
@@ -220,6 +227,7 @@ class Intake:
         self._max_age = signature_max_age_s
         self._wall = wall
         self._mono = mono
+        self._unpriced: set[str] = set()  # models warned about
 
     def _check_placement(self, record: SourceRecord, request: dict[str, Any]) -> None:
         """Every copy of a request_id must land in one partition, so one worker reads
@@ -364,6 +372,7 @@ class Intake:
                 raise DeadlineExpired(
                     f"deadline passed {now * 1000 - deadline:.0f} ms before intake"
                 )
+            self._check_priced(partner, str(request["model"]))
         except RequestError as exc:
             raise rejected(exc, request_id, request) from None
         assert examined.params is not None  # noqa: S101 (no `invalid`: params were read)
@@ -378,6 +387,23 @@ class Intake:
             body=examined.body,
             **self._worst_case(request, examined),
         )
+
+    def _check_priced(self, partner: Partner, model: str) -> None:
+        """A model the price table does not know would cost $0, so a USD budget
+        would never stop it: refused for a partner with one; for the others a
+        warning, once a model, that their usage records say $0."""
+        if self._prices.price(model) is not None:
+            return
+        if partner.monthly_budget_usd is not None:
+            raise InvalidRequest(f"no price for model {model}; add it with PIPELINE_PRICES_FILE")
+        if model not in self._unpriced and len(self._unpriced) < UNPRICED_WARNINGS:
+            self._unpriced.add(model)
+            log.warning(
+                "no price for model %s: its usage is recorded at $0 "
+                "(add it with PIPELINE_PRICES_FILE)",
+                model,
+                extra={"model": model, "partner": partner.partner_id},
+            )
 
     def _worst_case(self, request: dict[str, Any], examined: Examined) -> dict[str, float]:
         """The most a request can spend (what budgets reserve): every input token it

@@ -61,6 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.add_partner("filekey", api_key_ref=s.secret_file("filekey.key", ALT_KEYS[0]))
         s.add_partner("revoked", api_key_ref=s.secret_file("revoked.key", "sk-test-revoked"))
         s.add_partner("budget", monthly_budget_usd=BUDGET_USD)
+        s.add_partner("unpriced-usd", monthly_budget_usd=BUDGET_USD)
+        s.add_partner("unpriced")
         s.start_worker()
         yield s
     finally:
@@ -495,3 +497,23 @@ def test_ten_million_messages_are_refused_at_a_block_header_costing_no_one(stack
     swing = 0.0 if stack.engine == "tansu" else 500.0
     assert _pct(during, 0.5) < 1.5 * _pct(transport, 0.5) + swing, (transport, during)
     assert max(during) < max(transport) + 1_500, (transport, during)
+
+
+def test_a_model_with_no_price_cannot_spend_a_usd_budget(stack: Stack) -> None:
+    # Its usage would be recorded at $0, so the budget would never stop it.
+    refused = stack.send("unpriced-usd", "on the house?", model="claude-imaginary-9")
+    other = stack.send("unpriced", "on the house?", model="claude-imaginary-9")
+    got = stack.outcomes(["unpriced-usd", "unpriced"], lambda o: o.complete([refused, other]), 60)
+    (dead,) = got.dead[refused]
+    assert dead["reason"] == "invalid_request"
+    assert dead["detail"] == (
+        "no price for model claude-imaginary-9; add it with PIPELINE_PRICES_FILE"
+    )
+    (response,) = got.responses[refused]
+    assert response["error_type"] == "invalid_request"
+    assert "no price for model claude-imaginary-9" in response["error_message"]
+    # without a USD budget it goes on to Claude (which knows no such model), and
+    # the worker says once that its usage would be recorded at $0
+    assert got.reason(other) != "invalid_request"
+    (line,) = stack.wait_log(lambda r: str(r.get("msg", "")).startswith("no price for model"))
+    assert (line["model"], line["partner"]) == ("claude-imaginary-9", "unpriced")

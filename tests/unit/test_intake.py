@@ -181,3 +181,29 @@ def test_fast_mode_is_carried_but_refused_to_a_partner_with_a_budget() -> None:
     assert _intake().admit(_record(value)).params["speed"] == "fast"
     reason, _, _ = _reason(_intake(monthly_budget_usd=5.0), _record(value))
     assert reason == "invalid_request"
+
+
+def test_a_model_with_no_price_is_refused_to_a_partner_with_a_usd_budget() -> None:
+    # It would cost $0 in the usage records: the budget would never stop it.
+    intake = _intake(monthly_budget_usd=50.0)
+    with pytest.raises(Rejected) as info:
+        intake.admit(_record(_value(model="claude-imaginary-9")))
+    assert info.value.error.reason == "invalid_request"
+    assert str(info.value.error) == (
+        "no price for model claude-imaginary-9; add it with PIPELINE_PRICES_FILE"
+    )
+    assert intake.admit(_record(_value(model="claude-haiku-4-5"))).request_id == "r1"
+
+
+def test_a_model_with_no_price_is_a_warning_once_for_a_partner_without_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    intake = _intake(daily_token_budget=1_000_000)  # tokens need no price
+    with caplog.at_level("WARNING", logger="pipeline.lifecycle.intake"):
+        for _ in range(3):
+            assert intake.admit(_record(_value(model="claude-imaginary-9"))).request_id == "r1"
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "no price for model claude-imaginary-9: its usage is recorded at $0 "
+        "(add it with PIPELINE_PRICES_FILE)"
+    ]

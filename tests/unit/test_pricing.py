@@ -49,3 +49,11 @@ def test_one_hour_cache_writes_cost_twice_input_and_searches_cost_a_cent() -> No
     assert prices.cost("claude-haiku-4-5", 0, 0, web_search_requests=3) == pytest.approx(0.03)
     # thinking is billed as output: it is part of output_tokens
     assert prices.cost("claude-sonnet-4-6", 0, 1_000_000) == pytest.approx(15.0)
+
+
+def test_every_model_the_simulator_serves_has_a_price() -> None:
+    from pipeline.dev.sim.catalog import MODELS
+
+    table = PriceTable()
+    names = [name for m in MODELS for name in (m.id, *m.aliases)]
+    assert [name for name in names if table.price(name) is None] == []
