@@ -47,6 +47,12 @@ class BrokerProfile:
     #: served at 10 ms; the read took 30-50 ms idle). The request consumer's
     #: wait grows by this per partition it may be assigned (`fetch_wait_ms`).
     fetch_read_us_per_partition: float = 0.0
+    #: Tansu keeps a member that leaves while its group join is under way as the
+    #: group's leader, and every member after it waits for that leader's
+    #: assignment forever (SyncGroup: REBALANCE_IN_PROGRESS, seen when a worker
+    #: was stopped 0.6 s after it started). A worker stopped mid-join finishes
+    #: the join first (at most twice the session timeout), then leaves.
+    finish_join_before_leaving: bool = False
 
 
 BROKER_PROFILES = {
@@ -61,6 +67,7 @@ BROKER_PROFILES = {
         fetch_max_wait_ms=10,
         follow_fetch_wait_ms=100,
         fetch_read_us_per_partition=25.0,
+        finish_join_before_leaving=True,
     ),
 }
 

@@ -75,6 +75,8 @@ class Poller:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._joined = False  # an assignment came (set in the consumer thread)
+        self._leave_by = 0.0  # with a join under way, the latest the thread leaves
         self._commands: deque[Callable[[Consumer], object]] = deque()
         self._stopped: asyncio.Future[None] | None = None
 
@@ -94,6 +96,9 @@ class Poller:
         """The thread leaves the group (the revoke callback runs) and closes the consumer."""
         if self._stopped is None:
             return
+        if self._settings.broker_profile.finish_join_before_leaving:
+            grace = 2 * self._settings.timings.session_timeout_s
+            self._leave_by = time.monotonic() + grace
         self._closing.set()
         await self._stopped
 
@@ -124,7 +129,7 @@ class Poller:
 
     def _run(self, consumer: Consumer, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            while not self._closing.is_set():
+            while not self._leaving():
                 while self._commands:
                     _call(consumer, self._commands.popleft())
                 first = consumer.poll(IDLE_WAIT_S)
@@ -142,6 +147,13 @@ class Poller:
             except Exception as exc:
                 log.warning("closing the request consumer failed", exc_info=exc)
             loop.call_soon_threadsafe(_settle, self._stopped)
+
+    def _leaving(self) -> bool:
+        """Stop was asked for, and no group join is left under way (see
+        `BrokerProfile.finish_join_before_leaving`)."""
+        if not self._closing.is_set():
+            return False
+        return self._joined or time.monotonic() >= self._leave_by
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run `coro` on the event loop and wait for it here."""
@@ -168,6 +180,7 @@ class Poller:
             self._call_soon(self._intake.uncommit, positions)
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True
         consumer.assign(partitions)
         try:
             # Not the consumer's own list_topics: inside a callback of poll() it

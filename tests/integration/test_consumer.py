@@ -334,6 +334,27 @@ def _read_all(settings: Settings, topic: str, at_least: int, within: float) -> l
     return values
 
 
+async def test_a_consumer_stopped_while_it_joins_leaves_the_group_joinable(broker: str) -> None:
+    # Tansu kept a member that left mid-join as the group's leader: every later
+    # member's SyncGroup waited for that leader's assignment, for ever (a worker
+    # restarted 0.6 s after it started, and no worker served again).
+    settings = _settings(broker, "midjoin-test")
+    topic = "claude.requests.pmidjoin"
+    _topics(settings, topic)
+    first = _consumer(settings, Taken(), [topic])
+    await first.start()
+    await asyncio.sleep(0.2)  # its JoinGroup is out; Tansu answers it after 1 s
+    await first.stop()
+    taken = Taken()
+    second = _consumer(settings, taken, [topic])
+    await second.start()
+    try:
+        _produce(settings, topic, ["after"])
+        await taken.until(lambda: taken.values() == ["after"], within=30)
+    finally:
+        await second.stop()
+
+
 async def test_a_delivery_that_fails_raises_instead_of_hanging(broker: str) -> None:
     # A response that never reaches the broker must fail its publish (the
     # dispatcher then leaves its request unacked: no commit past it), not hang.
