@@ -32,6 +32,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LIMIT = 2 * 1024 * 1024  # the worker's record limit in this module
 BUDGET_USD = 0.06
 WORKSPACE = "wrkspc_01fidelity"
+BILLED_KEY = "sk-test-billed"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for pid in ("hostile", "legacy", "bulky"):
             s.add_partner(pid)
         s.add_partner("budgeted", monthly_budget_usd=BUDGET_USD)
+        # a key of its own: the simulator's bill for it is this partner's alone
+        s.add_partner("billed", api_key_ref=s.secret_file("billed.key", BILLED_KEY))
         s.start_worker()
         yield s
     finally:
@@ -447,3 +450,23 @@ def test_the_tool_use_agent_example_runs_verbatim(stack: Stack) -> None:
     assert lines[2].startswith("turn 2: final answer: ")
     assert "18 degrees" in lines[2]
     assert "14:05 in" in lines[2]
+
+
+def test_the_usage_records_cost_what_the_upstream_bills(stack: Stack) -> None:
+    # Plain input and output, 5-minute and 1-hour cache writes, then reads of
+    # them, thinking (billed as output) and tools: the pipeline's cost_usd
+    # against the simulator's bill, which prices them as Anthropic does.
+    kinds = ["system_cache_5m_and_1h", "system_cache_5m_and_1h", "thinking", "tools_any"]
+    keys = []
+    for i, kind in enumerate(kinds):
+        record = request_record(corpus.corpus()[kind], partner_id="billed", request_id=f"bill-{i}")
+        keys.append(_send(stack, "billed", record))
+    stack.client("billed").flush()
+    got = _wait(stack, keys)
+    usages = [u for k in keys for u in got.usage[k]]
+    assert [got.responses[k][0]["status"] for k in keys] == ["ok"] * len(kinds)
+    assert sum(u["cache_creation_input_tokens"] for u in usages) > 0
+    assert sum(u["cache_read_input_tokens"] for u in usages) > 0
+    recorded = sum(u["cost_usd"] for u in usages)
+    billed = stack.sim_stats()["keys"][BILLED_KEY]["cost_usd"]
+    assert recorded == pytest.approx(billed, abs=1e-9), (recorded, billed)

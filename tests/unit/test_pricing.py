@@ -51,9 +51,13 @@ def test_one_hour_cache_writes_cost_twice_input_and_searches_cost_a_cent() -> No
     assert prices.cost("claude-sonnet-4-6", 0, 1_000_000) == pytest.approx(15.0)
 
 
-def test_every_model_the_simulator_serves_has_a_price() -> None:
+def test_every_model_the_simulator_serves_has_the_price_it_bills() -> None:
     from pipeline.dev.sim.catalog import MODELS
 
     table = PriceTable()
-    names = [name for m in MODELS for name in (m.id, *m.aliases)]
-    assert [name for name in names if table.price(name) is None] == []
+    for model in MODELS:
+        assert model.input_usd > 0
+        for name in (model.id, *model.aliases):
+            price = table.price(name)
+            assert price is not None, name
+            assert (price.input, price.output) == (model.input_usd, model.output_usd), name

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.dev.sim.batches import BatchStore
 from pipeline.dev.sim.cache import CacheUsage, PromptCache
-from pipeline.dev.sim.catalog import MODELS, find_model
+from pipeline.dev.sim.catalog import MODELS, bill, find_model
 from pipeline.dev.sim.config import FAULT_KINDS, SimConfig
 from pipeline.dev.sim.errors import ApiError, invalid
 from pipeline.dev.sim.faults import FaultInjector
@@ -45,12 +45,15 @@ class KeyStats:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    #: The key's bill (`catalog.bill`): every call and batch result, as Anthropic charges.
+    cost_usd: float = 0.0
 
-    def add(self, usage: Mapping[str, int]) -> None:
+    def add(self, usage: Mapping[str, int], cost_usd: float = 0.0) -> None:
         self.input_tokens += usage.get("input_tokens", 0)
         self.output_tokens += usage.get("output_tokens", 0)
         self.cache_read_input_tokens += usage.get("cache_read_input_tokens", 0)
         self.cache_creation_input_tokens += usage.get("cache_creation_input_tokens", 0)
+        self.cost_usd += cost_usd
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class KeyStats:
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cost_usd": round(self.cost_usd, 9),
         }
 
 
@@ -167,20 +171,26 @@ class Simulator:
     def ratelimit_headers(self, key: str) -> dict[str, str]:
         return self.limits_for(key).headers()
 
-    def record(self, key: str, status: int | str, usage: Mapping[str, int] | None = None) -> None:
+    def record(
+        self,
+        key: str,
+        status: int | str,
+        usage: Mapping[str, int] | None = None,
+        cost_usd: float = 0.0,
+    ) -> None:
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = KeyStats()
         stats.requests[str(status)] += 1
         if usage:
-            stats.add(usage)
+            stats.add(usage, cost_usd)
 
     def stats_snapshot(self) -> dict[str, Any]:
         keys = {k: s.as_dict() for k, s in self.stats.items()}
         totals = KeyStats()
         for s in self.stats.values():
             totals.requests.update(s.requests)
-            totals.add(s.as_dict())
+            totals.add(s.as_dict(), s.cost_usd)
         return {"keys": keys, "totals": totals.as_dict()}
 
     # -- the Messages API -------------------------------------------------
@@ -254,7 +264,7 @@ class Simulator:
         """Bill the output, record the success and build the Message object."""
         usage = usage_dict(prepared)
         self.limits_for(prepared.key).charge_output(prepared.reply.output_tokens)
-        self.record(prepared.key, 200, usage)
+        self.record(prepared.key, 200, usage, _bill(prepared))
         return message_object(prepared, message_id, usage)
 
     def remember(
@@ -291,7 +301,7 @@ class Simulator:
             return _errored(exc, self.new_id("req"))
         prepared = Prepared(key, req, usage, self._generate(req), None, 0.0)
         counts = usage_dict(prepared)
-        self.stats.setdefault(key, KeyStats()).add(counts)
+        self.stats.setdefault(key, KeyStats()).add(counts, _bill(prepared, batch=True))
         message = message_object(prepared, self.new_id("msg"), counts)
         return {"type": "succeeded", "message": message}
 
@@ -303,6 +313,19 @@ class Simulator:
             raise
         self.record(key, 200)
         return {"input_tokens": tokens.count_request(messages, system, tools)}
+
+
+def _bill(prepared: Prepared, batch: bool = False) -> float:
+    usage = prepared.usage
+    return bill(
+        prepared.request.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=prepared.reply.output_tokens,
+        cache_5m=usage.cache_creation_5m_input_tokens,
+        cache_1h=usage.cache_creation_1h_input_tokens,
+        cache_read=usage.cache_read_input_tokens,
+        batch=batch,
+    )
 
 
 def usage_dict(prepared: Prepared) -> dict[str, int]:

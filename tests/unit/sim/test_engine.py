@@ -172,3 +172,46 @@ def test_key_scoped_faults_spare_other_keys(clock: FakeClock, wall: FakeClock) -
         sim.prepare("broken", _body())
     assert info.value.status == 529
     sim.complete(sim.prepare("healthy", _body()), "id")
+
+
+def test_the_bill_is_anthropics_by_token_kind_and_tier(clock: FakeClock, wall: FakeClock) -> None:
+    from pipeline.dev.sim.catalog import bill, find_model
+
+    sonnet = find_model("claude-sonnet-4-6")
+    assert sonnet is not None
+    # $3 / $15 per million; writes 1.25x and 2x input, reads 0.1x; batches half
+    assert bill(sonnet, input_tokens=1_000_000, output_tokens=0) == pytest.approx(3.0)
+    assert bill(sonnet, input_tokens=0, output_tokens=1_000_000) == pytest.approx(15.0)
+    tiers = bill(sonnet, input_tokens=0, output_tokens=0, cache_5m=10**6, cache_1h=10**6)
+    assert tiers == pytest.approx(3.75 + 6.0)
+    assert bill(sonnet, input_tokens=0, output_tokens=0, cache_read=10**6) == pytest.approx(0.3)
+    assert bill(sonnet, input_tokens=10**6, output_tokens=10**6, batch=True) == pytest.approx(9.0)
+    sim = _sim(clock, wall, cache_min_tokens=10)
+    key = sim.authenticate(HEADERS)
+    cached = {
+        **_body(),
+        "system": [
+            {"type": "text", "text": "policy " * 40, "cache_control": {"type": "ephemeral"}}
+        ],
+    }
+    first = sim.complete(sim.prepare(key, cached), "msg_1")["usage"]
+    second = sim.complete(sim.prepare(key, cached), "msg_2")["usage"]
+    assert first["cache_creation_input_tokens"] > 0
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    expected = sum(
+        bill(
+            sonnet,
+            input_tokens=u["input_tokens"],
+            output_tokens=u["output_tokens"],
+            cache_5m=u["cache_creation_input_tokens"],
+            cache_read=u["cache_read_input_tokens"],
+        )
+        for u in (first, second)
+    )
+    assert sim.stats_snapshot()["keys"]["k1"]["cost_usd"] == pytest.approx(expected, abs=1e-9)
+    assert sim.stats_snapshot()["totals"]["cost_usd"] == pytest.approx(expected, abs=1e-9)
+    # a batch's result is billed at half the price
+    sim.batch_result("kb", _body("in a batch"))
+    (usage,) = [sim.stats["kb"]]
+    full = bill(sonnet, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    assert sim.stats_snapshot()["keys"]["kb"]["cost_usd"] == pytest.approx(full / 2, abs=1e-9)
