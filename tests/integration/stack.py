@@ -19,7 +19,7 @@ def kafka_only(what: str) -> list[pytest.MarkDecorator]:
         pytest.mark.integration,
         pytest.mark.skipif(
             engine_of(None) != "kafka",
-            reason=f"{what} needs Apache Kafka: PIPELINE_TEST_BROKER=kafka (CI runs it)",
+            reason=f"needs Apache Kafka for {what}: PIPELINE_TEST_BROKER=kafka (CI runs it)",
         ),
     ]
 
