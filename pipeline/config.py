@@ -8,7 +8,7 @@ so a 2 s session makes a worker ready in about 3 s instead of 5.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,36 @@ _TIMINGS = {
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """The batch lane: a batch closes at `max_requests` or `max_wait_s` after its
+    first request; a submitted batch is polled after `poll_s`, then 1.5x longer
+    each time up to a minute."""
+
+    max_requests: int = 10_000
+    max_wait_s: float = 60.0
+    poll_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_requests <= 100_000:
+            raise ConfigError(
+                "PIPELINE_BATCH_MAX_REQUESTS must be within 1-100000 (the API's limit)"
+            )
+        if not 0 < self.max_wait_s <= 86_400:
+            raise ConfigError("PIPELINE_BATCH_MAX_WAIT_S must be within 0-86400 (seconds)")
+        if not 0 < self.poll_s <= 3600:
+            raise ConfigError("PIPELINE_BATCH_POLL_S must be within 0-3600 (seconds)")
+
+    @classmethod
+    def read(cls, number: Callable[[str, Any, Any], Any]) -> BatchSettings:
+        d = cls()
+        return cls(
+            number("PIPELINE_BATCH_MAX_REQUESTS", int, d.max_requests),
+            number("PIPELINE_BATCH_MAX_WAIT_S", float, d.max_wait_s),
+            number("PIPELINE_BATCH_POLL_S", float, d.poll_s),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     anthropic_api_key: str | None = field(default=None, repr=False)
@@ -115,6 +145,7 @@ class Settings:
     max_in_flight: int = 256
     max_queued_per_partner: int = 256
     max_attempts: int = 5
+    batch: BatchSettings = field(default_factory=lambda: BatchSettings())
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     upstream_timeout_s: float = 600.0
@@ -296,6 +327,7 @@ class Settings:
                 "PIPELINE_MAX_QUEUED_PER_PARTNER", int, d.max_queued_per_partner
             ),
             max_attempts=number("PIPELINE_MAX_ATTEMPTS", int, d.max_attempts),
+            batch=BatchSettings.read(number),
             backoff_base_s=number("PIPELINE_BACKOFF_BASE_S", float, d.backoff_base_s),
             backoff_cap_s=number("PIPELINE_BACKOFF_CAP_S", float, d.backoff_cap_s),
             upstream_timeout_s=number("PIPELINE_UPSTREAM_TIMEOUT_S", float, d.upstream_timeout_s),

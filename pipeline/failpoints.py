@@ -5,7 +5,11 @@ no cleanup, exit status 137) the 20th time it passes `after_publish`. Points:
 
 - `before_publish`: an outcome is ready, nothing of it is on the broker;
 - `after_publish`: the outcome's records are on the broker, its done marker is not;
-- `after_marker`: the done marker is durable too, the offset is not acked.
+- `after_marker`: the done marker is durable too, the offset is not acked;
+- `batch_before_submit`: a batch entry is durable, its create call not made;
+- `batch_after_submit`: the batch exists upstream, its id is not in the state log;
+- `batch_polling`: a submitted batch is being polled;
+- `batch_after_results`: its results are read, none answered.
 
 Empty in production: `hit` is then one dictionary lookup.
 """
@@ -20,7 +24,15 @@ from pipeline.errors import ConfigError
 
 log = logging.getLogger("pipeline.failpoints")
 
-POINTS = ("before_publish", "after_publish", "after_marker")
+POINTS = (
+    "before_publish",
+    "after_publish",
+    "after_marker",
+    "batch_before_submit",
+    "batch_after_submit",
+    "batch_polling",
+    "batch_after_results",
+)
 
 
 def parse(spec: str | None) -> dict[str, int]:

@@ -242,6 +242,12 @@ class Progress:
     charge: Charge | None = None  # held between dispatch and the end of the attempt
     reservation: Reservation | None = None  # budget held while it runs
     durable: list[Awaitable[Any] | None] = field(default_factory=list)  # writes to await
+    #: State writes made with the outcome (in its transaction, when there is one).
+    with_outcome: list[Callable[[], Awaitable[Any] | None]] = field(default_factory=list)
+    #: On the batch lane (its limits are the Batches API's, its price half) ...
+    batch: bool = False
+    #: ... or taken off it (its batch failed it): served as an interactive request.
+    interactive: bool = False
     deadline_timer: asyncio.TimerHandle | None = None
 
 

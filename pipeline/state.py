@@ -72,6 +72,9 @@ class MemoryStore:
             self.durable.discard(key)
             self._changed(key, None)
 
+    def remove(self, key: str) -> None:
+        self.delete(key)
+
     def items(self) -> Iterable[tuple[str, Any]]:
         return list(self.data.items())
 
@@ -144,6 +147,11 @@ class ReplayGuard:
         if not isinstance(entry, dict):
             return False
         return self._wall() * 1000 - int(entry["at"]) <= self.window_s * 1000
+
+    def done(self, partner_id: str, request_id: str) -> bool:
+        """Whether a copy of this request_id was answered (its done marker is read)."""
+        entry = self._store.get(self._key(partner_id, request_id))
+        return isinstance(entry, dict) and entry.get("s") == "done"
 
     def _entry(self, position: Position, replay_count: int, state: str) -> dict[str, Any]:
         topic, partition, offset = position

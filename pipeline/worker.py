@@ -20,6 +20,7 @@ from pipeline import eventloop, failpoints
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, SecretError
 from pipeline.factory import Parts, check_broker_fits
+from pipeline.failpoints import Failpoints
 from pipeline.kafka.app import create_app
 from pipeline.kafka.clients import core_topics, ensure_topics, partner_topics
 from pipeline.kafka.consumer import PartnerFlow, RequestConsumer
@@ -27,6 +28,8 @@ from pipeline.kafka.follower import PartnerFollower, load_registry
 from pipeline.kafka.homes import Homes, HomeScan
 from pipeline.kafka.producer import AsyncProducer
 from pipeline.kafka.statelog import StateLog
+from pipeline.lifecycle.batchanswers import Answers
+from pipeline.lifecycle.batchlane import BatchLane
 from pipeline.lifecycle.dispatch import DispatchConfig, Dispatcher, assemble
 from pipeline.lifecycle.examiner import Examiner
 from pipeline.lifecycle.intake import Intake
@@ -53,10 +56,54 @@ from pipeline.security.registryauth import RegistryPolicy, policy_for
 from pipeline.security.sealing import Sealer, load_keyring
 from pipeline.state import BudgetLedger, Ownership, ReplayGuard
 from pipeline.upstream import claude
+from pipeline.upstream.batches import BatchApi
 from pipeline.upstream.claude import ClaudeClient
 from pipeline.upstream.keys import ApiKeys
 
 log = logging.getLogger("pipeline.worker")
+
+
+def request_parts(
+    rt: WorkerRuntime, guard: ReplayGuard, prices: PriceTable
+) -> tuple[Intake, OutcomeBuilder, BatchLane]:
+    """A worker's intake, outcome builder and batch lane (over its state log's
+    `batches` table)."""
+    settings, registry, secrets = rt.settings, rt.registry, rt.secrets
+    intake = Intake(
+        registry,
+        rt.codec,
+        secrets,
+        settings.signature_max_age_s,
+        prices=prices,
+        max_value_bytes=settings.max_record_bytes,
+        partitions=rt._partitions.every,
+    )
+    builder = OutcomeBuilder(
+        prices,
+        lambda: int(time.time() * 1000),
+        Sealer(settings.dlq_keys_ref, secrets.resolve, registry).seal,
+    )
+    batches = rt.statelog.table("batches")
+    lane = BatchLane(
+        table=batches,
+        api=BatchApi(rt.claude),
+        keys=rt.api_keys,
+        intake=intake,
+        answers=Answers(
+            table=batches,
+            registry=rt.registry,
+            ledger=rt.ledger,
+            guard=guard,
+            builder=builder,
+            prices=prices,
+            metrics=rt.metrics,
+        ),
+        metrics=rt.metrics,
+        config=rt.settings.batch,
+        writer=rt.statelog.writer,
+        failpoints=Failpoints(failpoints.parse(rt.settings.failpoints)),
+    )
+    return intake, builder, lane
 
 
 class WorkerRuntime(Service):
@@ -122,25 +169,14 @@ class WorkerRuntime(Service):
             max_record_bytes=settings.max_record_bytes,
             failpoints=failpoints.parse(settings.failpoints),
         )
+        intake, builder, self.lane = request_parts(self, guard, prices)
         stages = assemble(
             registry=registry,
-            intake=Intake(
-                registry,
-                codec,
-                secrets,
-                settings.signature_max_age_s,
-                prices=prices,
-                max_value_bytes=settings.max_record_bytes,
-                partitions=self._partitions.every,
-            ),
+            intake=intake,
             claude=self.claude,
             keys=self.api_keys,
             codec=codec,
-            builder=OutcomeBuilder(
-                prices,
-                lambda: int(time.time() * 1000),
-                Sealer(settings.dlq_keys_ref, secrets.resolve, registry).seal,
-            ),
+            builder=builder,
             publisher=self.producer,
             metrics=self.metrics,
             policy=RetryPolicy(
@@ -157,6 +193,7 @@ class WorkerRuntime(Service):
             homes=Homes(self.homes.holds, guard, self.statelog.caught_up),
             # on Kafka, a response and its done marker commit together
             atomic=self.statelog if settings.transactional else None,
+            lane=self.lane,
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(
@@ -222,6 +259,7 @@ class WorkerRuntime(Service):
 
     async def _ready_when_synced(self) -> None:
         await self.statelog.wait_synced()
+        self.lane.adopt(self._owned)  # what their previous owners left, read to now
         self.health.set_ready()
 
     def _fatal(self, exc: BaseException) -> None:

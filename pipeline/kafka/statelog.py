@@ -107,6 +107,11 @@ class LogTable:
             tombstone = self._log.write(f"{self.name}/{key}", None)
             tombstone.add_done_callback(_quiet)
 
+    def remove(self, key: str) -> Awaitable[None]:
+        """Delete an entry whoever wrote it: a tombstone, durable once awaited."""
+        self.changed(key, None)
+        return self._log.write(f"{self.name}/{key}", None)
+
     def items(self) -> Iterable[tuple[str, Any]]:
         return list(self.data.items())
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.errors import QuotaExceeded, RequestError
+from pipeline.limits.pricing import BATCH_MULTIPLIER
 from pipeline.limits.ratelimit import Limiter, Throttle, Verdict
 from pipeline.partners import Registry
 from pipeline.records import Admitted
@@ -59,23 +60,29 @@ class Admission:
         self._limiter = limiter
         self._ledger = ledger
 
-    def partner(self, admitted: Admitted) -> AdmissionVerdict:
-        """The partner's budgets and rate limits."""
+    def partner(self, admitted: Admitted, *, batch: bool = False) -> AdmissionVerdict:
+        """The partner's budgets and rate limits (a `batch` request: its budgets at
+        the batch price only; the Batches API has its own limits)."""
         partner = self._registry.get(admitted.partner_id)
         if partner is None or not partner.enabled:
             return GO  # it fails fast at its attempt, without calling Claude
         if self._ledger is not None and partner.has_budget:
-            budget = self._ledger.check(partner, admitted.worst_tokens, admitted.worst_usd)
+            usd = admitted.worst_usd * (BATCH_MULTIPLIER if batch else 1.0)
+            budget = self._ledger.check(partner, admitted.worst_tokens, usd)
             if budget.state is BudgetState.EXCEEDED:
                 return AdmissionVerdict(Decision.REFUSE, error=QuotaExceeded(budget.detail))
             if budget.state is BudgetState.WAIT:
                 return AdmissionVerdict(Decision.WAIT, BUDGET_RECHECK_S, Throttle.BUDGET_PENDING)
+        if batch:
+            return GO
         return _from_limiter(self._limiter.partner_wait(partner, admitted.cost))
 
-    def key(self, kid: str, admitted: Admitted, new: bool) -> AdmissionVerdict:
+    def key(
+        self, kid: str, admitted: Admitted, new: bool, *, batch: bool = False
+    ) -> AdmissionVerdict:
         """The upstream key's limits. A partner that just became active (`new`) may use
         the headroom the key's view keeps back."""
-        if kid.startswith(UNRESOLVED):
+        if batch or kid.startswith(UNRESOLVED):
             return GO  # no key to spend: it fails fast at its attempt
         return _from_limiter(self._limiter.key_wait(kid, admitted.cost, headroom=not new))
 

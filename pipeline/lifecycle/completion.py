@@ -241,6 +241,8 @@ class Completion:
             self._failpoints.hit("after_publish")
             if job is not None and self._guard is not None:
                 durable.append(self._marker(job, record))
+            if job is not None:
+                durable.extend(write() for write in job.progress.with_outcome)
         await wait_all(durable)
         self._failpoints.hit("after_marker")
         durable.clear()
@@ -266,6 +268,8 @@ class Completion:
             sent: list[Awaitable[object] | None] = list(self._atomic.send(messages))
             if job is not None and self._guard is not None:
                 sent.append(self._marker(job, record))
+            if job is not None:
+                sent.extend(write() for write in job.progress.with_outcome)
         await wait_all(sent)
 
     async def _publish(self, send: Callable[[], Awaitable[None]], record: SourceRecord) -> None:

@@ -15,7 +15,6 @@ never lose it).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -28,6 +27,7 @@ from pipeline.failpoints import Failpoints
 from pipeline.lifecycle.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
 from pipeline.lifecycle.attempt import Attempts, Failed, Retry, Served, Upstream, job_fields
 from pipeline.lifecycle.backlog import Backlog
+from pipeline.lifecycle.batchlane import BatchLane
 from pipeline.lifecycle.completion import (
     Atomic,
     Completion,
@@ -42,7 +42,7 @@ from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
 from pipeline.lifecycle.pausing import FlowControl, NoFlowControl, Pausing
 from pipeline.lifecycle.picker import Picker
 from pipeline.lifecycle.reception import Homes, Reception
-from pipeline.lifecycle.tasks import Supervisor
+from pipeline.lifecycle.tasks import Running, Supervisor
 from pipeline.limits.pricing import PriceTable
 from pipeline.limits.ratelimit import Limiter
 from pipeline.limits.retry import RetryPolicy
@@ -93,6 +93,8 @@ class Stages:
     examiner: Examiner | None = None
     #: Tells a misplaced record's producer mistake from a replay (None: never answered).
     homes: Homes | None = None
+    #: Answers `priority: batch` requests through Message Batches (None: interactively).
+    lane: BatchLane | None = None
 
 
 class Dispatcher:
@@ -151,14 +153,17 @@ class Dispatcher:
         #: Partitions taken away from this worker and not given back.
         self._revoked: set[tuple[str, int]] = set()
         #: Requests being attempted (called, then their outcome written), by partition.
-        self._running: collections.Counter[tuple[str, int]] = collections.Counter()
-        self._ran = asyncio.Event()
+        self._running = Running()
+        if stages.lane is not None:
+            stages.lane.bind(stages.completion, self._enqueue, self._running)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         self._loops.spawn(self._dispatch_loop(), "dispatch-loop")
         self._loops.spawn(self._sweep_loop(), "state-sweeper")
+        if self._s.lane is not None:
+            await self._s.lane.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop dispatching; give in-flight requests `grace_s` to finish, then cancel.
@@ -167,6 +172,8 @@ class Dispatcher:
         """
         self._stopping = True
         await self._loops.stop()  # nothing new is dispatched
+        if self._s.lane is not None:
+            await self._s.lane.stop()  # its batches are in the state log: found again
         for job in self._backlog.remove(lambda job: True):
             self._s.deliveries.forget(job.record.position)
         await self._tasks.stop(grace_s)  # returns as soon as the requests in flight are done
@@ -209,6 +216,8 @@ class Dispatcher:
         if not self._owns(job.record):
             self._s.deliveries.forget(job.record.position)
             return
+        lane = self._s.lane
+        job.progress.batch = lane is not None and lane.accepts(job)
         self._backlog.push(job, front=front)
         self._wakeup.set()
 
@@ -220,6 +229,8 @@ class Dispatcher:
         (Retries waiting out their backoff are dropped when it ends: see `_enqueue`.)"""
         revoked = set(positions)
         self._revoked |= revoked
+        if self._s.lane is not None:
+            self._s.lane.revoke(revoked)
         dropped = self._backlog.remove(
             lambda job: (job.record.topic, job.record.partition) in revoked
         )
@@ -231,19 +242,7 @@ class Dispatcher:
     async def finish_revoked(self, positions: Iterable[tuple[str, int]], timeout_s: float) -> int:
         """Wait (at most `timeout_s`) for the attempts under way on these partitions
         to finish; returns how many are still running."""
-        revoked = set(positions)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-
-        def running() -> int:
-            return sum(self._running[tp] for tp in revoked)
-
-        while running() and loop.time() < deadline:
-            self._ran.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._ran.wait()
-        return running()
+        return await self._running.finish(positions, timeout_s)
 
     def on_partitions_assigned(self, assigned: Iterable[tuple[str, int]] = ()) -> None:
         self._revoked -= set(assigned)
@@ -270,7 +269,11 @@ class Dispatcher:
                 self._end(self._failure(job, verdict.error), job)
                 continue
             self._picker.charge(job)
-            self._running[job.record.topic, job.record.partition] += 1
+            if job.progress.batch and self._s.lane is not None:
+                self._slots.release()  # it waits for its batch holding no slot
+                self._tasks.spawn(self._s.lane.take(job), f"batch-{job.request_id}")
+                continue
+            self._running.add((job.record.topic, job.record.partition))
             self._tasks.spawn(self._run(job), f"request-{job.request_id}")
 
     async def _next(self) -> tuple[Job, AdmissionVerdict]:
@@ -288,14 +291,10 @@ class Dispatcher:
                     await self._wakeup.wait()
 
     async def _run(self, job: Job) -> None:
-        tp = (job.record.topic, job.record.partition)
         try:
             await self._attempt(job)
         finally:
-            self._running[tp] -= 1
-            if self._running[tp] <= 0:
-                del self._running[tp]
-            self._ran.set()
+            self._running.done((job.record.topic, job.record.partition))
 
     async def _attempt(self, job: Job) -> None:
         """One attempt. Holds a concurrency slot only while Claude is being called."""
@@ -365,6 +364,7 @@ def assemble(
     examiner: Examiner | None = None,
     homes: Homes | None = None,
     atomic: Atomic | None = None,
+    lane: BatchLane | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -412,4 +412,5 @@ def assemble(
         state_synced=state_synced,
         examiner=examiner,
         homes=homes,
+        lane=lane,
     )

@@ -375,18 +375,38 @@ class Intake:
             self._check_priced(partner, str(request["model"]))
         except RequestError as exc:
             raise rejected(exc, request_id, request) from None
+        return self._admitted(record, partner, examined, verified.replay_count)
+
+    def _admitted(
+        self, record: SourceRecord, partner: Partner, examined: Examined, replay_count: int
+    ) -> Admitted:
         assert examined.params is not None  # noqa: S101 (no `invalid`: params were read)
         return Admitted(
             record=record,
             partner=partner,
-            request=cast(ClaudeRequest, request),
+            request=cast(ClaudeRequest, examined.request),
             params=examined.params,
-            replay_count=verified.replay_count,
+            replay_count=replay_count,
             received_mono=self._mono(),
             est_input_tokens=examined.est_input_tokens,
             body=examined.body,
-            **self._worst_case(request, examined),
+            **self._worst_case(examined.request, examined),
         )
+
+    def readmit(self, record: SourceRecord, replay_count: int) -> Admitted:
+        """A request admitted before (its record kept by the batch lane), decoded
+        again for its partner as registered now: its signature and age are not
+        checked again (they held at intake, maybe hours ago). Raises RequestError."""
+        partner_id = partner_of_requests_topic(record.topic) or ""
+        partner = self._registry.get(partner_id)
+        if partner is None:
+            raise UnknownPartner(f"partner {partner_id!r} was removed")
+        value = record.value or b""
+        writer, reader, offset = self.frame(value)
+        examined = examine_value(writer, reader, value, offset, partner)
+        if examined.invalid is not None:
+            raise examined.invalid
+        return self._admitted(record, partner, examined, replay_count)
 
     def _check_priced(self, partner: Partner, model: str) -> None:
         """A model the price table does not know would cost $0, so a USD budget

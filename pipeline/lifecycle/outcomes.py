@@ -176,6 +176,7 @@ class OutcomeBuilder:
             result.cache_creation_input_tokens,
             cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
             web_search_requests=result.web_search_requests,
+            batch=result.batch,
         )
         response: ClaudeResponse = {
             "request_id": job.request_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pipeline.lifecycle.admission import Admission, AdmissionVerdict, Decision, ThrottleLog
 from pipeline.lifecycle.backlog import Backlog
+from pipeline.limits.pricing import BATCH_MULTIPLIER
 from pipeline.limits.ratelimit import Limiter
 from pipeline.partners import Registry
 from pipeline.records import Charge, Job
@@ -37,13 +38,13 @@ class Picker:
         refused: dict[int, AdmissionVerdict] = {}
 
         def partner_ok(partner_id: str, job: Job) -> bool:
-            verdict = self._admission.partner(job.admitted)
+            verdict = self._admission.partner(job.admitted, batch=job.progress.batch)
             if verdict.decision is Decision.REFUSE:
                 refused[id(job)] = verdict
             return self._gate(f"partner:{partner_id}", partner_id, verdict, verdicts)
 
         def key_ok(kid: str, job: Job, new: bool) -> bool:
-            verdict = self._admission.key(kid, job.admitted, new)
+            verdict = self._admission.key(kid, job.admitted, new, batch=job.progress.batch)
             return self._gate(f"key:{kid}", job.partner_id, verdict, verdicts)
 
         picked = self._backlog.pop(partner_ok, key_ok)
@@ -71,12 +72,14 @@ class Picker:
         kid = job.progress.key_id
         if partner is None or kid is None or kid.startswith(UNRESOLVED):
             return  # it fails fast at its attempt, holding nothing
-        seq = self._limiter.consume(partner, kid, job.admitted.cost)
-        job.progress.charge = Charge(kid, seq, job.admitted.cost)
+        batch = job.progress.batch  # the Batches API's limits are not ours to keep
+        if not batch:
+            seq = self._limiter.consume(partner, kid, job.admitted.cost)
+            job.progress.charge = Charge(kid, seq, job.admitted.cost)
         if self._ledger is not None and partner.has_budget:
             job.progress.reservation = self._ledger.reserve(
                 partner,
                 job.record.partition,
                 job.admitted.worst_tokens,
-                job.admitted.worst_usd,
+                job.admitted.worst_usd * (BATCH_MULTIPLIER if batch else 1.0),
             )

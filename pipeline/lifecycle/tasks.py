@@ -8,9 +8,11 @@ waits a grace period for tasks to finish, then cancels the rest.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import io
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger("pipeline.lifecycle.tasks")
@@ -78,3 +80,46 @@ class Supervisor:
                     "stack": _stack_of(task),
                 },
             )
+
+
+class Running:
+    """Work under way per partition, that a rebalance waits for before the
+    partition's next owner reads it (a call to Claude, a batch result's outcome)."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._ran = asyncio.Event()
+
+    def add(self, tp: tuple[str, int]) -> None:
+        self._counts[tp] += 1
+
+    def done(self, tp: tuple[str, int]) -> None:
+        self._counts[tp] -= 1
+        if self._counts[tp] <= 0:
+            del self._counts[tp]
+        self._ran.set()
+
+    @contextlib.contextmanager
+    def on(self, tp: tuple[str, int]) -> Iterator[None]:
+        self.add(tp)
+        try:
+            yield
+        finally:
+            self.done(tp)
+
+    async def finish(self, tps: Iterable[tuple[str, int]], timeout_s: float) -> int:
+        """Wait (at most `timeout_s`) for the work under way on `tps` to finish;
+        returns how much is still running."""
+        wanted = set(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        def running() -> int:
+            return sum(self._counts[tp] for tp in wanted)
+
+        while running() and loop.time() < deadline:
+            self._ran.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._ran.wait()
+        return running()

@@ -138,3 +138,25 @@ class Metrics:
             ["partner"],
             registry=r,
         )
+        self.batch_open = Gauge(
+            "claude_batch_open",
+            "Message Batches this worker submitted (or is submitting) and has not answered",
+            registry=r,
+        )
+        self.batch_waiting = Gauge(
+            "claude_batch_waiting_requests",
+            "priority: batch requests handed over and waiting for their batch to close",
+            registry=r,
+        )
+        self.batch_turnaround = Histogram(
+            "claude_batch_turnaround_seconds",
+            "From a batch's submission to its results read",
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600),
+            registry=r,
+        )
+        self.batch_requests = Counter(
+            "claude_batch_requests",
+            "Batch results by what they led to: publish, interactive, reject, expire",
+            ["partner", "action"],
+            registry=r,
+        )

@@ -57,6 +57,8 @@ class UpstreamResult:
     status: int = 200
     cache_creation_1h_input_tokens: int = 0
     web_search_requests: int = 0
+    #: Answered in a Message Batch: its tokens cost half.
+    batch: bool = False
 
 
 def parse_retry_after(

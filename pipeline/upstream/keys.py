@@ -30,6 +30,10 @@ class ApiKeys:
         """The partner's current key."""
         return self._resolve(partner.api_key_ref)
 
+    def for_ref(self, ref: str | None) -> str:
+        """The key a ref names (None or empty: the default key); SecretError if unreadable."""
+        return self._resolve(ref)
+
     def _resolve(self, ref: str | None) -> str:
         if ref:
             return self._resolver.resolve(ref).decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -49,6 +49,7 @@ class Simulator(Protocol):
     def wall(self) -> float: ...
     def new_id(self, prefix: str) -> str: ...
     def batch_result(self, key: str, params: object) -> dict[str, Any]: ...
+    def batch_created(self, key: str, custom_ids: Sequence[str]) -> None: ...
 
 
 class BatchStore:
@@ -91,6 +92,7 @@ class BatchStore:
             ends_at=sim.now() + sim.config.batch_delay_s,
         )
         self._batches[batch.id] = batch
+        sim.batch_created(key, [custom_id for custom_id, _ in parsed])
         return batch
 
     def get(self, key: str, batch_id: str) -> Batch:

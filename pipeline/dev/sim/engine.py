@@ -47,6 +47,12 @@ class KeyStats:
     cache_creation_input_tokens: int = 0
     #: The key's bill (`catalog.bill`): every call and batch result, as Anthropic charges.
     cost_usd: float = 0.0
+    #: Message Batches created, their requests, and requests whose custom_id an
+    #: earlier batch of the key already carried (a batch submitted twice).
+    batches: int = 0
+    batch_requests: int = 0
+    batch_resubmitted: int = 0
+    custom_ids: set[str] = field(default_factory=set)
 
     def add(self, usage: Mapping[str, int], cost_usd: float = 0.0) -> None:
         self.input_tokens += usage.get("input_tokens", 0)
@@ -64,6 +70,9 @@ class KeyStats:
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cost_usd": round(self.cost_usd, 9),
+            "batches": self.batches,
+            "batch_requests": self.batch_requests,
+            "batch_resubmitted": self.batch_resubmitted,
         }
 
 
@@ -287,6 +296,13 @@ class Simulator:
                 }
             )
 
+    def batch_created(self, key: str, custom_ids: Sequence[str]) -> None:
+        stats = self.stats.setdefault(key, KeyStats())
+        stats.batches += 1
+        stats.batch_requests += len(custom_ids)
+        stats.batch_resubmitted += sum(1 for c in custom_ids if c in stats.custom_ids)
+        stats.custom_ids.update(custom_ids)
+
     def batch_result(self, key: str, params: object) -> dict[str, Any]:
         """One batch request's result; batches have their own limits, so none apply."""
         try:
@@ -303,6 +319,7 @@ class Simulator:
         counts = usage_dict(prepared)
         self.stats.setdefault(key, KeyStats()).add(counts, _bill(prepared, batch=True))
         message = message_object(prepared, self.new_id("msg"), counts)
+        message["usage"]["service_tier"] = "batch"  # as Anthropic reports a batch's work
         return {"type": "succeeded", "message": message}
 
     def count_tokens(self, key: str, body: object, betas: Sequence[str] = ()) -> dict[str, int]:
