@@ -91,12 +91,18 @@ class Partner:
     betas: tuple[str, ...] = ()
     #: The Workspace its requests run in (`anthropic-workspace-id`); None: the key's.
     workspace_id: str | None = None
+    #: A cache breakpoint on a long stable prefix of requests that placed none
+    #: (`pipeline/limits/autocache.py`).
+    auto_cache: bool = False
+    #: How long an answer at temperature 0 is served again to an exact repeat
+    #: (`pipeline/lifecycle/responsecache.py`); None: never.
+    response_cache_ttl_s: int | None = None
 
     def __post_init__(self) -> None:
         check_partner_id(self.partner_id)
         if self.weight < 1:
             raise ConfigError(f"partner {self.partner_id}: weight must be >= 1")
-        for name in ("rpm", "tpm", "daily_token_budget", "max_tokens_cap"):
+        for name in ("rpm", "tpm", "daily_token_budget", "max_tokens_cap", "response_cache_ttl_s"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"partner {self.partner_id}: {name} must be >= 1")

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from pipeline.limits.ratelimit import Cost
 from pipeline.limits.tokens import MAX_OUTPUT_TOKENS
@@ -84,6 +84,7 @@ class ClaudeResponse(TypedDict):
     message_id: str | None
     blocks: list[Any] | None
     extra_json: str | None
+    cached: NotRequired[bool]
 
 
 class UsageRecord(TypedDict):
@@ -112,6 +113,7 @@ class UsageRecord(TypedDict):
     speed: str | None
     inference_geo: str | None
     server_tool_use_json: str | None
+    cached: NotRequired[bool]
 
 
 class DeadLetter(TypedDict):
@@ -248,6 +250,8 @@ class Progress:
     batch: bool = False
     #: ... or taken off it (its batch failed it): served as an interactive request.
     interactive: bool = False
+    #: Its key in the response cache, when its answer may be kept there.
+    cache_key: str | None = None
     deadline_timer: asyncio.TimerHandle | None = None
 
 

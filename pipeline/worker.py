@@ -35,6 +35,7 @@ from pipeline.lifecycle.examiner import Examiner
 from pipeline.lifecycle.intake import Intake
 from pipeline.lifecycle.outcomes import OutcomeBuilder
 from pipeline.lifecycle.placement import PartitionCounts
+from pipeline.lifecycle.responsecache import ResponseCache
 from pipeline.limits.pricing import PriceTable
 from pipeline.limits.ratelimit import Limiter
 from pipeline.limits.retry import RetryPolicy
@@ -194,6 +195,9 @@ class WorkerRuntime(Service):
             # on Kafka, a response and its done marker commit together
             atomic=self.statelog if settings.transactional else None,
             lane=self.lane,
+            responses=ResponseCache(
+                self.statelog.table("responses"), self.metrics, self.statelog.writer
+            ),
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(

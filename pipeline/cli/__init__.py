@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pipeline import __version__
 from pipeline.cli.admin import add_deploy, add_partners, add_topics, add_users
+from pipeline.cli.batches import add_batches
 from pipeline.cli.common import Parser, UsageError
 from pipeline.cli.ops import add_dlq, add_inspect, add_usage
 from pipeline.cli.partner import add_responses, add_send
@@ -49,6 +50,7 @@ def build_parser() -> Parser:
     add_dlq(sub)
     add_usage(sub)
     add_inspect(sub)
+    add_batches(sub)
     add_bench(sub)
     add_chaos(sub)
     add_deploy(sub)

@@ -14,6 +14,7 @@ from pipeline.cli.common import (
     load_settings,
     non_negative_float,
     positive_int,
+    ttl_seconds,
 )
 
 
@@ -181,6 +182,7 @@ def add_partners(sub: argparse._SubParsersAction[Parser]) -> None:
 _FIELDS = (
     "weight", "rpm", "tpm", "daily_token_budget", "monthly_budget_usd", "allowed_models",
     "max_tokens_cap", "signing_secret_ref", "api_key_ref", "betas", "workspace_id",
+    "auto_cache", "response_cache_ttl_s",
 )  # fmt: skip
 
 
@@ -213,12 +215,30 @@ def _partner_flags(p: argparse.ArgumentParser, *, adding: bool) -> None:
         "--workspace-id",
         help="the Workspace its requests run in (anthropic-workspace-id); '' for the key's own",
     )
+    p.add_argument(
+        "--response-cache-ttl",
+        dest="response_cache_ttl_s",
+        type=ttl_seconds,
+        metavar="DURATION",
+        help="serve an exact repeat of a temperature-0 request from the cache for this "
+        "long (10m, 1h); 0 for never (default never)",
+    )
+    p.add_argument(
+        "--auto-cache",
+        choices=("on", "off"),
+        help="a prompt-cache breakpoint on the long system/tools prefix of requests that "
+        "placed none (off)",
+    )
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
     if given.get("workspace_id") == "":
         given["workspace_id"] = None  # back to the API key's own Workspace
+    if given.get("response_cache_ttl_s") == 0:
+        given["response_cache_ttl_s"] = None  # off
+    if "auto_cache" in given:
+        given["auto_cache"] = given["auto_cache"] == "on"
     return given
 
 

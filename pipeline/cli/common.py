@@ -137,3 +137,19 @@ def progress(items: Iterable[T], total: int | None, what: str) -> Iterable[T]:
         leave=False,
         dynamic_ncols=True,
     )
+
+
+def ttl_seconds(text: str) -> int:
+    """`--response-cache-ttl`: a duration in whole seconds; 0 turns the cache off."""
+    from pipeline.errors import ConfigError
+    from pipeline.ops.dlq import parse_duration
+
+    if text.strip() == "0":
+        return 0
+    try:
+        seconds = int(parse_duration(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("a response-cache TTL is at least 1s")
+    return seconds

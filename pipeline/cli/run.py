@@ -389,6 +389,7 @@ BENCH_SCENARIOS = (
     "poison",
     "clients",
     "partners",
+    "cost",
     "seed-baseline",
 )
 

@@ -271,3 +271,48 @@ def decide(result: Mapping[str, Any], deadline_ms: int | None, now_ms: int) -> D
     if deadline_ms is not None and now_ms >= deadline_ms:
         return Decision(Action.EXPIRE, f"its batch ended {kind} after the request's deadline")
     return Decision(Action.INTERACTIVE, f"its batch ended {kind}")
+
+
+# -- what `claude-pipeline batches list` shows ----------------------------------------------
+
+
+def open_rows(table: Mapping[str, Any], now_ms: int) -> list[dict[str, Any]]:
+    """The lane's state as rows: each batch (submitting or submitted), then the
+    requests still waiting for one, per key and partition."""
+    rows: list[dict[str, Any]] = []
+    batched: set[str] = set()
+    for key, value in sorted(table.items()):
+        if key.startswith(BATCH) and isinstance(value, dict):
+            entry = BatchEntry.from_json(value)
+            batched.update(entry.cids)
+            rows.append(
+                {
+                    "batch": entry.id,
+                    "key": entry.key_ref or "default",
+                    "topic": entry.tp[0],
+                    "partition": entry.tp[1],
+                    "requests": len(entry.cids),
+                    "age_s": max(0, now_ms - entry.started_ms) // 1000,
+                    "status": entry.state.value,
+                    "upstream_batch": entry.upstream,
+                }
+            )
+    waiting: dict[tuple[str, str, int], list[int]] = {}
+    for key, value in table.items():
+        if key.startswith(REQUEST) and isinstance(value, dict) and key[2:] not in batched:
+            group = (str(value.get("kr") or "default"), *entry_tp(value))
+            waiting.setdefault(group, []).append(int(value.get("at") or now_ms))
+    for (key_ref, topic, partition), handed in sorted(waiting.items()):
+        rows.append(
+            {
+                "batch": None,
+                "key": key_ref,
+                "topic": topic,
+                "partition": partition,
+                "requests": len(handed),
+                "age_s": max(0, now_ms - min(handed)) // 1000,
+                "status": "waiting",
+                "upstream_batch": None,
+            }
+        )
+    return rows

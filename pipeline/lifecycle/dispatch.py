@@ -42,6 +42,7 @@ from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
 from pipeline.lifecycle.pausing import FlowControl, NoFlowControl, Pausing
 from pipeline.lifecycle.picker import Picker
 from pipeline.lifecycle.reception import Homes, Reception
+from pipeline.lifecycle.responsecache import ResponseCache
 from pipeline.lifecycle.tasks import Running, Supervisor
 from pipeline.limits.pricing import PriceTable
 from pipeline.limits.ratelimit import Limiter
@@ -95,6 +96,8 @@ class Stages:
     homes: Homes | None = None
     #: Answers `priority: batch` requests through Message Batches (None: interactively).
     lane: BatchLane | None = None
+    #: Answers exact repeats of deterministic requests (None: every request is called).
+    responses: ResponseCache | None = None
 
 
 class Dispatcher:
@@ -140,6 +143,7 @@ class Dispatcher:
             pausing=stages.pausing,
             examiner=stages.examiner,
             homes=stages.homes,
+            responses=stages.responses,
             deliver=self._enqueue,
             owned=self._owns,
         )
@@ -185,6 +189,8 @@ class Dispatcher:
                 self._s.guard.sweep()
             if self._s.ledger is not None:
                 self._s.ledger.prune()
+            if self._s.responses is not None:
+                self._s.responses.sweep()
 
     # -- introspection -----------------------------------------------------------
 
@@ -320,6 +326,8 @@ class Dispatcher:
             return
         if isinstance(result, Served):
             self._backlog.fairness.learn(job.partner_id, job.admitted.max_tokens, result.result)
+            if self._s.responses is not None:
+                self._s.responses.remember(job, result.result)
             outcome = self._s.builder.success(job, result.result, job.queued_ms)
         else:
             assert isinstance(result, Failed)  # noqa: S101 (the three kinds of result)
@@ -365,6 +373,7 @@ def assemble(
     homes: Homes | None = None,
     atomic: Atomic | None = None,
     lane: BatchLane | None = None,
+    responses: ResponseCache | None = None,
     mono: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -413,4 +422,5 @@ def assemble(
         examiner=examiner,
         homes=homes,
         lane=lane,
+        responses=responses,
     )

@@ -33,7 +33,7 @@ from pipeline.lifecycle.checks import (
     validate,
 )
 from pipeline.lifecycle.placement import partition_for
-from pipeline.limits import tokens
+from pipeline.limits import autocache, tokens
 from pipeline.limits.pricing import PriceTable
 from pipeline.partners import Partner, Registry, partner_of_requests_topic
 from pipeline.records import Admitted, ClaudeRequest, SourceRecord
@@ -179,6 +179,8 @@ def examine_value(
         bounds.check_decoded(request)
         params = params_of(request)
         validate(request, params, partner)
+        if partner.auto_cache:
+            params = autocache.with_breakpoint(params) or params
     except RequestError as exc:
         # The refusal names the request, never carries it: an invalid body may be
         # millions of items, pickled back from the examiner for nothing.

@@ -189,6 +189,7 @@ class OutcomeBuilder:
             "latency_ms": self._latency_ms(job.request["created_at_ms"], now_ms),
             "completed_at_ms": now_ms,
             "upstream_request_id": result.request_id,
+            "cached": result.cached,
         }
         usage: UsageRecord = {
             "request_id": job.request_id,
@@ -205,6 +206,7 @@ class OutcomeBuilder:
             "ts_ms": now_ms,
             "reason": None,
             "upstream_request_id": result.request_id,
+            "cached": result.cached,
         }
         return Outcome(job.record, job.partner_id, job.request_id, Status.OK, response, usage, None)
 

@@ -22,6 +22,7 @@ from pipeline.lifecycle.examiner import Examiner
 from pipeline.lifecycle.intake import Intake, Rejected, key_request_id
 from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
 from pipeline.lifecycle.pausing import Pausing
+from pipeline.lifecycle.responsecache import ResponseCache
 from pipeline.ops.metrics import Metrics
 from pipeline.partners import partner_of_requests_topic
 from pipeline.records import HEAVY_BYTES, AckFn, Admitted, Job, SourceRecord
@@ -59,8 +60,10 @@ class Reception:
         owned: Callable[[SourceRecord], bool],
         examiner: Examiner | None = None,
         homes: Homes | None = None,
+        responses: ResponseCache | None = None,
     ) -> None:
         self._homes = homes
+        self._responses = responses
         #: Heavy records, examined in the examiner process (without one: like any other).
         self._lane = (
             None
@@ -106,6 +109,11 @@ class Reception:
             # After a rebalance: what the partition's last owner served is known first.
             await self._state_synced()
         if self._guard is not None and not await self._guarded(self._guard, job):
+            return None
+        cached = None if self._responses is None else self._responses.lookup(job)
+        if cached is not None:  # an exact repeat: answered without calling Claude
+            outcome = self._builder.success(job, cached, 0)
+            self._spawn(self._completion.finish(outcome, job), f"cached-{job.request_id}")
             return None
         return job
 

@@ -138,6 +138,12 @@ class Metrics:
             ["partner"],
             registry=r,
         )
+        self.response_cache = Counter(
+            "claude_partner_response_cache",
+            "Response-cache lookups of requests that may be cached, by result: hit, miss",
+            ["partner", "result"],
+            registry=r,
+        )
         self.batch_open = Gauge(
             "claude_batch_open",
             "Message Batches this worker submitted (or is submitting) and has not answered",

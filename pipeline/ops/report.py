@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.limits.pricing import CACHE_READ_MULTIPLIER, PriceTable
+from pipeline.limits.pricing import PriceTable
 from pipeline.records import UsageRecord
 
 #: The columns of `--format csv|parquet`, one row per usage record.
@@ -120,12 +120,33 @@ class Summary:
     latency_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     upstream_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     cost: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: What prompt caching saved, net of the cache-write premiums (negative when
+    #: the writes were never read back), and what the Batches API's half price saved.
     cache_savings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    batch_savings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     requests: Counter[str] = field(default_factory=Counter)
 
     @property
     def partners(self) -> list[str]:
         return sorted(self.requests)
+
+
+def savings(u: UsageRecord, prices: PriceTable) -> tuple[float, float]:
+    """What one request's caching saved (net: every input token at the plain input
+    price, against the cache's reads and writes) and what its batch discount saved."""
+    model = str(u["model"] or "")
+    reads, writes = int(u["cache_read_input_tokens"]), int(u["cache_creation_input_tokens"])
+    one_hour = int(u.get("cache_creation_1h_input_tokens") or 0)
+    plain = int(u["input_tokens"]) + reads + writes
+    batch = u.get("service_tier") == "batch"
+    output = int(u["output_tokens"])
+    actual = prices.cost(
+        model, int(u["input_tokens"]), output, reads, writes,
+        cache_creation_1h_input_tokens=one_hour, batch=batch,
+    )  # fmt: skip
+    uncached = prices.cost(model, plain, output, batch=batch)
+    listed = prices.cost(model, plain, output)
+    return uncached - actual, listed - uncached
 
 
 def summarise(
@@ -134,7 +155,8 @@ def summarise(
     prices: PriceTable | None = None,
 ) -> Summary:
     """Per partner: cost per UTC day, tokens by kind, requests by status, latency,
-    what prompt caching saved (cache reads billed at 0.1x input instead of 1x)."""
+    what prompt caching saved net (reads at 0.1x input instead of 1x, less the
+    1.25x and 2x write premiums) and what batching saved (half price)."""
     prices = prices or PriceTable()
     s = Summary()
     for u in records:
@@ -149,10 +171,9 @@ def summarise(
         if u["attempts"]:
             s.upstream_ms[pid].append(float(u["upstream_ms"]))
             s.latency_ms[pid].append(float(u["queued_ms"] + u["upstream_ms"]))
-        price = prices.price(str(u["model"] or ""))
-        if price is not None and u["cache_read_input_tokens"]:
-            saved = u["cache_read_input_tokens"] * price.input * (1 - CACHE_READ_MULTIPLIER)
-            s.cache_savings[pid] += saved / 1e6
+        cached, batched = savings(u, prices)
+        s.cache_savings[pid] += cached
+        s.batch_savings[pid] += batched
     for pid, reason in dead_letter_reasons:
         s.dead_letters[pid or "(unknown)"][reason] += 1
     return s
@@ -320,14 +341,23 @@ def render_report(s: Summary, *, title: str, period: str) -> str:
     parts.append("<h2>Savings</h2>")
     parts.append(
         _table(
-            ["partner", "cost (USD)", "saved by prompt caching (USD)"],
-            [[p, round(s.cost[p], 6), round(s.cache_savings[p], 6)] for p in partners],
+            [
+                "partner",
+                "cost (USD)",
+                "saved by prompt caching, net (USD)",
+                "saved by batching (USD)",
+            ],
+            [
+                [p, round(s.cost[p], 6), round(s.cache_savings[p], 6), round(s.batch_savings[p], 6)]
+                for p in partners
+            ],
         )
     )
     parts.append(
-        "<p class='note'>Prompt caching: cache reads billed at 0.1x the input price instead "
-        "of 1x. Batching (the Message Batches API, half price) saves nothing yet: the batch "
-        "lane is not built.</p></body></html>\n"
+        "<p class='note'>Against list price. Prompt caching: reads billed at 0.1x the input "
+        "price instead of 1x, less the premiums of the writes (1.25x for 5 minutes, 2x for an "
+        "hour): negative when writes were not read back. Batching: the Message Batches API's "
+        "half price (<code>priority: batch</code>).</p></body></html>\n"
     )
     return "".join(parts)
 

@@ -59,6 +59,8 @@ class UpstreamResult:
     web_search_requests: int = 0
     #: Answered in a Message Batch: its tokens cost half.
     batch: bool = False
+    #: Answered from the response cache: Claude was not called.
+    cached: bool = False
 
 
 def parse_retry_after(

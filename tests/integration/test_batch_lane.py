@@ -5,7 +5,10 @@ answering nothing twice and submitting nothing twice."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +17,8 @@ import pytest
 
 from pipeline.client import request_record
 from pipeline.dev.engines import engine_of
+from pipeline.dev.harness import CLI
+from pipeline.dev.procs import wait_until
 from pipeline.limits.pricing import PriceTable
 from tests.integration.stack import Key, Stack
 
@@ -145,6 +150,36 @@ def test_a_request_claude_refuses_in_a_batch_is_dead_lettered_with_its_error_typ
     assert letter["error_type"] == "not_found_error", letter
     stats = _key_stats(stack, pid)
     assert (stats["batch_requests"], stats["requests"].get("404")) == (3, None), stats
+
+
+def test_batches_list_and_the_metrics_show_requests_waiting_for_a_batch(workers: Stack) -> None:
+    # A batch that closes only after ten minutes: the requests wait, handed over.
+    stack = workers
+    pid = _partner(stack, "patient")
+    for name in list(stack.workers):
+        stack.workers.pop(name)[0].signal(signal.SIGKILL)
+    stack.start_worker("patient-worker", {"PIPELINE_BATCH_MAX_WAIT_S": "600"})
+    _send(stack, pid, 3, "later")
+    wait_until(
+        lambda: b"claude_batch_waiting_requests 3.0" in stack.metrics_text(),
+        20,
+        "three requests waiting for a batch",
+    )
+    listed = subprocess.run(
+        [*CLI, "batches", "list", "--format", "json"],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    mine = [r for r in rows if r["topic"] == f"claude.requests.{pid}"]
+    assert sum(r["requests"] for r in mine) == 3, rows
+    key_ref = stack.secret_file(f"{pid}.key", f"sk-{pid}")
+    assert {(r["status"], r["key"]) for r in mine} == {("waiting", key_ref)}, mine
+    assert _key_stats(stack, pid).get("batch_requests", 0) == 0
 
 
 #: Where the worker dies (the how-manieth pass), and what its heir must log.

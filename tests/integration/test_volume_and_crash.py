@@ -114,10 +114,12 @@ def test_a_crashed_worker_loses_nothing(workers: Stack) -> None:
         assert repeated == []
     else:
         # At least once, with a done marker per request: a crash repeats only
-        # what the dead worker had in flight (its outcome published, its marker
-        # not yet durable), each once. Measured: 2 on Tansu; it was `<= 250`.
+        # what the dead worker had between an outcome and its marker, each once.
+        # A concurrency slot is freed when Claude answers, before the outcome is
+        # written, so that is not bounded by IN_FLIGHT: measured 42-76 of 300 on
+        # Tansu (at 30481cf too, in one run of four), it was `<= 250`.
         assert all(len(got.responses[k]) == 2 for k in repeated)
-        assert len(repeated) <= IN_FLIGHT
+        assert len(repeated) <= 3 * IN_FLIGHT
         assert all(len({r["content"] for r in got.responses[k]}) == 1 for k in repeated)
     # the done marker follows the outcome: a response never lacks its usage record
     assert all(len(got.usage[k]) >= 1 for k in keys)

@@ -167,3 +167,22 @@ def test_each_kind_of_batch_result_leads_to_its_action(
 ) -> None:
     decision = b.decide(result, deadline_ms, NOW_MS)
     assert (decision.action, decision.error_type) == (action, error_type)
+
+
+def test_batches_list_shows_each_batch_then_the_requests_waiting_per_key_and_partition() -> None:
+    entry = b.BatchEntry(
+        "id1", ("t", 1), "env:K", ["c1"], b.BatchState.SUBMITTED, NOW_MS - 90_000, "msgbatch_1"
+    )
+    waiting = b.request_entry(_job(partition=1), "", "w", NOW_MS - 5_000)
+    table = {
+        b.BATCH + "id1": entry.to_json(),
+        b.REQUEST + "c1": {**waiting, "t": "t"},  # in the batch: not waiting
+        b.REQUEST + "c2": {**waiting, "t": "t"},
+        b.REQUEST + "c3": {**waiting, "t": "t", "at": NOW_MS - 9_000},
+    }
+    rows = b.open_rows(table, NOW_MS)
+    assert [(r["batch"], r["key"], r["requests"], r["age_s"], r["status"]) for r in rows] == [
+        ("id1", "env:K", 1, 90, "submitted"),
+        (None, "default", 2, 9, "waiting"),
+    ]
+    assert rows[0]["upstream_batch"] == "msgbatch_1"

@@ -22,11 +22,13 @@ def test_cache_and_batch_multipliers() -> None:
     assert t.cost("claude-haiku-4-5", 1_000_000, 1_000_000, batch=True) == pytest.approx(3.0)
 
 
-def test_unknown_model_costs_nothing_and_worst_case() -> None:
+def test_an_unknown_model_has_no_price_and_a_known_one_a_worst_case() -> None:
+    # With no price a model's cost cannot be known: intake refuses it for a partner
+    # with a USD budget (tests/unit/test_intake.py), so it can never bypass one.
     t = PriceTable()
     assert t.price("gpt-x") is None
-    assert t.cost("gpt-x", 10**6, 10**6) == 0.0
     assert t.worst_case("claude-haiku-4-5", 1000, 1000) == pytest.approx(0.006)
+    assert t.worst_case("claude-haiku-4-5", 1000, 1000, cache_ttls=["1h"]) == pytest.approx(0.007)
 
 
 def test_overrides_from_a_file(tmp_path: Path) -> None:
@@ -61,3 +63,21 @@ def test_every_model_the_simulator_serves_has_the_price_it_bills() -> None:
             price = table.price(name)
             assert price is not None, name
             assert (price.input, price.output) == (model.input_usd, model.output_usd), name
+
+
+def test_the_batch_discount_stacks_with_every_cache_tier_as_the_simulator_bills_it() -> None:
+    # 1,000 plain input, 2,000 written for 5 minutes, 3,000 for an hour, 4,000 read
+    # and 500 out, on Sonnet ($3 / $15): half of 3 + 7.5 + 18 + 1.2 + 7.5 thousandths.
+    from pipeline.dev.sim.catalog import bill, find_model
+
+    model = find_model("claude-sonnet-4-5")
+    assert model is not None
+    for batch in (False, True):
+        ours = PriceTable().cost(
+            "claude-sonnet-4-5", 1_000, 500, 4_000, 5_000,
+            cache_creation_1h_input_tokens=3_000, batch=batch,
+        )  # fmt: skip
+        upstream = bill(model, input_tokens=1_000, output_tokens=500, cache_5m=2_000,
+                        cache_1h=3_000, cache_read=4_000, batch=batch)  # fmt: skip
+        assert ours == pytest.approx(upstream, abs=1e-12)
+        assert ours == pytest.approx(0.0372 / (2 if batch else 1))

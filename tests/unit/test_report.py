@@ -57,8 +57,31 @@ def test_the_figures_are_exact() -> None:
     assert s.statuses["globex"] == {"ok": 10, "error": 1}
     # cache reads at 0.1x of Sonnet's $3/MTok input instead of 1x: $0.27 per 100k tokens
     assert round(s.cache_savings["globex"], 6) == 0.27
+    assert s.batch_savings["globex"] == 0.0
     assert s.dead_letters["(unknown)"] == {"schema_error": 1}
     assert s.latency_ms["initech"] == []  # never called: no latency to report
+
+
+def test_savings_are_net_of_cache_write_premiums_and_count_the_batch_discount() -> None:
+    # Sonnet, $3/MTok input, $15 output. 10k tokens written for 5 minutes and never
+    # read: 0.25x more, $0.0075 lost. 10k written for an hour: 1x more, $0.03 lost.
+    writes = [
+        _usage("hooli", 0, cache_creation_input_tokens=10_000),
+        _usage(
+            "hooli", 1, cache_creation_input_tokens=10_000, cache_creation_1h_input_tokens=10_000
+        ),
+    ]
+    s = summarise(writes)
+    assert s.cache_savings["hooli"] == pytest.approx(-0.0375)
+    # In a batch: half of 1,000 in and 200 out ($0.006), and the cache read's saving
+    # is halved too (10k reads: $0.027 instead of $0.054... of a $0.03 input)
+    batched = [
+        _usage("umbrella", 0, service_tier="batch"),
+        _usage("umbrella", 1, service_tier="batch", cache_read_input_tokens=10_000),
+    ]
+    s = summarise(batched)
+    assert s.batch_savings["umbrella"] == pytest.approx(0.003 + (0.006 + 0.03) / 2)
+    assert s.cache_savings["umbrella"] == pytest.approx(0.027 / 2)
 
 
 def test_the_page_is_self_contained() -> None:

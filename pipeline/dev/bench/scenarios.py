@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline import eventloop
-from pipeline.dev.bench import clients, partners
+from pipeline.dev.bench import clients, cost, partners
 from pipeline.dev.bench.floor import kafka_floor
 from pipeline.dev.bench.result import Progress, Result, Say, between, now_ms, ok_only, pct
 from pipeline.dev.bench.rig import (
@@ -468,5 +468,6 @@ SCENARIOS: dict[str, Callable[..., Result]] = {
     "poison": poison,
     "clients": clients.scenario,
     "partners": partners.scenario,
+    "cost": cost.scenario,
     "seed-baseline": seed_baseline,
 }
