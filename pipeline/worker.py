@@ -66,9 +66,9 @@ log = logging.getLogger("pipeline.worker")
 
 def request_parts(
     rt: WorkerRuntime, guard: ReplayGuard, prices: PriceTable
-) -> tuple[Intake, OutcomeBuilder, BatchLane]:
-    """A worker's intake, outcome builder and batch lane (over its state log's
-    `batches` table)."""
+) -> tuple[Intake, OutcomeBuilder, BatchLane, ResponseCache]:
+    """A worker's intake, outcome builder, batch lane and response cache (over its
+    state log's `batches` and `responses` tables)."""
     settings, registry, secrets = rt.settings, rt.registry, rt.secrets
     intake = Intake(
         registry,
@@ -84,6 +84,7 @@ def request_parts(
         lambda: int(time.time() * 1000),
         Sealer(settings.dlq_keys_ref, secrets.resolve, registry).seal,
     )
+    responses = ResponseCache(rt.statelog.table("responses"), rt.metrics, rt.statelog.writer)
     batches = rt.statelog.table("batches")
     lane = BatchLane(
         table=batches,
@@ -98,13 +99,14 @@ def request_parts(
             builder=builder,
             prices=prices,
             metrics=rt.metrics,
+            responses=responses,
         ),
         metrics=rt.metrics,
         config=rt.settings.batch,
         writer=rt.statelog.writer,
         failpoints=Failpoints(failpoints.parse(rt.settings.failpoints)),
     )
-    return intake, builder, lane
+    return intake, builder, lane, responses
 
 
 class WorkerRuntime(Service):
@@ -170,7 +172,7 @@ class WorkerRuntime(Service):
             max_record_bytes=settings.max_record_bytes,
             failpoints=failpoints.parse(settings.failpoints),
         )
-        intake, builder, self.lane = request_parts(self, guard, prices)
+        intake, builder, self.lane, responses = request_parts(self, guard, prices)
         stages = assemble(
             registry=registry,
             intake=intake,
@@ -195,9 +197,7 @@ class WorkerRuntime(Service):
             # on Kafka, a response and its done marker commit together
             atomic=self.statelog if settings.transactional else None,
             lane=self.lane,
-            responses=ResponseCache(
-                self.statelog.table("responses"), self.metrics, self.statelog.writer
-            ),
+            responses=responses,
         )
         self.dispatcher = Dispatcher(stages, config, on_fatal=self._fatal)
         self.follower = PartnerFollower(

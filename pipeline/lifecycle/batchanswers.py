@@ -18,6 +18,7 @@ from pipeline.errors import DeadlineExpired, RequestError, UpstreamRejected
 from pipeline.lifecycle import batching as b
 from pipeline.lifecycle.batching import REQUEST
 from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
+from pipeline.lifecycle.responsecache import ResponseCache
 from pipeline.limits.pricing import BATCH_MULTIPLIER, PriceTable
 from pipeline.ops.metrics import Metrics
 from pipeline.partners import Registry
@@ -53,8 +54,10 @@ class Answers:
         builder: OutcomeBuilder,
         prices: PriceTable,
         metrics: Metrics,
+        responses: ResponseCache | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._responses = responses
         self._table = table
         self._registry = registry
         self._ledger = ledger
@@ -134,6 +137,8 @@ class Answers:
                 + result.cache_creation_input_tokens
             )
             job.progress.durable.extend(self._ledger.settle(reservation, spent, usd))
+        if self._responses is not None:
+            self._responses.remember(job, result)
         return self._builder.success(job, result, job.queued_ms)
 
     # -- budgets ---------------------------------------------------------------------------

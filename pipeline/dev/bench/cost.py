@@ -94,6 +94,12 @@ def scenario(quick: bool, say: Say, progress: Progress) -> Result:
                 raise RuntimeError(f"{wave}: not every request was answered within 180 s")
         usage = _usage_costs(rig, [i for pid in KEYS for i in ids[pid]])
         bill = rig.sim_stats()["keys"]
+        cached = set(ids["thrifty"])
+        hits = rig.stack.collector.read(
+            lambda seen: sum(
+                1 for k, rs in seen.responses.items() if k[1] in cached and rs[0].get("cached")
+            )
+        )
     naive, thrifty = (bill[KEYS[p]]["cost_usd"] for p in ("naive", "thrifty"))
     result.metrics.update(
         {
@@ -103,6 +109,7 @@ def scenario(quick: bool, say: Say, progress: Progress) -> Result:
             "thrifty_batched_requests": bill[KEYS["thrifty"]]["batch_requests"],
             "thrifty_cache_read_tokens": bill[KEYS["thrifty"]]["cache_read_input_tokens"],
             "thrifty_upstream_calls": sum(bill[KEYS["thrifty"]]["requests"].values()),
+            "thrifty_response_cache_hits": hits,
         }
     )
     for pid in KEYS:
