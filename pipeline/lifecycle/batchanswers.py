@@ -8,6 +8,7 @@ or forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,9 @@ from pipeline.state import BudgetLedger, ReplayGuard
 from pipeline.upstream.claude import to_result
 
 log = logging.getLogger("pipeline.lifecycle.batchanswers")
+
+#: How many of a batch's requests are answered at once.
+ANSWERING = 32
 
 
 class Table(Protocol):
@@ -67,8 +71,36 @@ class Answers:
         self._metrics = metrics
         self._wall = wall
         # set by the dispatcher (`BatchLane.bind`)
-        self.finish: Callable[[Outcome, Job], Awaitable[None]] | None = None
+        self.finish: Callable[[Outcome, Job | None], Awaitable[None]] | None = None
         self.requeue: Callable[[Job], None] | None = None
+
+    async def answer_all(self, jobs: Mapping[str, Job], results: list[dict[str, Any]]) -> None:
+        """Each job's outcome from its result (a request the results omit: `expired`),
+        `ANSWERING` at a time. A failure to publish stops the worker (its caller's
+        supervisor), as it does for interactive requests."""
+        by_cid = {r["custom_id"]: r.get("result") or {} for r in results}
+        slots = asyncio.Semaphore(ANSWERING)
+
+        async def one(cid: str, job: Job) -> None:
+            async with slots:
+                await self.answer(cid, job, by_cid.get(cid, {"type": "expired"}))
+
+        await asyncio.gather(*(one(cid, job) for cid, job in jobs.items()))
+
+    async def refuse(self, cid: str, value: Mapping[str, Any], error: RequestError) -> None:
+        """A handed-over request its partner's registration now refuses (removed,
+        disabled, its rules changed): dead-lettered, its entry removed."""
+        outcome = self._builder.failure(
+            b.entry_record(value),
+            error,
+            partner_id=str(value.get("pid") or "") or None,
+            request_id=str(value.get("rid") or "") or None,
+            replay_count=int(value.get("rc") or 0),
+            verified=True,  # at intake, before it was handed over
+        )
+        if self.finish is not None:
+            await self.finish(outcome, None)
+        await settled(self._table.remove(REQUEST + cid))
 
     async def answer(self, cid: str, job: Job, result: Mapping[str, Any]) -> None:
         if self._guard is not None and self._guard.done(job.partner_id, job.request_id):

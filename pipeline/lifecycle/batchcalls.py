@@ -73,12 +73,29 @@ class BatchCalls:
                 await asyncio.sleep(err.retry_after or delay)
                 delay = min(delay * 1.5, POLL_MAX_S)
 
-    async def create(
+    async def submit(
         self, entry: BatchEntry, api_key: str, requests: Sequence[Mapping[str, Any]]
-    ) -> str:
-        """Submit; the upstream batch id."""
-        created = await self._retrying(lambda: self._api.create(api_key, requests), entry)
-        return str(created["id"])
+    ) -> tuple[str, list[dict[str, Any]] | None]:
+        """Create the batch, never twice: after a failure that may have created it
+        anyway (a timeout, a lost connection, a 5xx: anything but a 429, which
+        refuses before doing anything), the batch is looked for before the create
+        call is made again. Its id, and its results when it was found ended."""
+        delay = self._poll_s
+        while True:
+            try:
+                created = await self._api.create(api_key, requests)
+            except UpstreamError as err:
+                if not err.retriable:
+                    raise Unusable(err.message) from err
+                log.warning("batch create failed", extra={**fields(entry), "error": err.message})
+                await asyncio.sleep(err.retry_after or delay)
+                delay = min(delay * 1.5, POLL_MAX_S)
+                if err.status != 429:
+                    found = await self.find(entry, api_key)
+                    if found is not None:
+                        return found
+                continue
+            return str(created["id"]), None
 
     async def find(
         self, entry: BatchEntry, api_key: str

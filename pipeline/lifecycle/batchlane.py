@@ -13,10 +13,14 @@ worker killed anywhere leaves what its partition's next owner needs:
 5. each request answered (its outcome and the removal of its entry are one
    transaction on Kafka), then the batch entry removed.
 
-A `submitting` entry found after a crash may or may not have reached the API
-(there is no idempotency key): the key's batches created since are listed, and
-each one that ended is searched for the entry's custom_ids. Only when none has
-them is the batch submitted again: never twice.
+A `submitting` entry found after a crash, or a create call that failed in a
+way that may have created the batch anyway (a timeout, a 5xx), may or may not
+have reached the API (there is no idempotency key): the key's batches created
+since are listed, and each one, once ended, is searched for the entry's
+custom_ids. Only when none has them is the batch submitted again: never twice.
+
+A rebalance cancels a batch's polling, never its answering: the answers under
+way are counted as running on their partition, which the rebalance waits for.
 """
 
 from __future__ import annotations
@@ -31,38 +35,38 @@ from typing import Any, Protocol
 
 from pipeline import messages
 from pipeline.config import BatchSettings
-from pipeline.errors import SecretError
+from pipeline.errors import RequestError, SecretError
 from pipeline.failpoints import Failpoints
 from pipeline.lifecycle import batching as b
 from pipeline.lifecycle.batchanswers import Answers, Table, settled
 from pipeline.lifecycle.batchcalls import BatchCalls, Unusable, fields
 from pipeline.lifecycle.batching import BATCH, REQUEST
 from pipeline.lifecycle.completion import Completion
-from pipeline.lifecycle.outcomes import Outcome
-from pipeline.lifecycle.tasks import Running
+from pipeline.lifecycle.tasks import Running, Supervisor
 from pipeline.ops.metrics import Metrics
-from pipeline.records import Job
+from pipeline.records import Job, SourceRecord
 from pipeline.upstream.batches import BatchApi
 from pipeline.upstream.keys import ApiKeys
 
 log = logging.getLogger("pipeline.lifecycle.batchlane")
-
-#: How many of a batch's requests are answered at once.
-ANSWERING = 32
 
 
 class Readmit(Protocol):
     def readmit(self, record: Any, replay_count: int) -> Any: ...
 
 
-def readmit(intake: Readmit, cid: str, value: Mapping[str, Any]) -> Job | None:
-    """A handed-over request's job again, from its state entry (None: unreadable now)."""
+def readmit(intake: Readmit, cid: str, value: Mapping[str, Any]) -> Job | RequestError | None:
+    """A handed-over request's job again, from its state entry: the RequestError
+    that refuses it now (its partner removed, its rules changed), or None when
+    it cannot be read now (kept for the partition's next adoption)."""
     record = b.entry_record(value)
     try:
         admitted = intake.readmit(record, int(value.get("rc") or 0))
-    except Exception as exc:  # the partner left, or its schema cannot be read now
+    except RequestError as exc:
+        return exc
+    except Exception as exc:  # a schema registry away, say: not the request's fault
         log.warning(
-            "a handed-over batch request cannot be read again: kept for later",
+            "a handed-over batch request cannot be read now: kept for later",
             extra={"custom_id": cid, "topic": record.topic, "error": str(exc)},
         )
         return None
@@ -100,40 +104,44 @@ class BatchLane:
         self._wall = wall
         self._packer = b.Packer(config.max_requests, config.max_wait_s, mono)
         self._jobs: dict[str, Job] = {}  # custom_id -> the job, for every request owned here
-        self._open: dict[str, asyncio.Task[None]] = {}  # batch entry id -> its task
+        #: batch entry id -> the entry and the task living it (submit, poll, answer)
+        self._open: dict[str, tuple[b.BatchEntry, asyncio.Task[None]]] = {}
+        self._answering: set[str] = set()  # batch ids whose answers are being written
         self._owned: set[b.Tp] = set()
         self._wake = asyncio.Event()
-        self._closer: asyncio.Task[None] | None = None
+        self._tasks = Supervisor("batch lane")
         self._completion: Completion | None = None
+        self._running = Running()
+        self._owns: Callable[[SourceRecord], bool] = lambda record: True
 
     def bind(
-        self, completion: Completion, requeue: Callable[[Job], None], running: Running
+        self,
+        completion: Completion,
+        requeue: Callable[[Job], None],
+        running: Running,
+        owns: Callable[[SourceRecord], bool],
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         """The dispatcher's completion, its way to queue a request to be served
-        interactively, and its count of work a rebalance waits for."""
-        self._completion = completion
+        interactively, its count of work a rebalance waits for, whether a record's
+        partition is still its own, and what a failure of the lane does."""
+        self._completion, self._running, self._owns = completion, running, owns
         self._answers.requeue = requeue
-
-        async def finish(outcome: Outcome, job: Job) -> None:
-            with running.on((job.record.topic, job.record.partition)):
-                await completion.finish(outcome, job)
-
-        self._answers.finish = finish
+        self._answers.finish = completion.finish
+        self._tasks = Supervisor("batch lane", on_fatal)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._closer = asyncio.create_task(self._close_loop(), name="batch-closer")
+        self._tasks.spawn(self._close_loop(), "batch-closer")
 
-    async def stop(self) -> None:
-        tasks = [*self._open.values(), *([self._closer] if self._closer else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop submitting and polling at once; answers being written get `grace_s`."""
+        for batch_id, (_, task) in list(self._open.items()):
+            if batch_id not in self._answering:
+                task.cancel()
+        await self._tasks.stop(grace_s)
         self._open.clear()
-        self._closer = None
 
     def _gauges(self) -> None:
         self._metrics.batch_open.set(len(self._open))
@@ -142,14 +150,12 @@ class BatchLane:
     # -- ownership -------------------------------------------------------------------
 
     def accepts(self, job: Job) -> bool:
-        tp = (job.record.topic, job.record.partition)
         now_ms = int(self._wall() * 1000)
-        return b.eligible(job, now_ms=now_ms, max_wait_s=self.config.max_wait_s) is None and (
-            not self._owned or tp in self._owned
-        )
+        return b.eligible(job, now_ms=now_ms, max_wait_s=self.config.max_wait_s) is None
 
     def revoke(self, tps: Iterable[b.Tp]) -> None:
-        """Partitions gone to another worker: their batches are its to finish."""
+        """Partitions gone to another worker: their batches are its to finish (a
+        batch whose answers are being written finishes them first)."""
         gone = set(tps)
         self._owned -= gone
         self._packer.drop(gone)
@@ -157,11 +163,10 @@ class BatchLane:
             if (job.record.topic, job.record.partition) in gone:
                 del self._jobs[cid]
                 self._answers.release(job)
-        for batch_id, task in list(self._open.items()):
-            entry = self._entry(batch_id)
-            if entry is None or entry.tp in gone:
+        for batch_id, (entry, task) in list(self._open.items()):
+            if entry.tp in gone and batch_id not in self._answering:
                 task.cancel()
-                self._open.pop(batch_id, None)
+                del self._open[batch_id]
         self._gauges()
 
     def adopt(self, tps: Iterable[b.Tp]) -> None:
@@ -176,12 +181,13 @@ class BatchLane:
         batched = {cid for e in batches for cid in e.cids}
         for cid, value in requests:
             job = None if cid in self._jobs else readmit(self._intake, cid, value)
-            if job is None:
-                continue
-            self._answers.reserve(job)
-            self._jobs[cid] = job
-            if cid not in batched:
-                self._pack(cid, job, str(value.get("kr") or ""))
+            if isinstance(job, RequestError):
+                self._tasks.spawn(self._answers.refuse(cid, value, job), f"refuse-{cid}")
+            elif job is not None:
+                self._answers.reserve(job)
+                self._jobs[cid] = job
+                if cid not in batched:
+                    self._pack(cid, job, str(value.get("kr") or ""))
         for entry in batches:
             self._run(entry)
         if batches or self._packer.groups:
@@ -196,15 +202,20 @@ class BatchLane:
         """Hand a request over durably, then ack its record."""
         cid = b.custom_id(job.partner_id, job.request_id)
         key_ref = job.admitted.partner.api_key_ref or ""
-        if self._table.get(REQUEST + cid) is None:
-            entry = b.request_entry(job, key_ref, self._writer, int(self._wall() * 1000))
-            await settled(self._table.put(REQUEST + cid, entry))
-            self._jobs[cid] = job
-            self._pack(cid, job, key_ref)
-        else:
-            self._answers.release(job)  # handed over before: its first copy holds the budget
-        if self._completion is not None:
-            await self._completion.acknowledge(job.record)
+        with self._running.on((job.record.topic, job.record.partition)):
+            if self._table.get(REQUEST + cid) is None:
+                entry = b.request_entry(job, key_ref, self._writer, int(self._wall() * 1000))
+                await settled(self._table.put(REQUEST + cid, entry))
+                if not self._owns(job.record) and self._completion is not None:
+                    self._answers.release(job)  # revoked meanwhile: its next owner finds it
+                    self._completion.forget(job.record)
+                    return
+                self._jobs[cid] = job
+                self._pack(cid, job, key_ref)
+            else:
+                self._answers.release(job)  # handed over before: its first copy holds the budget
+            if self._completion is not None:
+                await self._completion.acknowledge(job.record)
         self._gauges()
 
     def _pack(self, cid: str, job: Job, key_ref: str) -> None:
@@ -241,82 +252,73 @@ class BatchLane:
         self._run(entry, fresh=True)
 
     def _run(self, entry: b.BatchEntry, fresh: bool = False) -> None:
-        task = asyncio.create_task(self._life(entry, fresh), name=f"batch-{entry.id}")
-        self._open[entry.id] = task
+        task = self._tasks.spawn(self._life(entry, fresh), f"batch-{entry.id}")
+        self._open[entry.id] = (entry, task)
         task.add_done_callback(lambda t: self._ended(entry.id, t))
         self._gauges()
 
     def _ended(self, batch_id: str, task: asyncio.Task[None]) -> None:
-        if self._open.get(batch_id) is task:
+        if batch_id in self._open and self._open[batch_id][1] is task:
             del self._open[batch_id]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a batch failed", exc_info=task.exception(), extra={"batch": batch_id})
         self._gauges()
 
-    def _entry(self, batch_id: str) -> b.BatchEntry | None:
-        value = self._table.get(BATCH + batch_id)
-        return b.BatchEntry.from_json(value) if isinstance(value, dict) else None
-
     async def _life(self, entry: b.BatchEntry, fresh: bool) -> None:
+        """Submit (or find what a crashed worker submitted), poll, answer."""
         try:
             api_key = self._keys.for_ref(entry.key_ref or None)
             if fresh:
                 await settled(self._table.put(BATCH + entry.id, entry.to_json()))
                 self._failpoints.hit("batch_before_submit")
+            results: list[dict[str, Any]] | None = None
             if entry.state is b.BatchState.SUBMITTING:
-                found = None if fresh else await self._calls.find(entry, api_key)
-                if found is not None:
-                    entry.upstream, results = found
-                    await self._submitted(entry)
-                    await self._answer(entry, results)
-                    return
-                entry.upstream = await self._create(entry, api_key)
-                self._failpoints.hit("batch_after_submit")
-                await self._submitted(entry)
+                found: tuple[str, list[dict[str, Any]] | None] | None = None
+                if not fresh:
+                    found = await self._calls.find(entry, api_key)
+                if found is None:
+                    requests = [
+                        {"custom_id": cid, "params": self._jobs[cid].admitted.params}
+                        for cid in entry.cids
+                        if cid in self._jobs
+                    ]
+                    found = await self._calls.submit(entry, api_key, requests)
+                    self._failpoints.hit("batch_after_submit")
+                    self._dispatched(entry)
+                entry.upstream, results = found
+                entry.state = b.BatchState.SUBMITTED
+                await settled(self._table.put(BATCH + entry.id, entry.to_json()))
                 log.info("batch submitted", extra=fields(entry))
-            results = await self._calls.results(entry, api_key)
-            self._failpoints.hit("batch_after_results")
-            await self._answer(entry, results)
+            if results is None:
+                results = await self._calls.results(entry, api_key)
+                self._failpoints.hit("batch_after_results")
         except (Unusable, SecretError) as exc:
-            await self._unbatch(entry, str(exc))
+            log.warning(
+                "batch abandoned: served interactively", extra={**fields(entry), "why": str(exc)}
+            )
+            results = [{"custom_id": c, "result": {"type": "canceled"}} for c in entry.cids]
+        await self._answer(entry, results)
 
-    async def _submitted(self, entry: b.BatchEntry) -> None:
-        entry.state = b.BatchState.SUBMITTED
-        await settled(self._table.put(BATCH + entry.id, entry.to_json()))
-
-    async def _create(self, entry: b.BatchEntry, api_key: str) -> str:
-        requests = [
-            {"custom_id": cid, "params": self._jobs[cid].admitted.params}
-            for cid in entry.cids
-            if cid in self._jobs
-        ]
-        upstream = await self._calls.create(entry, api_key, requests)
+    def _dispatched(self, entry: b.BatchEntry) -> None:
         now = self._mono()
         for cid in entry.cids:
             job = self._jobs.get(cid)
             if job is not None and job.progress.first_dispatch_mono is None:
                 job.progress.first_dispatch_mono = now
-        return upstream
 
     async def _answer(self, entry: b.BatchEntry, results: list[dict[str, Any]]) -> None:
-        by_cid = {r["custom_id"]: r.get("result") or {} for r in results}
-        slots = asyncio.Semaphore(ANSWERING)
-
-        async def one(cid: str) -> None:
-            async with slots:
-                job = self._jobs.pop(cid, None)
-                if job is not None:  # else answered already, or its partition left
-                    await self._answers.answer(cid, job, by_cid.get(cid, {"type": "expired"}))
-
-        await asyncio.gather(*(one(cid) for cid in entry.cids))
+        """Each request's outcome; then the batch entry goes, once nothing of it is
+        left to answer here (a request that cannot be read now keeps it)."""
+        self._answering.add(entry.id)
+        try:
+            with self._running.on(entry.tp):
+                jobs = {c: j for c in entry.cids if (j := self._jobs.pop(c, None)) is not None}
+                await self._answers.answer_all(jobs, results)
+        finally:
+            self._answering.discard(entry.id)
         if self._owned and entry.tp not in self._owned:
             return  # its partition left meanwhile: its next owner answers the rest
+        left = [c for c in entry.cids if c not in jobs and self._table.get(REQUEST + c)]
+        if left:
+            log.warning("batch kept: requests of it cannot be read now", extra=fields(entry))
+            return
         await settled(self._table.remove(BATCH + entry.id))
         log.info("batch answered", extra=fields(entry))
-
-    async def _unbatch(self, entry: b.BatchEntry, why: str) -> None:
-        """A batch that cannot be used: each of its requests served interactively."""
-        log.warning("batch abandoned: served interactively", extra={**fields(entry), "why": why})
-        await self._answer(
-            entry, [{"custom_id": c, "result": {"type": "canceled"}} for c in entry.cids]
-        )

@@ -250,6 +250,10 @@ class Completion:
         for ack in self._deliveries.finish(record.position):
             await ack()
 
+    def forget(self, record: SourceRecord) -> None:
+        """Give a record up without acking it: whoever consumes it next serves it."""
+        self._deliveries.forget(record.position)
+
     async def acknowledge(self, record: SourceRecord) -> None:
         """A record that needs no outcome of its own (its request is already done)."""
         for ack in self._deliveries.finish(record.position):

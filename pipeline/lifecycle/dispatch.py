@@ -159,7 +159,7 @@ class Dispatcher:
         #: Requests being attempted (called, then their outcome written), by partition.
         self._running = Running()
         if stages.lane is not None:
-            stages.lane.bind(stages.completion, self._enqueue, self._running)
+            stages.lane.bind(stages.completion, self._enqueue, self._running, self._owns, on_fatal)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class Dispatcher:
         self._stopping = True
         await self._loops.stop()  # nothing new is dispatched
         if self._s.lane is not None:
-            await self._s.lane.stop()  # its batches are in the state log: found again
+            await self._s.lane.stop(grace_s)  # its batches are in the state log: found again
         for job in self._backlog.remove(lambda job: True):
             self._s.deliveries.forget(job.record.position)
         await self._tasks.stop(grace_s)  # returns as soon as the requests in flight are done
@@ -222,8 +222,7 @@ class Dispatcher:
         if not self._owns(job.record):
             self._s.deliveries.forget(job.record.position)
             return
-        lane = self._s.lane
-        job.progress.batch = lane is not None and lane.accepts(job)
+        job.progress.batch = self._s.lane is not None and self._s.lane.accepts(job)
         self._backlog.push(job, front=front)
         self._wakeup.set()
 

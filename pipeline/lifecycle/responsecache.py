@@ -7,9 +7,10 @@ request at temperature 0: anything else may rightly get a different answer. The
 match is exact on the whole request as Claude would receive it (the model and
 every parameter), and never across partners. Entries live in the state log's
 `responses` table, so every worker answers from every other's; each worker
-keeps at most `MAX_ENTRIES` of them (the oldest are dropped), none larger than
-`MAX_MESSAGE_BYTES`, and none past its TTL. A hit is a normal response marked
-`cached`, with a usage record of zero tokens and zero cost.
+keeps at most `MAX_ENTRIES` of them and `MAX_BYTES` in all (the oldest are
+dropped), none larger than `MAX_MESSAGE_BYTES`, and none past its TTL. A hit
+is a normal response marked `cached`, with a usage record of zero tokens and
+zero cost.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pipeline.upstream.claude import UpstreamResult, to_result
 
 MAX_ENTRIES = 10_000
 MAX_MESSAGE_BYTES = 64 * 1024
+#: What all of a worker's entries may hold, as JSON.
+MAX_BYTES = 64 * 1024 * 1024
 _ZERO_USAGE = {
     "input_tokens": 0,
     "output_tokens": 0,
@@ -53,25 +56,30 @@ class ResponseCache:
         writer: str = "",
         wall: Callable[[], float] = time.time,
         max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self._table = table
         self._metrics = metrics
         self._writer = writer
         self._wall = wall
-        self._max = max_entries
-        self._order: OrderedDict[str, int] = OrderedDict()  # key -> expiry (ms), oldest first
+        self._max, self._max_bytes, self._bytes = max_entries, max_bytes, 0
+        #: key -> (expiry in ms, size in bytes), oldest first
+        self._order: OrderedDict[str, tuple[int, int]] = OrderedDict()
         for key, value in table.items():
             self._index(key, value)
         table.watch(self._index)
 
     def _index(self, key: str, value: Any) -> None:
+        _, size = self._order.pop(key, (0, 0))
+        self._bytes -= size
         if not isinstance(value, dict):
-            self._order.pop(key, None)
             return
-        self._order[key] = int(value.get("exp") or 0)
-        self._order.move_to_end(key)
-        while len(self._order) > self._max:
-            oldest, _ = self._order.popitem(last=False)
+        size = len(json.dumps(value.get("msg"), default=str).encode())
+        self._order[key] = (int(value.get("exp") or 0), size)
+        self._bytes += size
+        while len(self._order) > self._max or self._bytes > self._max_bytes:
+            oldest, (_, size) = self._order.popitem(last=False)
+            self._bytes -= size
             self._table.delete(oldest)
 
     def lookup(self, job: Job) -> UpstreamResult | None:
@@ -99,7 +107,7 @@ class ResponseCache:
         if key is None or not ttl or result.stop_reason not in ("end_turn", "stop_sequence"):
             return  # only whole answers: a cut one (max_tokens) is not worth repeating
         message: Mapping[str, Any] = result.message
-        if len(json.dumps(message, default=str)) > MAX_MESSAGE_BYTES:
+        if len(json.dumps(message, default=str).encode()) > MAX_MESSAGE_BYTES:
             return
         entry = {"exp": int((self._wall() + ttl) * 1000), "msg": dict(message), "w": self._writer}
         job.progress.with_outcome.append(lambda: self._table.put(key, entry))
@@ -107,7 +115,7 @@ class ResponseCache:
     def sweep(self) -> int:
         """Forget the entries past their TTL."""
         now = self._wall() * 1000
-        expired = [k for k, exp in self._order.items() if exp <= now]
+        expired = [k for k, (exp, _) in self._order.items() if exp <= now]
         for key in expired:
             self._table.delete(key)
         return len(expired)

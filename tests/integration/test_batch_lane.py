@@ -158,13 +158,22 @@ def test_batches_list_and_the_metrics_show_requests_waiting_for_a_batch(workers:
     pid = _partner(stack, "patient")
     for name in list(stack.workers):
         stack.workers.pop(name)[0].signal(signal.SIGKILL)
-    stack.start_worker("patient-worker", {"PIPELINE_BATCH_MAX_WAIT_S": "600"})
+    env = {"PIPELINE_BATCH_MAX_WAIT_S": "600", "PIPELINE_BACKLOG_INTERVAL_S": "0.5"}
+    stack.start_worker("patient-worker", env)
     _send(stack, pid, 3, "later")
+    now = _send(stack, pid, 2, "now", priority="interactive")
     wait_until(
         lambda: b"claude_batch_waiting_requests 3.0" in stack.metrics_text(),
         20,
         "three requests waiting for a batch",
     )
+    # the interactive ones on the same partitions are answered, and every record
+    # is committed (the partner's backlog is empty) while the batch stays open
+    got = stack.outcomes([pid], lambda o: o.complete(now), timeout=30)
+    assert [got.responses[k][0]["status"] for k in now] == ["ok", "ok"]
+    backlog_empty = f'claude_partner_backlog_records{{partner="{pid}"}} 0.0'.encode()
+    wait_until(lambda: backlog_empty in stack.metrics_text(), 20, "the records committed")
+    assert b"claude_batch_waiting_requests 3.0" in stack.metrics_text()
     listed = subprocess.run(
         [*CLI, "batches", "list", "--format", "json"],
         env={**os.environ, **stack.env},

@@ -78,6 +78,23 @@ def test_admission_decides_and_changes_nothing() -> None:
     assert admission.key("unresolved:acme", admitted, new=True).decision is Decision.GO
 
 
+def test_a_batch_request_is_held_by_its_budget_at_half_price_and_by_no_rate_limit() -> None:
+    partner = Partner("acme", "env:S", monthly_budget_usd=0.6, rpm=1)
+    registry = Registry()
+    registry.apply("acme", partner)
+    limiter = Limiter(upstream={"requests": 1})
+    admission = Admission(registry, limiter, BudgetLedger(MemoryStore()))
+    admitted = _admitted(partner, worst_usd=1.0)
+    # $1.00 at list price is over the $0.60 budget; at the batch price it fits
+    assert admission.partner(admitted).decision is Decision.REFUSE
+    assert admission.partner(admitted, batch=True).decision is Decision.GO
+    limiter.consume(partner, "k1", admitted.cost)  # the partner's and the key's one request
+    assert admission.partner(_admitted(partner, worst_usd=0.0)).decision is Decision.WAIT
+    assert admission.key("k1", admitted, new=False).decision is Decision.WAIT
+    assert admission.partner(admitted, batch=True).decision is Decision.GO
+    assert admission.key("k1", admitted, new=False, batch=True).decision is Decision.GO
+
+
 async def test_a_request_waiting_for_the_budget_is_logged_as_held_by_its_budget() -> None:
     # Before: a budget wait was logged as "the upstream key's limit".
     claude = FakeClaude()

@@ -4,6 +4,7 @@ a TTL (an injected clock), bounded, answered with zero usage and marked cached."
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from pipeline.client import build_request
@@ -102,3 +103,18 @@ def test_a_cut_answer_is_not_kept() -> None:
     assert cache.lookup(job) is None
     cache.remember(job, to_result({**MESSAGE, "stop_reason": "max_tokens"}, {}))
     assert job.progress.with_outcome == []
+
+
+def test_the_cache_is_bounded_in_bytes_too() -> None:
+    size = len(json.dumps(MESSAGE).encode())
+    cache = ResponseCache(MemoryStore(), Metrics(), "w1", Clock(), max_bytes=2 * size)
+    for i in range(3):
+        job = _job(f"r{i}")
+        job.admitted.params["max_tokens"] = 10 + i
+        _answered(cache, job)
+    kept = []
+    for i in range(3):
+        probe = _job(f"p{i}")
+        probe.admitted.params["max_tokens"] = 10 + i
+        kept.append(cache.lookup(probe) is not None)
+    assert kept == [False, True, True]
