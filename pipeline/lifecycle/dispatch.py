@@ -130,6 +130,8 @@ class Dispatcher:
             stages.limiter,
             stages.ledger,
         )
+        #: Requests being attempted (called, then their outcome written), by partition.
+        self._running = Running()
         self._reception = Reception(
             deliveries=stages.deliveries,
             codec=stages.codec,
@@ -144,6 +146,7 @@ class Dispatcher:
             examiner=stages.examiner,
             homes=stages.homes,
             responses=stages.responses,
+            running=self._running,
             deliver=self._enqueue,
             owned=self._owns,
         )
@@ -156,8 +159,6 @@ class Dispatcher:
         self._stopping = False
         #: Partitions taken away from this worker and not given back.
         self._revoked: set[tuple[str, int]] = set()
-        #: Requests being attempted (called, then their outcome written), by partition.
-        self._running = Running()
         if stages.lane is not None:
             stages.lane.bind(stages.completion, self._enqueue, self._running, self._owns, on_fatal)
 

@@ -23,11 +23,13 @@ from pipeline.lifecycle.intake import Intake, Rejected, key_request_id
 from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
 from pipeline.lifecycle.pausing import Pausing
 from pipeline.lifecycle.responsecache import ResponseCache
+from pipeline.lifecycle.tasks import Running
 from pipeline.ops.metrics import Metrics
 from pipeline.partners import partner_of_requests_topic
 from pipeline.records import HEAVY_BYTES, AckFn, Admitted, Job, SourceRecord
 from pipeline.schemas import Codec
 from pipeline.state import ReplayGuard, Seen
+from pipeline.upstream.claude import UpstreamResult
 
 log = logging.getLogger("pipeline.lifecycle.reception")
 
@@ -61,9 +63,11 @@ class Reception:
         examiner: Examiner | None = None,
         homes: Homes | None = None,
         responses: ResponseCache | None = None,
+        running: Running | None = None,
     ) -> None:
         self._homes = homes
         self._responses = responses
+        self._running = running or Running()
         #: Heavy records, examined in the examiner process (without one: like any other).
         self._lane = (
             None
@@ -112,10 +116,14 @@ class Reception:
             return None
         cached = None if self._responses is None else self._responses.lookup(job)
         if cached is not None:  # an exact repeat: answered without calling Claude
-            outcome = self._builder.success(job, cached, 0)
-            self._spawn(self._completion.finish(outcome, job), f"cached-{job.request_id}")
+            self._spawn(self._answer_cached(job, cached), f"cached-{job.request_id}")
             return None
         return job
+
+    async def _answer_cached(self, job: Job, cached: UpstreamResult) -> None:
+        """Counted as running on its partition: a rebalance waits for it."""
+        with self._running.on((job.record.topic, job.record.partition)):
+            await self._completion.finish(self._builder.success(job, cached, 0), job)
 
     async def _admit(self, record: SourceRecord) -> Admitted | None:
         if record.value is not None and self._codec.needs_registry(record.value):

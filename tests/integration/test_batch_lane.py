@@ -92,6 +92,19 @@ def _worker(stack: Stack) -> None:
         stack.start_worker(f"worker-{len(stack.procs)}")
 
 
+def _batches_list(stack: Stack) -> list[dict[str, Any]]:
+    listed = subprocess.run(
+        [*CLI, "batches", "list", "--format", "json"],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
 def _key_stats(stack: Stack, pid: str) -> dict[str, Any]:
     return dict(stack.sim_stats()["keys"].get(f"sk-{pid}", {}))
 
@@ -160,7 +173,7 @@ def test_batches_list_and_the_metrics_show_requests_waiting_for_a_batch(workers:
         stack.workers.pop(name)[0].signal(signal.SIGKILL)
     env = {"PIPELINE_BATCH_MAX_WAIT_S": "600", "PIPELINE_BACKLOG_INTERVAL_S": "0.5"}
     stack.start_worker("patient-worker", env)
-    _send(stack, pid, 3, "later")
+    later = _send(stack, pid, 3, "later")
     now = _send(stack, pid, 2, "now", priority="interactive")
     wait_until(
         lambda: b"claude_batch_waiting_requests 3.0" in stack.metrics_text(),
@@ -174,21 +187,18 @@ def test_batches_list_and_the_metrics_show_requests_waiting_for_a_batch(workers:
     backlog_empty = f'claude_partner_backlog_records{{partner="{pid}"}} 0.0'.encode()
     wait_until(lambda: backlog_empty in stack.metrics_text(), 20, "the records committed")
     assert b"claude_batch_waiting_requests 3.0" in stack.metrics_text()
-    listed = subprocess.run(
-        [*CLI, "batches", "list", "--format", "json"],
-        env={**os.environ, **stack.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert listed.returncode == 0, listed.stderr
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    rows = _batches_list(stack)
     mine = [r for r in rows if r["topic"] == f"claude.requests.{pid}"]
     assert sum(r["requests"] for r in mine) == 3, rows
     key_ref = stack.secret_file(f"{pid}.key", f"sk-{pid}")
     assert {(r["status"], r["key"]) for r in mine} == {("waiting", key_ref)}, mine
     assert _key_stats(stack, pid).get("batch_requests", 0) == 0
+    # the worker goes; the next one finds the three in the state log and batches them
+    stack.workers.pop("patient-worker")[0].signal(signal.SIGKILL)
+    stack.start_worker("patient-heir")
+    got = stack.outcomes([pid], lambda o: o.complete(later), timeout=60)
+    assert [got.responses[k][0]["status"] for k in later] == ["ok"] * 3
+    assert _key_stats(stack, pid)["batch_requests"] == 3
 
 
 #: Where the worker dies (the how-manieth pass), and what its heir must log.
@@ -222,6 +232,12 @@ def test_a_kill_at_each_step_of_a_batch_loses_nothing_and_repeats_nothing(
     keys = _send(stack, pid, 5, point)
     doomed.popen.wait(60)
     assert doomed.popen.returncode == 137, doomed.log_text()[-2000:]
+    if point == "batch_polling":  # what ops see meanwhile: the batches (one a partition)
+        rows = [r for r in _batches_list(stack) if r["topic"] == f"claude.requests.{pid}"]
+        assert sum(r["requests"] for r in rows) == 5, rows
+        submitted = [r for r in rows if r["status"].startswith("submitted/")]
+        assert submitted, rows
+        assert all(sum(r["counts"].values()) == r["requests"] for r in submitted), rows
     stack.start_worker(f"heir-{point}")
     got = stack.outcomes([pid], lambda o: o.complete(keys), timeout=90)
     stack.wait_log(lambda e: POINTS[point][1] in str(e.get("msg")), f"heir-{point}")
