@@ -5,6 +5,7 @@ answering nothing twice and submitting nothing twice."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -105,6 +106,25 @@ def _batches_list(stack: Stack) -> list[dict[str, Any]]:
     return [json.loads(line) for line in listed.stdout.splitlines()]
 
 
+IDLE = (b"claude_batch_open 0.0", b"claude_batch_waiting_requests 0.0")
+
+
+def _kill_workers(stack: Stack) -> None:
+    """Kill every running worker once its batch lane is idle: a batch whose answers
+    were published but whose entry was not yet removed would be taken up by the
+    next worker, and a failpoint meant for its own batches would fire on it."""
+
+    def idle(name: str) -> bool:
+        text = stack.metrics_text(name)
+        return all(m in text for m in IDLE)
+
+    for name in list(stack.workers):
+        proc = stack.workers[name][0]
+        if proc.popen.poll() is None:
+            wait_until(functools.partial(idle, name), 30, f"{name}'s batch lane idle")
+        stack.workers.pop(name)[0].signal(signal.SIGKILL)
+
+
 def _key_stats(stack: Stack, pid: str) -> dict[str, Any]:
     return dict(stack.sim_stats()["keys"].get(f"sk-{pid}", {}))
 
@@ -169,8 +189,7 @@ def test_batches_list_and_the_metrics_show_requests_waiting_for_a_batch(workers:
     # A batch that closes only after ten minutes: the requests wait, handed over.
     stack = workers
     pid = _partner(stack, "patient")
-    for name in list(stack.workers):
-        stack.workers.pop(name)[0].signal(signal.SIGKILL)
+    _kill_workers(stack)
     env = {"PIPELINE_BATCH_MAX_WAIT_S": "600", "PIPELINE_BACKLOG_INTERVAL_S": "0.5"}
     stack.start_worker("patient-worker", env)
     later = _send(stack, pid, 3, "later")
@@ -223,8 +242,7 @@ def test_a_kill_at_each_step_of_a_batch_loses_nothing_and_repeats_nothing(
     # answered once, and no request reaches the Batches API twice.
     stack = workers
     pid = _partner(stack, point.replace("_", "-"))
-    for name in list(stack.workers):  # this test's worker must own the partitions
-        stack.workers.pop(name)[0].signal(signal.SIGKILL)
+    _kill_workers(stack)  # this test's worker must own the partitions
     doomed = stack.start_worker(
         f"doomed-{point}",
         {"PIPELINE_FAILPOINTS": f"{point}={POINTS[point][0]}", "PIPELINE_COMMIT_INTERVAL_S": "60"},
@@ -248,3 +266,4 @@ def test_a_kill_at_each_step_of_a_batch_loses_nothing_and_repeats_nothing(
     assert stats["batch_resubmitted"] == 0, stats
     assert stats["batch_requests"] == 5, stats
     assert stats["requests"].get("200") is None, "served interactively instead"
+    _kill_workers(stack)  # nothing of this test's left for the next one's worker
