@@ -30,6 +30,7 @@ from pipeline.errors import (
     UpstreamRejected,
     internal,
 )
+from pipeline.lifecycle.outcomes import result_cost, result_tokens
 from pipeline.limits.pricing import PriceTable
 from pipeline.limits.ratelimit import Cost, Limiter, key_id
 from pipeline.limits.retry import RetryPolicy
@@ -299,28 +300,21 @@ class Attempts:
             self._ledger.release(reservation)
 
     def _spend(self, job: Job, result: UpstreamResult) -> None:
-        reservation, job.progress.reservation = job.progress.reservation, None
-        if reservation is None or self._ledger is None:
-            return
-        usd = self._prices.cost(
-            result.model,
-            result.input_tokens,
-            result.output_tokens,
-            result.cache_read_input_tokens,
-            result.cache_creation_input_tokens,
-            cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
-            web_search_requests=result.web_search_requests,
-        )
-        spent = (
-            result.input_tokens
-            + result.output_tokens
-            + result.cache_read_input_tokens
-            + result.cache_creation_input_tokens
-        )
-        job.progress.durable.extend(self._ledger.settle(reservation, spent, usd))
+        spend(job, result, self._ledger, self._prices)
 
     def _spend_worst_case(self, job: Job) -> None:
         reservation, job.progress.reservation = job.progress.reservation, None
         if reservation is not None and self._ledger is not None:
             writes = self._ledger.settle(reservation, reservation.tokens, reservation.usd)
             job.progress.durable.extend(writes)
+
+
+def spend(
+    job: Job, result: UpstreamResult, ledger: BudgetLedger | None, prices: PriceTable
+) -> None:
+    """Settle the budget a request holds to what its answer really cost; the
+    writes that make it durable go with the request's outcome."""
+    reservation, job.progress.reservation = job.progress.reservation, None
+    if reservation is not None and ledger is not None:
+        usd = result_cost(prices, result)
+        job.progress.durable.extend(ledger.settle(reservation, result_tokens(result), usd))

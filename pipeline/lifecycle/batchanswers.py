@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pipeline.errors import DeadlineExpired, RequestError, UpstreamRejected
 from pipeline.lifecycle import batching as b
+from pipeline.lifecycle.attempt import spend
 from pipeline.lifecycle.batching import REQUEST
 from pipeline.lifecycle.outcomes import Outcome, OutcomeBuilder
 from pipeline.lifecycle.responsecache import ResponseCache
@@ -150,25 +151,7 @@ class Answers:
 
     def _success(self, job: Job, message: Mapping[str, Any]) -> Outcome:
         result = replace(to_result(message, {}), batch=True)
-        reservation, job.progress.reservation = job.progress.reservation, None
-        if reservation is not None and self._ledger is not None:
-            usd = self._prices.cost(
-                result.model,
-                result.input_tokens,
-                result.output_tokens,
-                result.cache_read_input_tokens,
-                result.cache_creation_input_tokens,
-                cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
-                web_search_requests=result.web_search_requests,
-                batch=True,
-            )
-            spent = (
-                result.input_tokens
-                + result.output_tokens
-                + result.cache_read_input_tokens
-                + result.cache_creation_input_tokens
-            )
-            job.progress.durable.extend(self._ledger.settle(reservation, spent, usd))
+        spend(job, result, self._ledger, self._prices)
         if self._responses is not None:
             self._responses.remember(job, result)
         return self._builder.success(job, result, job.queued_ms)

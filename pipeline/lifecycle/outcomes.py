@@ -145,6 +145,31 @@ MAX_LATENCY_MS = 10 * 366 * 24 * 3600 * 1000
 MAX_AVRO_INT = 2**31 - 1
 
 
+def result_cost(prices: PriceTable, result: UpstreamResult) -> float:
+    """What one answer of Claude's cost: every kind of token, at the batch price if
+    it was answered in a Message Batch."""
+    return prices.cost(
+        result.model,
+        result.input_tokens,
+        result.output_tokens,
+        result.cache_read_input_tokens,
+        result.cache_creation_input_tokens,
+        cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
+        web_search_requests=result.web_search_requests,
+        batch=result.batch,
+    )
+
+
+def result_tokens(result: UpstreamResult) -> int:
+    """Every token an answer counts against a daily token budget."""
+    return (
+        result.input_tokens
+        + result.output_tokens
+        + result.cache_read_input_tokens
+        + result.cache_creation_input_tokens
+    )
+
+
 class OutcomeBuilder:
     def __init__(
         self, prices: PriceTable, wall_ms: Callable[[], int], seal: Sealer | None = None
@@ -168,16 +193,7 @@ class OutcomeBuilder:
     def success(self, job: Job, result: UpstreamResult, queued_ms: int) -> Outcome:
         now_ms = self._wall_ms()
         fields = messages.response_fields(result.message)
-        cost = self._prices.cost(
-            result.model,
-            result.input_tokens,
-            result.output_tokens,
-            result.cache_read_input_tokens,
-            result.cache_creation_input_tokens,
-            cache_creation_1h_input_tokens=result.cache_creation_1h_input_tokens,
-            web_search_requests=result.web_search_requests,
-            batch=result.batch,
-        )
+        cost = result_cost(self._prices, result)
         response: ClaudeResponse = {
             "request_id": job.request_id,
             "partner_id": job.partner_id,

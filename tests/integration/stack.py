@@ -1,6 +1,7 @@
 """The integration tests' pipeline: the same harness the demo and the benchmarks use,
 and what the tests of behaviour only Apache Kafka has share."""
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,3 +32,13 @@ def kafka_stack(where: Path, **broker: Any) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
+
+
+def killing_new_workers(stack: Stack) -> Iterator[Stack]:
+    """A fixture's body: the stack, with every worker the test starts killed after it."""
+    before = set(stack.workers)
+    yield stack
+    for name in set(stack.workers) - before:
+        proc = stack.workers.pop(name)[0]
+        proc.signal(signal.SIGKILL)
+        proc.stop()

@@ -21,7 +21,7 @@ from pipeline.dev.engines import engine_of
 from pipeline.dev.harness import CLI
 from pipeline.dev.procs import wait_until
 from pipeline.limits.pricing import PriceTable
-from tests.integration.stack import Key, Stack
+from tests.integration.stack import Key, Stack, killing_new_workers
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def workers(stack: Stack) -> Iterator[Stack]:
     """The stack, with every worker a test starts killed after it."""
-    before = set(stack.workers)
-    yield stack
-    for name in set(stack.workers) - before:
-        proc = stack.workers.pop(name)[0]
-        proc.signal(signal.SIGKILL)
-        proc.stop()
+    yield from killing_new_workers(stack)
 
 
 def _partner(stack: Stack, name: str, **kw: Any) -> str:

@@ -20,7 +20,7 @@ from pipeline.kafka.admin import add_partner
 from pipeline.lifecycle.placement import partition_for
 from pipeline.partners import Partner
 from pipeline.security.signing import signed_headers
-from tests.integration.stack import Key, Stack
+from tests.integration.stack import Key, Stack, killing_new_workers
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def workers(stack: Stack) -> Iterator[Stack]:
     """Every worker a test starts is killed after it (each test starts its own)."""
-    before = set(stack.workers)
-    yield stack
-    for name in set(stack.workers) - before:
-        proc = stack.workers.pop(name)[0]
-        proc.signal(signal.SIGKILL)
-        proc.stop()
+    yield from killing_new_workers(stack)
 
 
 def test_no_poison_record_stops_the_pipeline_or_hides_what_it_is(workers: Stack) -> None:

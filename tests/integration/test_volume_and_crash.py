@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.client import build_request
-from tests.integration.stack import Key, Stack
+from tests.integration.stack import Key, Stack, killing_new_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,12 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def workers(stack: Stack) -> Iterator[Stack]:
     """The stack, with every worker a test starts killed after it (nothing of the
     test is left to finish: it waited for every outcome)."""
-    before = set(stack.workers)
-    yield stack
-    for name in set(stack.workers) - before:
-        proc = stack.workers.pop(name)[0]
-        proc.signal(signal.SIGKILL)
-        proc.stop()
+    yield from killing_new_workers(stack)
 
 
 def _partners(stack: Stack, name: str, key: str | None = None) -> tuple[str, str]:
