@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from pipeline.avrowriter import Unsure, compile_writer
 from pipeline.errors import ConfigError, SchemaError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -144,16 +145,26 @@ class Codec:
         #: Ids the registry did not resolve: (until when, why), so that an unknown
         #: id costs one lookup per REGISTRY_RETRY_S, not one per record.
         self._registry_missing: dict[int, tuple[float, str]] = {}
+        #: A compiled writer per record name (pipeline/avrowriter.py), None where
+        #: the schema has a type it does not write.
+        self._writers = {name: compile_writer(v.parsed) for name, v in self.store.current.items()}
 
     def encode(self, name: str, record: Mapping[str, Any], topic: str | None = None) -> bytes:
         version = self.store.current[name]
-        buf = io.BytesIO()
         if self.registry is not None:
             subject = f"{topic}-value" if topic else f"{NAMESPACE}.{name}"
             schema_id = self.registry.id_for(subject, version.text)
-            buf.write(CONFLUENT_MAGIC + struct.pack(">I", schema_id))
+            header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
         else:
-            buf.write(SINGLE_OBJECT_MAGIC + version.fingerprint)
+            header = SINGLE_OBJECT_MAGIC + version.fingerprint
+        writer = self._writers.get(name)
+        if writer is not None:
+            try:
+                return header + writer(record)
+            except Unsure:
+                pass  # fastavro writes it, or says why not
+        buf = io.BytesIO()
+        buf.write(header)
         try:
             fastavro.schemaless_writer(buf, version.parsed, record)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

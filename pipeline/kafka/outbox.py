@@ -100,18 +100,15 @@ async def _send(producer: Any, writes: list[Write]) -> None:
 
 
 async def _commit(producer: Any, writes: list[Write]) -> None:
-    """One transaction: every write acknowledged, then committed; else aborted
-    and every write failed (a producer that cannot even abort, say fenced,
-    stops the worker: the exception ends the writer task)."""
+    """One transaction: every write queued, then committed (librdkafka's commit
+    flushes them and fails if any was not delivered; the producer aborts only
+    once every record is answered); else aborted and every write failed (a
+    producer that cannot even abort, say fenced, stops the worker: the
+    exception ends the writer task)."""
     try:
         await producer.begin_transaction()
-        acks = [
-            producer.send_nowait(topic, value=value, key=key, partition=partition, headers=h)
-            for topic, key, value, partition, h, _ in writes
-        ]
-        # every report in before deciding: aborting with records still in flight
-        # left the next transaction's records to time out, and its abort hung
-        _raise_first(await asyncio.gather(*acks, return_exceptions=True))
+        for topic, key, value, partition, headers, _ in writes:
+            producer.produce(topic, value, key, partition, headers)
         await producer.commit_transaction()
     except Exception as exc:
         for *_, done in writes:
@@ -129,12 +126,6 @@ async def _commit(producer: Any, writes: list[Write]) -> None:
     for *_, done in writes:
         if not done.done():
             done.set_result(None)
-
-
-def _raise_first(reports: list[Any]) -> None:
-    for report in reports:
-        if isinstance(report, BaseException):
-            raise report
 
 
 def _settle(ack: asyncio.Future[Any], done: asyncio.Future[None]) -> None:

@@ -5,10 +5,16 @@ serves its delivery reports (`poll`, blocking: nothing spins while idle); each
 report settles its record's asyncio future, and the reports that arrive together
 reach the event loop in one call, not one each.
 
-`send` and the transaction calls have the shape of aiokafka's producer, which the
-state log's outbox (`pipeline.kafka.outbox`) drives; `publish` is the dispatcher's
-`Publisher`. The transaction calls that wait on the broker (init, commit, abort)
-run in a worker thread, off the event loop.
+`send_nowait` and the transaction calls have the shape of aiokafka's producer,
+which the state log's outbox (`pipeline.kafka.outbox`) drives; `publish` is the
+dispatcher's `Publisher`. The transaction calls that wait on the broker (init,
+commit, abort) run in a worker thread, off the event loop.
+
+A transactional producer reports nothing per record: `produce` queues a record,
+and `commit_transaction` (librdkafka flushes the transaction's records first)
+fails if any of them was not delivered, naming the first failure. Only failed
+records reach Python (`delivery.report.only.error`), so a transaction of many
+records costs no callback, future or loop wake-up per record.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ class AsyncProducer:
             # librdkafka refuses a record that may outlive its transaction
             conf["transaction.timeout.ms"] = transaction_timeout_ms
             conf["message.timeout.ms"] = transaction_timeout_ms
+        if transactional_id is not None:
+            conf["delivery.report.only.error"] = True
+            conf["on_delivery"] = self._failed
         conf.update(overrides or {})
         conf["error_cb"] = self._error
         self._conf = conf
@@ -84,6 +93,9 @@ class AsyncProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        #: The current transaction's records that were not delivered: (topic, why),
+        #: the records librdkafka purged because another failed last.
+        self._failures: list[tuple[str, str]] = []
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,8 +131,11 @@ class AsyncProducer:
         partition: int | None = None,
         headers: Headers | None = None,
     ) -> asyncio.Future[None]:
-        """Queue a record; the future is its delivery report."""
+        """Queue a record; the future is its delivery report (not on a
+        transactional producer: see `produce`)."""
         producer, loop = self._started()
+        if self._transactional:
+            raise BrokerError("a transactional producer reports through its commit: use produce")
         done: asyncio.Future[None] = loop.create_future()
         where: dict[str, Any] = {} if partition is None else {"partition": partition}
         report = functools.partial(self._delivered, done)
@@ -148,7 +163,30 @@ class AsyncProducer:
 
     # -- transactions -----------------------------------------------------------
 
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: Headers | None,
+    ) -> None:
+        """Queue a record of the open transaction; `commit_transaction` says if it
+        was not delivered. Raises BrokerError when it cannot even be queued."""
+        producer = self._started()[0]
+        where: dict[str, Any] = {} if partition is None else {"partition": partition}
+        try:
+            producer.produce(
+                topic, value=value, key=key, headers=cast(Any, headers or None), **where
+            )
+        except BufferError as exc:
+            raise BrokerError("the producer's queue is full") from exc
+        except KafkaException as exc:
+            raise BrokerError(f"cannot produce to {topic}: {exc.args[0].str()}") from exc
+
     async def begin_transaction(self) -> None:
+        with self._lock:
+            self._failures.clear()
         self._started()[0].begin_transaction()
 
     async def commit_transaction(self) -> None:
@@ -161,6 +199,11 @@ class AsyncProducer:
                 await asyncio.to_thread(producer.commit_transaction, TRANSACTION_CALL_S)
             except KafkaException as exc:
                 error = exc.args[0]
+                with self._lock:
+                    failed = self._failures[:1]
+                if failed:  # librdkafka only says that some record failed: say which, why
+                    topic, why = failed[0]
+                    raise BrokerError(f"not delivered to {topic}: {why}") from exc
                 if attempt == COMMIT_ATTEMPTS or not error.retriable():
                     raise
                 log.warning("transaction commit: retrying", extra={"error": error.str()})
@@ -168,9 +211,14 @@ class AsyncProducer:
                 return
 
     async def abort_transaction(self) -> None:
-        """Raises if the abort cannot be made in `TRANSACTION_CALL_S` (the caller
-        stops: never a writer waiting on the broker forever)."""
-        await asyncio.to_thread(self._started()[0].abort_transaction, TRANSACTION_CALL_S)
+        """Every record of the transaction answered first (an abort with records
+        still in flight left the next transaction's records to time out, and its
+        abort hung), then the abort. Raises if the abort cannot be made in
+        `TRANSACTION_CALL_S` (the caller stops: never a writer waiting on the
+        broker forever)."""
+        producer = self._started()[0]
+        await asyncio.to_thread(producer.flush, TRANSACTION_CALL_S)
+        await asyncio.to_thread(producer.abort_transaction, TRANSACTION_CALL_S)
 
     # -- delivery reports -------------------------------------------------------
 
@@ -205,6 +253,19 @@ class AsyncProducer:
                 done.set_result(None)
             else:
                 done.set_exception(BrokerError(f"not delivered: {err.str()}"))
+
+    def _failed(self, err: KafkaError | None, msg: Message) -> None:
+        """A transactional record was not delivered (the only reports asked for)."""
+        if err is None:
+            return
+        failure = (str(msg.topic()), err.str())
+        purged = err.code() in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+        with self._lock:
+            if purged:
+                self._failures.append(failure)
+            else:
+                self._failures.insert(0, failure)  # the cause, not its consequences
+            del self._failures[16:]
 
     def _error(self, err: KafkaError) -> None:
         log.warning("producer: %s", err.str(), extra={"code": err.name(), "fatal": err.fatal()})

@@ -27,6 +27,7 @@ every worker (and any other application) using a key:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -58,8 +59,10 @@ class Cost:
         return int(getattr(self, resource))
 
 
+@functools.lru_cache(maxsize=1024)
 def key_id(api_key: str) -> str:
-    """A stable, non-secret name for an API key (logs, metrics, limiter state)."""
+    """A stable, non-secret name for an API key (logs, metrics, limiter state);
+    asked for at every call, so remembered for the keys in use."""
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
@@ -162,14 +165,41 @@ class KeyState:
     def in_flight(self) -> int:
         return len(self.pending)
 
+    #: The sums of `pending` (input tokens, output tokens), kept as it changes.
+    pending_tokens: list[int] = field(default_factory=lambda: [0, 0])
+
+    def send(self, cost: Cost) -> int:
+        """Number a dispatch and count it as pending."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.pending[seq] = cost
+        self.pending_tokens[0] += cost.input_tokens
+        self.pending_tokens[1] += cost.output_tokens
+        return seq
+
+    def answer(self, seq: int) -> None:
+        cost = self.pending.pop(seq, None)
+        if cost is not None:
+            self.pending_tokens[0] -= cost.input_tokens
+            self.pending_tokens[1] -= cost.output_tokens
+
     def sent_after(self, seq: int) -> Cost:
         """What we sent after request `seq`: a header written for `seq` may not
-        count it yet, so it comes off what that header says is left."""
-        later = [c for s, c in self.pending.items() if s > seq]
+        count it yet, so it comes off what that header says is left. `pending`
+        is in dispatch order: this walks only the requests sent before `seq`
+        that are still pending (few: answers come back about in order), not
+        every request in flight."""
+        before_in = before_out = before = 0
+        for s, c in self.pending.items():
+            if s > seq:
+                break
+            before_in += c.input_tokens
+            before_out += c.output_tokens
+            before += 1
         return Cost(
-            sum(c.input_tokens for c in later),
-            sum(c.output_tokens for c in later),
-            requests=len(later),
+            self.pending_tokens[0] - before_in,
+            self.pending_tokens[1] - before_out,
+            requests=len(self.pending) - before,
         )
 
 
@@ -347,9 +377,7 @@ class Limiter:
             buckets.tpm.consume(cost.tokens)
         state = self.key(kid)
         state.circuit.sent()
-        seq = state.next_seq
-        state.next_seq += 1
-        state.pending[seq] = cost
+        seq = state.send(cost)
         for name, res in state.resources.items():
             if res.view is not None:
                 res.view.consume(cost.of(name))
@@ -360,7 +388,7 @@ class Limiter:
     ) -> None:
         """The call is over: give back what it did not use (all of it if refused)."""
         state = self.key(kid)
-        state.pending.pop(seq, None)
+        state.answer(seq)
         used = actual or Cost(0, 0, requests=0)
         buckets = self._partner(partner)
         if buckets.rpm is not None and used.requests == 0:

@@ -18,6 +18,7 @@ MAX_MODULE_LINES = 500
 #: The modules of `pipeline/` itself every wing shares: errors, settings, the
 #: registry, the records and their Avro, the durable state, the process's loop.
 VOCABULARY = {
+    "avrowriter",
     "config",
     "errors",
     "eventloop",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
+from pipeline.config import Settings
 from pipeline.errors import BrokerError
 from pipeline.kafka.outbox import Outbox
+from pipeline.kafka.producer import AsyncProducer
 from pipeline.records import OutMessage
 
 
@@ -20,6 +24,7 @@ class Producer:
         self.fail_send_of = fail_send_of
         self.abort_fails = abort_fails
         self.held: list[asyncio.Future[None]] = []  # acks the broker has not answered
+        self.failing = False
         self.holding = asyncio.Event()
 
     async def begin_transaction(self) -> None:
@@ -27,11 +32,17 @@ class Producer:
 
     async def commit_transaction(self) -> None:
         self.calls.append("commit")
+        if self.failing:  # librdkafka's commit flushes, and fails for an undelivered record
+            raise RuntimeError("not leader")
 
     async def abort_transaction(self) -> None:
         self.calls.append("abort")
         if self.abort_fails:
             raise RuntimeError("fenced")
+
+    def produce(self, topic: str, value: Any, key: bytes, partition: Any, headers: Any) -> None:
+        self.calls.append((topic, key))
+        self.failing |= key == self.fail_send_of
 
     def send_nowait(self, topic: str, **kw: Any) -> asyncio.Future[None]:
         self.calls.append((topic, kw["key"]))
@@ -105,8 +116,7 @@ def test_a_failed_transaction_is_aborted_and_fails_every_write_in_it() -> None:
         return producer.calls, [response.exception(), marker[5].exception()]
 
     calls, errors = asyncio.run(go())
-    assert calls[-1] == "abort"
-    assert "commit" not in calls
+    assert calls[-2:] == ["commit", "abort"]
     assert all(isinstance(e, RuntimeError) for e in errors)  # the marker too: retried together
 
 
@@ -129,27 +139,65 @@ def test_without_transactions_each_write_is_sent_and_acknowledged_alone() -> Non
     ]
 
 
-def test_a_transaction_is_aborted_only_once_every_record_in_it_is_answered() -> None:
-    # librdkafka: an abort with records still in flight left the next
-    # transaction's records to time out, and that abort hung
-    async def go() -> list[Any]:
-        outbox, producer = Outbox(transactional=True), Producer(fail_send_of=b"r1")
-        writes = [_write(b"r1"), _write(b"slow")]
+class Librdkafka:
+    """Stands in for confluent-kafka's Producer under `AsyncProducer`: records the
+    calls, and fails the commit as librdkafka does when a record failed."""
+
+    def __init__(self, owner: AsyncProducer) -> None:
+        self.owner = owner
+        self.calls: list[str] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, **kw: Any) -> None:
+        self.calls.append("produce")
+        message = SimpleNamespace(topic=lambda: topic)
+        if kw["key"] == b"purged":  # librdkafka may report these before the cause
+            self.owner._failed(KafkaError(KafkaError._PURGE_QUEUE), message)  # type: ignore[arg-type]
+        if kw["key"] == b"too-large":
+            error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+            self.owner._failed(error, message)  # type: ignore[arg-type]
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        raise KafkaException(KafkaError(KafkaError._INCONSISTENT, "1 message(s) failed delivery"))
+
+    def flush(self, timeout: float) -> int:
+        self.calls.append("flush")
+        return 0
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+
+def test_a_failed_record_is_named_by_the_commit_and_answered_before_the_abort() -> None:
+    # librdkafka reports only failed records of a transaction; an abort with
+    # records still in flight left the next transaction's records to time
+    # out, and that abort hung: the producer flushes before it aborts
+    async def go() -> tuple[list[str], list[BaseException | None]]:
+        producer = AsyncProducer(Settings.from_env({}), transactional_id="t")
+        fake = Librdkafka(producer)
+        producer._producer, producer._loop = fake, asyncio.get_running_loop()  # type: ignore[assignment]
+        outbox = Outbox(transactional=True)
+        writes = [_write(b"fine"), _write(b"purged"), _write(b"too-large")]
         with outbox.together():
             for write in writes:
                 outbox.put(write)
-        task = asyncio.create_task(outbox.run(producer))
-        await producer.holding.wait()
-        for _ in range(5):
-            await asyncio.sleep(0)
-        before = list(producer.calls)
-        producer.held[0].set_result(None)
-        await outbox.join()
-        task.cancel()
-        assert all(isinstance(w[5].exception(), RuntimeError) for w in writes)
-        return before
+        await _drain(outbox, producer)  # type: ignore[arg-type]
+        return fake.calls, [w[5].exception() for w in writes]
 
-    assert "abort" not in asyncio.run(go())
+    calls, errors = asyncio.run(go())
+    assert calls == ["begin", "produce", "produce", "produce", "commit", "flush", "abort"]
+    assert all(isinstance(e, BrokerError) for e in errors)
+    assert "not delivered to claude.pipeline.state: Broker: Message size too large" in str(
+        errors[0]
+    )
+
+
+def test_a_transactional_producer_has_no_per_record_reports() -> None:
+    producer = AsyncProducer(Settings.from_env({}), transactional_id="t")
+    assert producer._conf["delivery.report.only.error"] is True
 
 
 def test_a_transaction_that_cannot_be_aborted_stops_the_writer_saying_why() -> None:

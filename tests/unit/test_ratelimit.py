@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.limits.buckets import Bucket
-from pipeline.limits.ratelimit import Cost, Limiter, key_id
+from pipeline.limits.ratelimit import Cost, KeyState, Limiter, key_id
 from pipeline.partners import Partner
 from tests.fakes import FakeClock
 
@@ -271,3 +273,29 @@ def test_a_header_does_not_count_what_we_sent_after_it(clock: FakeClock) -> None
         sent += 1
     assert sent == 599 - 300 - 1  # not 598: the burst still counts
     assert len(burst) == 300
+
+
+def test_what_was_sent_after_a_request_is_counted_exactly_whatever_the_answer_order() -> None:
+    """`sent_after` keeps running sums and walks only the older pending requests:
+    it must equal counting every pending request sent after `seq`."""
+    rng = random.Random(7)
+    state = KeyState(resources={})
+    sent: list[int] = []
+    for _ in range(2_000):
+        if sent and rng.random() < 0.45:
+            # answers come back about in order, sometimes not
+            seq = sent.pop(min(len(sent) - 1, int(rng.expovariate(0.5))))
+            later = [c for s, c in state.pending.items() if s > seq]
+            got = state.sent_after(seq)
+            assert (got.input_tokens, got.output_tokens, got.requests) == (
+                sum(c.input_tokens for c in later),
+                sum(c.output_tokens for c in later),
+                len(later),
+            )
+            state.answer(seq)
+        else:
+            sent.append(state.send(Cost(rng.randint(1, 900), rng.randint(1, 300))))
+    assert state.pending_tokens == [
+        sum(c.input_tokens for c in state.pending.values()),
+        sum(c.output_tokens for c in state.pending.values()),
+    ]
