@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ from collections.abc import Callable
 
 from pipeline.config import Settings
 from pipeline.dev.bench.result import Result
-from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics
+from pipeline.factory import client_config
+from pipeline.kafka.clients import SyncProducer, TopicSpec, ensure_topics, list_topics
 
 #: A request record, and the three outputs of one request, at typical sizes.
 REQUEST_BYTES = 700
@@ -48,19 +50,23 @@ def feed(settings: Settings, topic: str, n: int, rate: float) -> None:
     producer.flush()
 
 
-def measure(settings: Settings, client: str, n: int, rate: float) -> dict[str, float]:
-    """Run `client` in a fresh process over `n` records fed at `rate` a second."""
+def measure(
+    settings: Settings, client: str, n: int, rate: float, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run `client` in a fresh process over `n` records fed at `rate` a second; the
+    child reads its connection settings (SASL on Apache Kafka) from `env`."""
     topic = f"claude.bench.in.{client}"
     ensure_topics(
         settings,
         [TopicSpec(topic, settings.topic_partitions)]
         + [TopicSpec(name, settings.topic_partitions) for name, _ in OUTPUTS],
     )
-    args = [client, settings.bootstrap_servers, topic, str(n)]
+    args = [client, topic, str(n)]
     with subprocess.Popen(  # noqa: S603 (this module, our arguments)
         [sys.executable, "-m", "pipeline.dev.bench.clients", *args],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     ) as child:
         assert child.stdout is not None  # noqa: S101
         if child.stdout.readline().strip() != "ready":
@@ -75,16 +81,19 @@ def _ready() -> None:
     sys.stdout.flush()
 
 
-def _with_aiokafka(bootstrap: str, topic: str, n: int) -> float:
+def _with_aiokafka(settings: Settings, topic: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     async def run() -> float:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=10)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
+        conf = settings.aiokafka_config()
+        consumer = AIOKafkaConsumer(**conf, fetch_max_wait_ms=10)
+        producer = AIOKafkaProducer(**conf, linger_ms=2, acks="all")
         await consumer.start()
         await producer.start()
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
+            # an unsubscribed aiokafka consumer knows no topic created after it
+            # started (on Apache Kafka: "No partitions are currently assigned")
+            parts = range(list_topics(settings)[topic])
             consumer.assign([TopicPartition(topic, p) for p in parts])
             await consumer.seek_to_beginning()
             _ready()
@@ -108,13 +117,12 @@ def _with_aiokafka(bootstrap: str, topic: str, n: int) -> float:
     return asyncio.run(run())
 
 
-def _with_confluent(bootstrap: str, topic: str, n: int) -> float:
+def _with_confluent(settings: Settings, topic: str, n: int) -> float:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench-clients", "fetch.wait.max.ms": 10}
-    )
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "acks": "all"})
+    conf = client_config(settings)
+    consumer = Consumer({**conf, "group.id": "bench-clients", "fetch.wait.max.ms": 10})
+    producer = Producer({**conf, "linger.ms": 2, "acks": "all"})
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     _ready()
@@ -135,11 +143,13 @@ def _with_confluent(bootstrap: str, topic: str, n: int) -> float:
     return cpu
 
 
-def kafka_clients(settings: Settings, n: int, rate: float) -> dict[str, float]:
+def kafka_clients(
+    settings: Settings, n: int, rate: float, env: dict[str, str] | None = None
+) -> dict[str, float]:
     """CPU ms per request of each client, and confluent's share of aiokafka's."""
     metrics: dict[str, float] = {}
     for client in CLIENTS:
-        got = measure(settings, client, n, rate)
+        got = measure(settings, client, n, rate, env)
         metrics[f"{client}_cpu_ms_per_request"] = got["cpu_ms_per_request"]
     metrics["cpu_ratio_confluent_to_aiokafka"] = round(
         metrics["confluent_cpu_ms_per_request"] / metrics["aiokafka_cpu_ms_per_request"], 3
@@ -157,14 +167,14 @@ def scenario(quick: bool, say: Callable[[str], None], progress: object = None) -
     with Rig() as rig:
         rig.start(NO_LIMITS)
         say(f"{n} requests' Kafka work at {rate:.0f}/s with each client: {', '.join(CLIENTS)}")
-        result.metrics = kafka_clients(rig.stack.settings, n, rate)
+        result.metrics = kafka_clients(rig.stack.settings, n, rate, rig.stack.env)
     return result
 
 
 def main(argv: list[str]) -> None:
-    client, bootstrap, topic, n = argv[0], argv[1], argv[2], int(argv[3])
+    client, topic, n = argv[0], argv[1], int(argv[2])
     run = {"aiokafka": _with_aiokafka, "confluent": _with_confluent}[client]
-    cpu = run(bootstrap, topic, n)
+    cpu = run(Settings.from_env(), topic, n)
     sys.stdout.write(json.dumps({"cpu_ms_per_request": round(cpu * 1000 / n, 4)}) + "\n")
 
 
