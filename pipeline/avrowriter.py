@@ -159,6 +159,8 @@ class _Compiler:
         def write(out: bytearray, value: Any) -> None:
             if type(value) is not dict and not isinstance(value, Mapping):
                 raise Unsure
+            if "-type" in value:
+                raise Unsure  # fastavro's own way to name a record: its rules
             for name, default, write_field, numeric in plan:
                 item = value.get(name, default)
                 if item is _NO_VALUE:
@@ -222,8 +224,10 @@ class _Compiler:
         that name, and any other value only when its Python type could be valid
         for one branch alone (fastavro would pick that branch, or fail)."""
         null = -1
-        by_name: dict[str, tuple[int, Write]] = {}
+        by_name: dict[str, tuple[int, Write]] = {}  # the record branches
         claims: dict[type, list[tuple[int, Write]]] = {}
+        # a logical type's writer takes other values (a date from a string)
+        logical = any(isinstance(b, dict) and "logicalType" in b for b in branches)
         for i, branch in enumerate(branches):
             if branch == "null":
                 null = i
@@ -231,10 +235,13 @@ class _Compiler:
             name = branch if isinstance(branch, str) else branch.get("name", branch["type"])
             write_branch = self.writer(branch)
             kind = self._named[name]["type"] if name in self._named else name
-            by_name[name] = (i, write_branch)
+            if kind in ("record", "error"):
+                by_name[name] = (i, write_branch)
             for python_type in _CLAIMS.get(kind, ()):
                 claims.setdefault(python_type, []).append((i, write_branch))
         by_type = {t: found[0] for t, found in claims.items() if len(found) == 1}
+        if logical:
+            by_name, by_type = {}, {}
 
         def write(out: bytearray, value: Any) -> None:
             if value is None and null >= 0:
@@ -270,7 +277,7 @@ _CLAIMS: dict[str, tuple[type, ...]] = {
     "fixed": (bytes, bytearray),
     "string": (str,),
     "enum": (str,),
-    "array": (list, tuple),
+    "array": (list, tuple, bytes, bytearray),  # any Sequence but str
     "map": (dict,),
     "record": (dict,),
     "error": (dict,),

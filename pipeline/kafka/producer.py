@@ -10,11 +10,12 @@ which the state log's outbox (`pipeline.kafka.outbox`) drives; `publish` is the
 dispatcher's `Publisher`. The transaction calls that wait on the broker (init,
 commit, abort) run in a worker thread, off the event loop.
 
-A transactional producer reports nothing per record: `produce` queues a record,
+A transactional producer keeps no future per record: `produce` queues a record,
 and `commit_transaction` (librdkafka flushes the transaction's records first)
 fails if any of them was not delivered, naming the first failure. Only failed
-records reach Python (`delivery.report.only.error`), so a transaction of many
-records costs no callback, future or loop wake-up per record.
+records reach our callback (`delivery.report.only.error`: confluent-kafka
+still looks at each report, in C), so a transaction of many records costs no
+future, partial, Python call or loop wake-up per record.
 """
 
 from __future__ import annotations
@@ -199,14 +200,18 @@ class AsyncProducer:
                 await asyncio.to_thread(producer.commit_transaction, TRANSACTION_CALL_S)
             except KafkaException as exc:
                 error = exc.args[0]
+                if attempt < COMMIT_ATTEMPTS and error.retriable():
+                    # still under way in librdkafka (a record failed meanwhile or
+                    # not): resumed, since an abort now would be refused as
+                    # conflicting; its end says whether it can commit
+                    log.warning("transaction commit: retrying", extra={"error": error.str()})
+                    continue
                 with self._lock:
                     failed = self._failures[:1]
                 if failed:  # librdkafka only says that some record failed: say which, why
                     topic, why = failed[0]
                     raise BrokerError(f"not delivered to {topic}: {why}") from exc
-                if attempt == COMMIT_ATTEMPTS or not error.retriable():
-                    raise
-                log.warning("transaction commit: retrying", extra={"error": error.str()})
+                raise
             else:
                 return
 

@@ -216,3 +216,28 @@ def test_a_recursive_schema_compiles() -> None:
     assert encode is not None
     datum = {"v": 1, "next": {"v": -2, "next": {"v": 300, "next": None}}}
     assert encode(datum) == fastavro_bytes(schema, datum)
+
+
+@pytest.mark.parametrize(
+    ("union", "datum"),
+    [
+        # fastavro takes bytes as an array (any Sequence but str) before bytes
+        ([{"type": "array", "items": "int"}, "bytes"], b"\x01"),
+        # a date branch takes a string (a date), before the string branch
+        ([{"type": "int", "logicalType": "date"}, "string"], "2026-12-07"),
+        # tuple notation for a non-record branch: fastavro's rules
+        (["null", "string", "long"], ("string", "x")),
+        # a record named by fastavro's "-type" key
+        (["null", {"type": "record", "name": "R", "fields": []}], {"-type": "R"}),
+    ],
+)
+def test_unions_fastavro_decides_by_rules_of_its_own_are_left_to_it(
+    union: list[Any], datum: Any
+) -> None:
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "U", "fields": [{"name": "u", "type": union}]}
+    )
+    encode = compile_writer(schema)
+    assert encode is not None
+    with pytest.raises(Unsure):
+        encode({"u": datum})

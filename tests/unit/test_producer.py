@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.config import Settings
+from pipeline.errors import BrokerError
 from pipeline.kafka.producer import COMMIT_ATTEMPTS, AsyncProducer
 
 
@@ -62,3 +63,25 @@ def test_a_commit_that_cannot_be_retried_raises_at_once(code: Any) -> None:
     calls, error = _commit([KafkaError(code, "no", txn_requires_abort=True)])
     assert calls == ["commit"]
     assert error is not None
+
+
+def test_a_commit_that_timed_out_after_a_record_failed_is_resumed_then_names_it() -> None:
+    # a record failed while the commit's flush was still waiting on others: the
+    # commit is still under way in librdkafka, so raising then (and aborting)
+    # would be refused as conflicting and stop the writer
+    async def go() -> tuple[list[str], BaseException | None]:
+        producer = AsyncProducer(Settings(), transactional_id="t")
+        fake = Librdkafka(
+            [_timed_out(), KafkaError(KafkaError._INCONSISTENT, "1 message(s) failed delivery")]
+        )
+        producer._producer, producer._loop = fake, asyncio.get_running_loop()  # type: ignore[assignment]
+        producer._failures.append(("claude.responses.acme", "Local: Message timed out"))
+        try:
+            await producer.commit_transaction()
+        except BrokerError as exc:
+            return fake.calls, exc
+        return fake.calls, None
+
+    calls, error = asyncio.run(go())
+    assert calls == ["commit", "commit"]
+    assert "not delivered to claude.responses.acme: Local: Message timed out" in str(error)
