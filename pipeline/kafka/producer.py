@@ -134,25 +134,16 @@ class AsyncProducer:
     ) -> asyncio.Future[None]:
         """Queue a record; the future is its delivery report (not on a
         transactional producer: see `produce`)."""
-        producer, loop = self._started()
+        loop = self._started()[1]
         if self._transactional:
             raise BrokerError("a transactional producer reports through its commit: use produce")
         done: asyncio.Future[None] = loop.create_future()
-        where: dict[str, Any] = {} if partition is None else {"partition": partition}
-        report = functools.partial(self._delivered, done)
         try:
-            producer.produce(
-                topic,
-                value=value,
-                key=key,
-                headers=cast(Any, headers or None),
-                on_delivery=report,
-                **where,
+            self.produce(
+                topic, value, key, partition, headers, functools.partial(self._delivered, done)
             )
-        except BufferError:
-            done.set_exception(BrokerError("the producer's queue is full"))
-        except KafkaException as exc:
-            done.set_exception(BrokerError(f"cannot produce to {topic}: {exc.args[0].str()}"))
+        except BrokerError as exc:
+            done.set_exception(exc)
         return done
 
     async def publish(self, messages: list[OutMessage]) -> None:
@@ -171,11 +162,15 @@ class AsyncProducer:
         key: bytes | None,
         partition: int | None,
         headers: Headers | None,
+        report: Any = None,
     ) -> None:
-        """Queue a record of the open transaction; `commit_transaction` says if it
-        was not delivered. Raises BrokerError when it cannot even be queued."""
+        """Queue a record: `report` is called with its delivery report, or (on a
+        transactional producer) `commit_transaction` says if it was not
+        delivered. Raises BrokerError when it cannot even be queued."""
         producer = self._started()[0]
         where: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if report is not None:
+            where["on_delivery"] = report
         try:
             producer.produce(
                 topic, value=value, key=key, headers=cast(Any, headers or None), **where
